@@ -1,0 +1,92 @@
+"""DeFT-X: denoise each weight matrix's dense update with a truncated SVD before magnitude pruning.
+
+Δ = θ1 − θ0 per 2-D weight matrix of the encoder layers → Δ_r (top-r singular components), optionally plus the
+top-p magnitude part of the residual Δ − Δ_r; then the global top-K of |Δ'| (1-D parameters, and the embedding
+tables unless ``svd_embeddings``, use |Δ|). Embedding tables are lookup tables whose dense update touches only
+the rows seen in training, so a low-rank view of them is not what the method denoises; they are opt-in.
+SVD factors are cached in ``ctx.cache`` (one cache per θ1) so that rank sweeps do not redo them.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from raysft.errors import RaysftError
+from raysft.sft.groups import EMBEDDINGS, ParamInfo, ParamSpace
+from raysft.sft.methods.base import Method, MethodSettings, Selection, SelectionContext, top_k
+
+
+class DeftXSettings(MethodSettings):
+    rank_strategy: Literal["energy", "uniform"] = "energy"
+    energy: float = Field(0.9, gt=0, le=1)  # energy: smallest r with Σσ²_≤r ≥ energy·Σσ²
+    rank: int = Field(16, ge=1)  # uniform: the same r for every matrix
+    residual_top_p: float = Field(0.0, ge=0, lt=1)  # fraction of each matrix's residual entries added back
+    svd_embeddings: bool = False
+
+
+def energy_rank(singular_values: torch.Tensor, energy: float) -> int:
+    """Smallest r with Σ_{i≤r} σ_i² ≥ energy · Σ σ_i² (at least 1)."""
+    power = singular_values.double() ** 2
+    total = float(power.sum())
+    if total == 0:
+        return 1
+    cum = power.cumsum(0)
+    # Tolerance: energy=1 must reach full rank despite rounding of the cumulative sum.
+    r = int(torch.searchsorted(cum, torch.tensor([energy * total * (1 - 1e-12)], dtype=torch.float64))[0]) + 1
+    return min(r, singular_values.numel())
+
+
+class DenoisedSFT(Method):
+    name = "deft-x"
+    Settings = DeftXSettings
+
+    def svd_params(self, space: ParamSpace) -> list[ParamInfo]:
+        return [
+            p for p in space.maskable
+            if len(p.shape) == 2 and (p.group != EMBEDDINGS or self.settings.svd_embeddings)
+        ]
+
+    def validate(self, space: ParamSpace, k: int) -> None:
+        super().validate(space, k)
+        if self.settings.rank_strategy == "uniform":
+            for p in self.svd_params(space):
+                if self.settings.rank > min(p.shape):
+                    raise RaysftError(
+                        f"deft-x rank {self.settings.rank} is larger than matrix {p.name} {tuple(p.shape)} allows "
+                        f"(max {min(p.shape)}): set methods.deft-x.rank <= {min(p.shape)}"
+                    )
+
+    def select(self, ctx: SelectionContext) -> Selection:
+        if ctx.theta1 is None:
+            raise ValueError("deft-x needs the dense phase's weights")
+        svd_cache = ctx.cache.setdefault("deft-x/svd", {})
+        svd_names = {p.name for p in self.svd_params(ctx.space)}
+        scores, ranks = {}, {}
+        for p in ctx.space.maskable:
+            delta = ctx.theta1[p.name].float() - ctx.theta0[p.name].float()
+            if p.name not in svd_names:
+                scores[p.name] = delta.abs_()
+                continue
+            if p.name not in svd_cache:
+                svd_cache[p.name] = torch.linalg.svd(delta, full_matrices=False)
+            u, s, vh = svd_cache[p.name]
+            r = energy_rank(s, self.settings.energy) if self.settings.rank_strategy == "energy" else self.settings.rank
+            ranks[p.name] = r
+            denoised = (u[:, :r] * s[:r]) @ vh[:r]
+            if self.settings.residual_top_p > 0:
+                residual = delta - denoised
+                keep = int(self.settings.residual_top_p * residual.numel())
+                if keep:
+                    flat = residual.reshape(-1)
+                    idx = flat.abs().topk(keep, sorted=False).indices
+                    denoised.view(-1).index_add_(0, idx, flat[idx])
+            scores[p.name] = denoised.abs_()
+        selection = top_k(ctx, scores, budget=None)
+        if ranks:
+            selection.info["rank_mean"] = sum(ranks.values()) / len(ranks)
+            selection.info["rank_min"] = min(ranks.values())
+            selection.info["rank_max"] = max(ranks.values())
+        return selection
