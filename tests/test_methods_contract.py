@@ -1,0 +1,147 @@
+"""One contract, every method (the peft way): run first phase → select → sparse phase on a tiny model and check
+what an SFT promises."""
+
+import pytest
+import torch
+
+from raysft.config import PhaseConfig
+from raysft.sft.delta import SparseDelta
+from raysft.sft.groups import ParamSpace
+from raysft.sft.mask import allocate, expand_budget, mask_size
+from raysft.sft.methods import METHODS, SelectionContext, make_method
+from raysft.train.loop import restore, train_dense, train_mask_scores, train_sparse
+from tests.conftest import random_batches, tiny_classifier
+
+SETTINGS = {
+    "sc-sft": {"budget": {"embeddings": 0.2, "layer.0": 0.4, "layer.1": 0.4}},
+    "deft-x": {"rank_strategy": "energy", "energy": 0.8},
+    "ada-sft": {"score_init": 3.0, "score_lr": 0.1},
+}
+PHASE = PhaseConfig(epochs=1, lr=5e-3, batch_size=8)
+K = 600
+
+
+def run_method(name: str):
+    model = tiny_classifier(seed=0)
+    space = ParamSpace(model)
+    method = make_method(name, SETTINGS.get(name))
+    batches = random_batches(6, seed=1)
+    theta0, head0 = space.snapshot(), space.head_snapshot()
+    ctx = SelectionContext(space, K if method.uses_k else space.n, theta0, seed=0)
+    if method.first_phase == "dense":
+        train_dense(model, space, batches, 6, PHASE)
+        ctx.theta1 = space.snapshot()
+    elif method.first_phase == "mask":
+        s = method.settings
+        ctx.scores = train_mask_scores(model, space, batches, 6, PHASE, score_init=s.score_init, score_lr=s.score_lr)
+    selection = method.select(ctx)
+    updater = None
+    if method.sparse_phase:
+        restore(space, theta0, head0)
+        updater, _ = train_sparse(model, space, selection.mask, batches, 6, PHASE)
+        delta = SparseDelta(
+            diffs={n: (updater.mask()[n], v) for n, v in updater.values().items()}, abs=space.head_snapshot(),
+            meta={"kind": "task", "method": name, "base_fingerprint": space.fingerprint()},
+        )
+    else:
+        delta = SparseDelta.from_params(space, theta0, selection.mask, meta={"kind": "task", "method": name})
+    return model, space, method, selection, updater, delta, theta0
+
+
+@pytest.fixture(scope="module", params=sorted(METHODS))
+def trained(request):
+    return request.param, run_method(request.param)
+
+
+def test_exactly_k_selected(trained):
+    name, (model, space, method, selection, *_ ) = trained
+    n_selected = mask_size(selection.mask, space)
+    assert n_selected == selection.k
+    if method.uses_k:
+        assert n_selected == K
+    if name == "sc-sft":
+        want, _ = allocate(K, expand_budget(SETTINGS[name]["budget"], space.groups), space.group_sizes())
+        got = {g: 0 for g in space.groups}
+        for n, idx in selection.mask.items():
+            got[space.info(n).group] += idx.numel()
+        assert got == want
+    for idx in selection.mask.values():
+        if idx is not None:
+            assert idx.dtype == torch.int64 and bool((idx[1:] > idx[:-1]).all())  # sorted unique
+
+
+def test_unmasked_entries_bitwise_equal_and_masked_moved(trained):
+    name, (model, space, method, selection, updater, delta, theta0) = trained
+    if not method.sparse_phase:
+        pytest.skip(f"{name} has no sparse phase: its delta is the dense update")
+    moved = 0
+    for info in space.maskable:
+        now = space.param(info.name).detach().reshape(-1)
+        before = theta0[info.name].reshape(-1)
+        keep = torch.ones(info.numel, dtype=torch.bool)
+        idx = selection.mask.get(info.name)
+        if idx is not None:
+            keep[idx] = False
+            moved += int((now[idx] != before[idx]).sum())
+        assert torch.equal(now[keep], before[keep]), f"{name}: unmasked entries of {info.name} changed"
+    for n in space.frozen:  # LayerNorms never train
+        p = dict(model.named_parameters())[n]
+        assert p.requires_grad is False
+    assert moved >= 0.5 * selection.k, f"{name}: only {moved} of {selection.k} masked entries moved"
+
+
+def test_optimizer_state_holds_k_entries(trained):
+    name, (model, space, method, selection, updater, *_ ) = trained
+    if updater is None:
+        pytest.skip(f"{name} has no sparse phase")
+    assert updater.k == selection.k
+    assert updater.state_bytes() == 2 * selection.k * 4  # AdamW's two moments, float32, K entries
+
+
+def test_trained_weights_equal_theta0_plus_delta_bitwise(trained):
+    name, (model, space, method, selection, updater, delta, theta0) = trained
+    trained_weights = space.snapshot()
+    restore(space, theta0)
+    with delta.apply(space):
+        for n, w in trained_weights.items():
+            if method.sparse_phase:
+                assert torch.equal(space.param(n).detach(), w), n
+            else:
+                torch.testing.assert_close(space.param(n).detach(), w)
+    restore(space, trained_weights)
+
+
+def test_delta_round_trips_and_apply_revert_is_exact(trained, tmp_path):
+    name, (model, space, method, selection, updater, delta, theta0) = trained
+    path = tmp_path / f"{name}.safetensors"
+    delta.save(path)
+    loaded = SparseDelta.load(path)
+    assert loaded.diffs.keys() == delta.diffs.keys()
+    for n, (idx, val) in delta.diffs.items():
+        lidx, lval = loaded.diffs[n]
+        assert (idx is None and lidx is None) or torch.equal(lidx.long(), idx.long())
+        assert torch.equal(lval, val)
+    for n, t in delta.abs.items():
+        assert torch.equal(loaded.abs[n], t)
+    before = {**space.snapshot(), **space.head_snapshot()}
+    handle = loaded.apply(space)
+    handle.revert()
+    after = {**space.snapshot(), **space.head_snapshot()}
+    assert all(torch.equal(before[n], after[n]) for n in before)
+
+
+def test_compose_equals_sequential_application(trained):
+    name, (model, space, method, selection, updater, delta, theta0) = trained
+    g = torch.Generator().manual_seed(7)
+    other = {}
+    for info in space.maskable[:4]:
+        idx = torch.sort(torch.randperm(info.numel, generator=g)[: max(1, info.numel // 3)]).values
+        other[info.name] = (idx, torch.randn(idx.numel(), generator=g) * 1e-2)
+    lang = SparseDelta(diffs=other, abs={}, meta={"kind": "lang"})
+    restore(space, theta0)
+    with delta.apply(space), lang.apply(space, with_abs=False):
+        sequential = space.snapshot()
+    with SparseDelta.compose(delta, lang).apply(space):
+        composed = space.snapshot()
+    for n in sequential:
+        torch.testing.assert_close(composed[n], sequential[n], rtol=0, atol=1e-6)
