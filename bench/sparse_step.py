@@ -7,6 +7,13 @@ both alike. Prints one JSON line last with step_time_ratio (sparse/dense) and op
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+# bench/select.py shadows the standard library's `select`: keep this folder behind the stdlib on sys.path.
+_HERE = Path(__file__).resolve().parent
+sys.path = [p for p in sys.path if Path(p or ".").resolve() != _HERE] + [str(_HERE)]
+
 import argparse
 import copy
 import json

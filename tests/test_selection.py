@@ -216,3 +216,18 @@ def test_param_groups_and_layer_norm_frozen():
     assert all(n.startswith("classifier.") for n in space.head)
     frozen_emb = ParamSpace(tiny_classifier(layers=3), freeze_embeddings=True)
     assert "embeddings" not in frozen_emb.groups
+
+
+def test_singular_basis_matches_svd_for_tall_and_wide_matrices():
+    from raysft.sft.methods.deft_x import singular_basis
+
+    g = torch.Generator().manual_seed(3)
+    for shape in [(48, 16), (16, 48), (20, 20)]:
+        delta = torch.randn(shape, generator=g)
+        u, s, vh = torch.linalg.svd(delta, full_matrices=False)
+        sigma, basis, right = singular_basis(delta)
+        torch.testing.assert_close(sigma, s, rtol=1e-4, atol=1e-5)
+        for r in (1, 3, min(shape)):
+            v = basis[:, :r]
+            approx = (delta @ v) @ v.T if right else v @ (v.T @ delta)
+            torch.testing.assert_close(approx, (u[:, :r] * s[:r]) @ vh[:r], rtol=1e-4, atol=1e-4)

@@ -24,11 +24,12 @@ def sortable_keys(scores: torch.Tensor) -> torch.Tensor:
     if s.dtype != torch.float32:
         s = s.float()
     s = s.contiguous()
-    if torch.isnan(s).any():
-        raise ValueError("scores contain NaN")
     bits = s.view(torch.int32)
+    # Checked chunk by chunk: a bool tensor of all N entries would cost a quarter of the scores' memory.
+    if any(bool(torch.isnan(c).any()) for c in _chunks(s)):
+        raise ValueError("scores contain NaN")
     # Non-negative floats already order like their bits; negative ones order backwards: flip their magnitude bits.
-    if (bits < 0).any():
+    if any(bool((c < 0).any()) for c in _chunks(bits)):
         bits = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
     return bits
 
