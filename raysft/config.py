@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from raysft.errors import RaysftError
 from raysft.sft.methods import METHODS, method_class
+from raysft.sweep.space import TuneConfig, parse_space
 
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 
@@ -77,7 +78,8 @@ class Config(_Strict):
     mask_phase: PhaseConfig = PhaseConfig(epochs=1.0, lr=2e-5)  # Ada-SFT's phase 1 (its score lr is per method)
     eval: EvalConfig = EvalConfig()
     lang_sfts: str | None = None  # folder of <lang>.safetensors language SFTs composed at evaluation
-    methods: dict[str, dict[str, Any]] = {}  # per method: its settings
+    methods: dict[str, dict[str, Any]] = {}  # per method: its settings, and under `space:` what a sweep searches
+    tune: TuneConfig = TuneConfig()
 
     @field_validator("method")
     @classmethod
@@ -88,12 +90,25 @@ class Config(_Strict):
     @field_validator("methods")
     @classmethod
     def _known_settings(cls, v):
-        for name, settings in v.items():
-            method_class(name).Settings.model_validate(settings or {})
+        for name, block in v.items():
+            block = dict(block or {})
+            parse_space(name, block.pop("space", None))
+            method_class(name).Settings.model_validate(block)
         return v
 
-    def method_settings(self, name: str):
-        return method_class(name).Settings.model_validate(self.methods.get(name) or {})
+    @field_validator("tune")
+    @classmethod
+    def _known_tune_methods(cls, v):
+        for name in v.methods:
+            method_class(name)
+        return v
+
+    def method_settings(self, name: str, **updates):
+        block = {k: v for k, v in (self.methods.get(name) or {}).items() if k != "space"}
+        return method_class(name).Settings.model_validate({**block, **updates})
+
+    def method_space(self, name: str) -> dict:
+        return parse_space(name, (self.methods.get(name) or {}).get("space"))
 
 
 def find_space(space: str) -> Path:
