@@ -196,8 +196,16 @@ def train_sparse(
     grad_sync: GradSync | None = None,
     loss_fn: Callable[[nn.Module, dict], torch.Tensor] = _loss,
     on_step: Callable[[int, float], None] | None = None,
+    on_start: Callable[[SparseUpdater, torch.optim.Optimizer | None, list], None] | None = None,
+    start_step: int = 0,
 ) -> tuple[SparseUpdater, list[float]]:
-    """Train only the masked entries (K-sized AdamW state) and the head (dense)."""
+    """Train only the masked entries (K-sized AdamW state) and the head (dense).
+
+    ``on_start(updater, head_opt, schedules)`` runs before the first step: a distributed run restores a checkpoint
+    into them there and keeps them to save the next one. ``start_step`` resumes the phase at that step: the first
+    ``start_step`` batches are skipped (the data order stays the uninterrupted run's), only the remaining steps run,
+    and ``on_step`` gets phase-wide step numbers. The returned losses are those of the steps run.
+    """
     set_trainable(space, maskable=False)
     model.train()
     updater = SparseUpdater(space, mask, lr=cfg.lr, weight_decay=cfg.weight_decay, l1=cfg.l1)
@@ -221,7 +229,15 @@ def train_sparse(
 
     device = next(model.parameters()).device
     try:
-        losses = _run_steps(cycle(loader), steps, lambda b: loss_fn(model, b), update, reporter, "sparse", device, on_step)
+        if on_start is not None:
+            on_start(updater, head_opt, schedules)
+        batches = cycle(loader)
+        for _ in range(start_step):
+            next(batches)
+        step_cb = (lambda i, v: on_step(start_step + i, v)) if on_step and start_step else on_step
+        losses = _run_steps(
+            batches, max(0, steps - start_step), lambda b: loss_fn(model, b), update, reporter, "sparse", device, step_cb
+        )
     finally:
         updater.close()
     return updater, losses

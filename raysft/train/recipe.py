@@ -172,7 +172,7 @@ def run_training(run: Run, reporter: Reporter = SilentReporter()) -> tuple[Spars
     t = time.perf_counter()
     selection = run.method.select(ctx)
     timings["select_s"] = time.perf_counter() - t
-    zero_selected = _zero_delta_selected(selection.mask, ctx) if ctx.theta1 is not None else None
+    zero_selected = zero_delta_selected(selection.mask, ctx) if ctx.theta1 is not None else None
 
     t = time.perf_counter()
     meta = {
@@ -226,7 +226,7 @@ def run_training(run: Run, reporter: Reporter = SilentReporter()) -> tuple[Spars
     return delta, metrics
 
 
-def _zero_delta_selected(mask, ctx: SelectionContext) -> int:
+def zero_delta_selected(mask, ctx: SelectionContext) -> int:
     """Selected entries that the dense phase did not move at all (|Δ| = 0): ties filled in by position."""
     zero = 0
     for name, idx in mask.items():

@@ -1,0 +1,140 @@
+"""Ray Train workers for one trial: two workers vs one process, and a worker lost mid sparse phase.
+
+One local Ray for the module (never `ray stop`); the smoke space (tiny model, NusaX slice), a few steps per phase.
+"""
+
+import math
+import os
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "90")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")  # the controller polls workers (and registers
+# reported checkpoints) this often
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from raysft.config import load_config
+from raysft.distributed.train_workers import ShardedBatchSampler, fit_trial
+from raysft.sft.delta import SparseDelta
+from raysft.train.loop import cycle
+from raysft.train.recipe import prepare, run_training
+from tests.conftest import needs_data
+
+DENSE_STEPS, SPARSE_STEPS = 4, 8
+ATOL = 1e-5  # two workers vs one process: same global batches, float sums in another order
+
+
+def smoke_cfg():
+    data = needs_data()
+    return load_config("smoke", [
+        f"data.dir={data}", f"dense.max_steps={DENSE_STEPS}", f"sparse.max_steps={SPARSE_STEPS}",
+        "data.max_eval_examples=16", "eval.splits=[dev]",
+    ])
+
+
+@pytest.mark.parametrize("n,batch,world", [(240, 16, 2), (37, 8, 3), (5, 4, 3)])
+def test_shards_are_the_single_process_batches(n, batch, world):
+    """Per step, the ranks' slices concatenate to the single-process recipe's batch; the scales average to 1."""
+    ref = cycle(DataLoader(list(range(n)), batch_size=batch, shuffle=True, generator=torch.Generator().manual_seed(7)))
+    samplers = [ShardedBatchSampler(n, batch, r, world, 7) for r in range(world)]
+    shards = [cycle(DataLoader(list(range(n)), batch_sampler=s)) for s in samplers]
+    for _ in range(3 * len(samplers[0])):
+        want = next(ref).tolist()
+        parts = [next(s).tolist() for s in shards]
+        assert sum((p for p, s in zip(parts, samplers) if s.scale > 0), []) == want
+        assert sum(s.scale for s in samplers) == pytest.approx(world)
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    needs_data()
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+    yield ray
+    if started:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def two_workers(ray_session, tmp_path_factory):
+    root = tmp_path_factory.mktemp("dist")
+    path, metrics = fit_trial(
+        smoke_cfg(), "lt-sft", num_workers=2, storage_path=root / "ray", name="two-workers",
+        controller_failure_limit=1, out_dir=root / "out", extra={"verify_sync": True, "no_dropout": True},
+    )
+    return path, metrics
+
+
+def test_two_workers_match_one_process(two_workers):
+    path, metrics = two_workers
+    cfg = smoke_cfg()
+    run = prepare(cfg, "lt-sft")
+    for m in run.model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    single, single_metrics = run_training(run)
+    dist_delta = SparseDelta.load(path, run.space)
+    d = metrics["distributed"]
+
+    # Every worker held the same weights after every sparse step, and at the end.
+    assert d["world_size"] == 2 and d["sync_checks"] == SPARSE_STEPS
+    assert len(d["worker_param_hashes"]) == 2 and len(set(d["worker_param_hashes"])) == 1
+
+    # What crossed the wire per sparse step: K values + the head's gradients, as float32; not N.
+    head = sum(run.space.param(n).numel() for n in run.space.head)
+    assert metrics["k"] == run.k
+    assert d["allreduce_bytes_per_sparse_step"] == (run.k + head) * 4
+    assert d["allreduce_bytes_per_sparse_step"] < run.space.n * 4 / 10
+    assert d["dense_allreduce_bytes_per_step"] >= run.space.n * 4
+
+    # Same global batches: the dense phase, the selection and the sparse phase agree with one process.
+    assert metrics["losses"]["dense"] == pytest.approx(single_metrics["losses"]["dense"], abs=1e-4)
+    assert metrics["losses"]["sparse"] == pytest.approx(single_metrics["losses"]["sparse"], abs=1e-4)
+    assert set(dist_delta.diffs) == set(single.diffs)
+    for name, (idx, val) in single.diffs.items():
+        d_idx, d_val = dist_delta.diffs[name]
+        assert torch.equal(idx, d_idx), f"{name}: the two runs selected different entries"
+        torch.testing.assert_close(d_val, val, atol=ATOL, rtol=0)
+    for name, t in single.abs.items():
+        torch.testing.assert_close(dist_delta.abs[name], t, atol=ATOL, rtol=0)
+
+    # The metrics have run_training's schema; every evaluation language was evaluated by some rank.
+    assert set(single_metrics) <= set(metrics)
+    assert sorted(metrics["dev"]) == sorted(single_metrics["dev"])
+    assert sum(d["eval_langs_per_rank"], []) and sorted(sum(d["eval_langs_per_rank"], [])) == sorted(run.eval_langs)
+
+
+def test_lost_worker_resumes_from_sparse_checkpoint(ray_session, two_workers, tmp_path):
+    marker = tmp_path / "failed-once"
+    path, metrics = fit_trial(
+        smoke_cfg(), "lt-sft", num_workers=2, storage_path=tmp_path / "ray", name="lose-a-worker",
+        max_failures=1, controller_failure_limit=1, checkpoint_every=3,
+        extra={"fail_at_step": 5, "fail_marker": str(marker), "fail_delay_s": 2.0, "no_dropout": True},
+    )
+    assert marker.exists(), "rank 1 never failed"
+    d = metrics["distributed"]
+    assert d["resumed_from_step"] == 3
+    assert len(metrics["losses"]["sparse"]) == SPARSE_STEPS
+    assert set(metrics["dev"]) == set(two_workers[1]["dev"]) and not math.isnan(metrics["avg"]["dev"])
+    assert len(set(d["worker_param_hashes"])) == 1
+
+    # The restart continued the same run: same data order, optimizer state, head and RNG, so the same delta bitwise.
+    resumed, uninterrupted = SparseDelta.load(path), SparseDelta.load(two_workers[0])
+    assert set(resumed.diffs) == set(uninterrupted.diffs)
+    for name, (idx, val) in uninterrupted.diffs.items():
+        assert torch.equal(resumed.diffs[name][0], idx) and torch.equal(resumed.diffs[name][1], val), name
+    for name, t in uninterrupted.abs.items():
+        assert torch.equal(resumed.abs[name], t), name
+
+    # The checkpoints hold the K-sized state only, not the model.
+    ckpts = sorted((tmp_path / "ray" / "lose-a-worker").glob("sparse-*"))
+    assert ckpts, "no sparse checkpoint was written"
+    state = ckpts[-1] / "sparse_state.safetensors"
+    assert state.stat().st_size < metrics["n"] * 4
