@@ -127,6 +127,67 @@ def train(
     )
 
 
+def sweep_table(grid, metric_name: str, top: int = 10) -> Table:
+    rows = []
+    for result in grid:
+        m = result.metrics or {}
+        if m.get("phase") != "final":
+            continue  # stopped early by ASHA: no full composed evaluation
+        rows.append((m.get("objective", float("nan")), result, m))
+    rows.sort(key=lambda r: -r[0])
+    langs = sorted({k.split("/")[-1] for _, _, m in rows for k in m if k.startswith(f"{metric_name}/dev/")})
+    table = Table(title=f"top trials (dev {metric_name}, targets' average)")
+    table.add_column("trial")
+    table.add_column("configuration")
+    table.add_column("dev", justify="right")
+    for lang in langs:
+        table.add_column(lang, justify="right")
+    table.add_column("test", justify="right")
+    from raysft.sweep.tune import describe
+
+    for score, result, m in rows[:top]:
+        cells = [f"{m.get(f'{metric_name}/dev/{lang}', float('nan')):.3f}" for lang in langs]
+        table.add_row(
+            m.get("trial_id", "?"), describe(result.config["sample"]), f"{score:.4f}", *cells,
+            f"{m.get('avg/test', float('nan')):.4f}",
+        )
+    return table
+
+
+@app.command()
+def tune(
+    space: Annotated[str, typer.Argument(help="a space under search_spaces/ or a YAML path")],
+    trials: Annotated[int | None, typer.Option(help="trials to run (default: the space's tune.trials)")] = None,
+    max_concurrent: Annotated[int | None, typer.Option(help="trials at once (default: what the cluster holds)")] = None,
+    address: Annotated[str | None, typer.Option(help="a Ray cluster to join (default: a local Ray)")] = None,
+    storage: Annotated[str | None, typer.Option(help="where trials, checkpoints and θ1 live (default runs/tune)")] = None,
+    resume: Annotated[bool, typer.Option(help="finish an interrupted sweep")] = False,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override a config key: --set tune.methods=[sc-sft]")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show Ray's logs")] = False,
+) -> None:
+    """Sweep methods and their search spaces with Ray Tune + Optuna (TPE) + ASHA; one Ray Train run per trial."""
+    from raysft.config import load_config
+    from raysft.sweep.tune import run_sweep
+
+    _quiet_libraries()
+    cfg = load_config(space, set_ or [])
+    if trials is not None and trials < 1:
+        raise RaysftError(f"--trials {trials}: a sweep needs at least 1 trial")
+    console.print(f"[bold]{cfg.name}[/]: sweeping {', '.join(cfg.tune.methods)} on {cfg.model}")
+    grid, counts, experiment, wall = run_sweep(
+        cfg, trials=trials, max_concurrent=max_concurrent, address=address, storage=storage, resume=resume,
+        verbose=verbose, console=console,
+    )
+    from raysft.tasks import get_task
+
+    console.print(sweep_table(grid, get_task(cfg.task).metric))
+    errors = sum(1 for r in grid if r.error)
+    console.print(
+        f"{len(grid)} trials ({errors} failed) in {wall:.0f}s · dense phases computed {counts['computed']}, "
+        f"reused {counts['reused']} · results in {experiment}"
+    )
+
+
 @app.command("import-sft")
 def import_sft(
     source: Annotated[Path, typer.Argument(help="composable-sft's pytorch_diff.bin")],

@@ -33,7 +33,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
@@ -46,12 +46,14 @@ from raysft import __version__
 from raysft.config import Config, steps_for
 from raysft.errors import RaysftError
 from raysft.models import model_id
+from safetensors.torch import load_file, save_file
+
 from raysft.sft.delta import SparseDelta, base_metadata
 from raysft.sft.groups import ParamSpace
 from raysft.sft.mask import Mask, entries_per_group
 from raysft.sft.methods import SelectionContext
 from raysft.sft.sparse import SparseUpdater
-from raysft.train.loop import restore, set_trainable, train_dense, train_mask_scores, train_sparse
+from raysft.train.loop import predict, restore, set_trainable, train_dense, train_mask_scores, train_sparse
 from raysft.train.recipe import Run, zero_delta_selected, average, eval_loaders, evaluate, prepare, write_outputs
 
 STATE_FORMAT = "raysft.sparse-state/1"
@@ -97,6 +99,11 @@ class LoopConfig(BaseModel):
     # Ray Train registers a reported checkpoint when its controller next polls the workers (every 2 s by default):
     # a worker lost before that poll restarts from the checkpoint before. Tests wait this long before failing.
     fail_delay_s: float = Field(0.0, ge=0)
+    # The sweep's dense-phase cache: "save" θ1 (maskable + head) to theta1_path after the dense phase, or "load" it
+    # instead of running the dense phase.
+    theta1_path: str | None = None
+    theta1_mode: Literal["save", "load"] | None = None
+    report_dev: bool = False  # each sparse checkpoint also reports the targets' average dev score ("objective")
 
 
 def workers_from_dict(raw: dict | None) -> WorkersConfig:
@@ -198,6 +205,15 @@ def _counting_allreduce_hook(state: dict, bucket):
 
 
 # ---------------------------------------------------------------------------------------------------------- helpers
+def save_theta1(path: str, theta1: dict[str, torch.Tensor], head: dict[str, torch.Tensor]) -> None:
+    """θ1 (maskable parameters and head) for the dense-phase cache, written atomically."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(f".tmp-{os.getpid()}")
+    save_file({k: v.contiguous() for k, v in {**theta1, **head}.items()}, str(tmp))
+    os.replace(tmp, target)
+
+
 def param_hash(model: nn.Module) -> str:
     """sha256 of every parameter's bytes, in model order: equal hashes mean bitwise-identical weights."""
     h = hashlib.sha256()
@@ -355,7 +371,7 @@ class _Worker:
         if isinstance(state, dict):  # the run had already finished: hand its result back
             return state if self.rank == 0 else None
         cfg, rank = self.cfg, self.rank
-        run = prepare(cfg, self.method_name)
+        run = self.run = prepare(cfg, self.method_name)
         if self.loop.no_dropout:
             _no_dropout(run.model)
         # Rank 0 fills the tokenised-data cache first; the others then read it rather than racing to write it.
@@ -424,7 +440,13 @@ class _Worker:
         cfg, space, model, rank, world = self.cfg, run.space, run.model, self.rank, self.world
         ctx = SelectionContext(space, run.k, theta0, seed=cfg.seed)
         t = time.perf_counter()
-        if run.method.first_phase == "dense":
+        if run.method.first_phase == "dense" and self.loop.theta1_mode == "load":
+            theta1 = load_file(self.loop.theta1_path)  # the cache's θ1: no dense phase to run
+            restore(space, {p.name: theta1[p.name] for p in space.maskable}, {n: theta1[n] for n in space.head})
+            dist_info["dense_cache"] = "reused"
+            if rank == 0:
+                ctx.theta1 = space.snapshot()
+        elif run.method.first_phase == "dense":
             steps = steps_for(cfg.dense, len(train_ds))
             loader, sampler = sharded_loader(train_ds, run.tokenizer, cfg.dense.batch_size, cfg.seed, rank, world)
             set_trainable(space, maskable=True)  # before wrapping: DDP registers the parameters that need grads
@@ -443,6 +465,9 @@ class _Worker:
             dist_info["dense_allreduce_bytes_per_step"] = counter["bytes"] // max(1, steps)
             if rank == 0:
                 ctx.theta1 = space.snapshot()
+                if self.loop.theta1_mode == "save":
+                    save_theta1(self.loop.theta1_path, ctx.theta1, space.head_snapshot())
+                    dist_info["dense_cache"] = "computed"
         elif run.method.first_phase == "mask":
             steps = steps_for(cfg.mask_phase, len(train_ds))
             loader, sampler = sharded_loader(train_ds, run.tokenizer, cfg.mask_phase.batch_size, cfg.seed, rank, world)
@@ -533,6 +558,8 @@ class _Worker:
         }
         info = {**info, "losses": {**info["losses"], "sparse": sparse_losses}, "distributed": dist_info}
         metrics = {"phase": "sparse", "sparse_step": done, "loss": sparse_losses[-1]}
+        if self.loop.report_dev:
+            metrics["objective"] = self.dev_objective()
         if self.rank == 0:
             with tempfile.TemporaryDirectory(prefix="raysft-ckpt-") as d:
                 save_sparse_state(
@@ -544,6 +571,23 @@ class _Worker:
                 )
         else:
             ray.train.report(metrics)
+
+    def dev_objective(self) -> float:
+        """The targets' average dev score of the model as it is now (θ0 + the delta so far), split by language."""
+        run = self.run
+        if not hasattr(self, "_dev_loaders"):
+            mine = run.target_langs[self.rank :: self.world]
+            sub = dataclasses.replace(run, eval_langs=mine, cfg=run.cfg.model_copy(update={"eval": run.cfg.eval.model_copy(update={"splits": ["dev"]})}))
+            self._dev_loaders = eval_loaders(sub)
+        scores = {}
+        for (lang, _), loader in self._dev_loaders.items():
+            preds, labels = predict(run.model, loader)
+            scores[lang] = run.task.metrics(preds, labels)[run.task.metric]
+        run.model.train()
+        merged: dict[str, float] = {}
+        for part in _gather(scores):
+            merged.update(part)
+        return sum(merged.values()) / max(1, len(merged))
 
     # ------------------------------------------------------------------------------------------------- finish
     def finish(self, run: Run, delta, sel, per_rank, timings, losses, optimizer_state, dist_info) -> dict | None:
@@ -574,7 +618,10 @@ class _Worker:
             "target_langs": run.target_langs,
             "distributed": dist_info,
         }
-        summary = {"phase": "final", "resumed_from_step": dist_info["resumed_from_step"]}
+        summary = {
+            "phase": "final", "resumed_from_step": dist_info["resumed_from_step"], "k": sel["k"],
+            "objective": metrics["avg"].get("dev", float("nan")), "dense_cache": dist_info.get("dense_cache", "none"),
+        }
         for split, by_lang in results.items():
             summary[f"avg/{split}"] = metrics["avg"][split]
             for lang, vals in by_lang.items():

@@ -1,0 +1,275 @@
+"""The Ray Tune edge: `raysft tune <space>` = OptunaSearch (define-by-run from the YAML) + ASHA, one trial = one
+driver function that fits a Ray Train `TorchTrainer` (Ray 2.60 runs Train V2: `Tuner(trainer)` is gone)."""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from raysft.config import Config, apply_overrides
+from raysft.errors import RaysftError
+from raysft.sweep.space import sample
+
+OBJECTIVE = "objective"
+
+
+def define_by_run(trial, methods: list[str], spaces: dict) -> dict:
+    """Module-level (the searcher is pickled): the sampled method, its settings and config overrides."""
+    return {"sample": sample(trial, methods, spaces)}
+
+
+def trial_config(base: dict, sampled: dict) -> Config:
+    """The base config with one trial's sampled values applied (validated again: a sampled value can be invalid)."""
+    raw = apply_overrides(dict(base), [])
+    for key, value in sampled["overrides"].items():
+        node = raw
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    methods = dict(raw.get("methods") or {})
+    methods[sampled["method"]] = {**(methods.get(sampled["method"]) or {}), **sampled["settings"]}
+    raw["methods"] = methods
+    raw["method"] = sampled["method"]
+    return Config.model_validate(raw)
+
+
+def run_trial(config: dict, base: dict, storage: str) -> None:
+    """One trial: wait for or claim the shared dense phase, then fit the trial's TorchTrainer. Every Train report
+    reaches Tune through TuneReportCallback; the last one is the full composed evaluation."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from raysft.distributed.train_workers import fit_trial
+    from raysft.sft.methods import method_class
+    from raysft.sweep.dense_cache import acquire, dense_key, get_cache
+
+    sampled = config["sample"]
+    cfg = trial_config(base, sampled)
+    trial_id = tune.get_context().get_trial_id()
+    extra: dict[str, Any] = {"report_dev": True}
+    cache, key = None, None
+    workers = cfg.tune.num_workers
+    if method_class(cfg.method).first_phase == "dense":
+        cache, key = get_cache(str(Path(storage) / "dense")), dense_key(cfg, workers)
+        status, path = acquire(cache, key, trial_id)
+        extra.update(theta1_path=path, theta1_mode="save" if status == "compute" else "load")
+    try:
+        fit_trial(
+            cfg, cfg.method, num_workers=workers, cpus_per_worker=cfg.tune.cpus_per_worker,
+            gpus_per_worker=cfg.tune.gpus_per_worker, storage_path=storage, name=f"train-{trial_id}",
+            extra=extra, callbacks=[TuneReportCallback()], checkpoint_every=cfg.tune.report_every or None,
+        )
+    except BaseException:
+        if cache is not None and extra.get("theta1_mode") == "save":
+            cache.failed.remote(key)
+        raise
+    if cache is not None and extra.get("theta1_mode") == "save":
+        import ray
+
+        ray.get(cache.done.remote(key))
+
+
+def describe(sampled: dict) -> str:
+    parts = [sampled["method"]]
+    for key, value in {**sampled["settings"], **sampled["overrides"]}.items():
+        if key == "budget":
+            top = sorted(value.items(), key=lambda kv: -kv[1])[:3]
+            parts.append("budget " + ",".join(f"{g}={v:.2f}" for g, v in top))
+        elif isinstance(value, float):
+            parts.append(f"{key}={value:.3g}")
+        else:
+            parts.append(f"{key}={value}")
+    return " ".join(parts)
+
+
+def trial_lines_callback():
+    """A Tune callback: one line per finished trial (method, key parameters, dev score, time). It holds no console
+    (Tune pickles its callbacks); each line goes through a fresh rich Console."""
+    from ray.tune import Callback
+    from rich.console import Console
+
+    class TrialLines(Callback):
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            r = trial.last_result or {}
+            score = r.get(OBJECTIVE, float("nan"))
+            stopped = "" if r.get("phase") == "final" else ", stopped early"
+            reused = ", dense reused" if r.get("dense_cache") == "reused" else ""
+            Console().print(
+                f"trial {trial.trial_id}: {describe(trial.config['sample'])} → dev {score:.4f} "
+                f"({r.get('time_total_s', 0):.0f}s{reused}{stopped})",
+                highlight=False,
+            )
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            Console().print(f"trial {trial.trial_id}: {describe(trial.config['sample'])} failed", style="red")
+
+    return TrialLines()
+
+
+def resources_per_trial(cfg: Config) -> dict[str, float]:
+    """The trial driver's CPU plus its Train workers' resources (what one running trial holds)."""
+    return {
+        "CPU": 1 + cfg.tune.num_workers * cfg.tune.cpus_per_worker,
+        "GPU": cfg.tune.num_workers * cfg.tune.gpus_per_worker,
+    }
+
+
+def default_max_concurrent(cfg: Config, cluster: dict[str, float]) -> int:
+    need = resources_per_trial(cfg)
+    fits = [math.floor(cluster.get(r, 0) / n) for r, n in need.items() if n > 0]
+    return max(1, min(fits)) if fits else 1
+
+
+def check_resources(cfg: Config, nodes: list[dict]) -> None:
+    """Refuse a trial whose workers no node can hold, before any trial starts."""
+    worker = {"CPU": cfg.tune.cpus_per_worker, "GPU": cfg.tune.gpus_per_worker}
+    for node in nodes:
+        res = node.get("Resources", {})
+        if all(res.get(r, 0) >= n for r, n in worker.items() if n > 0):
+            return
+    have = ", ".join(f"{n.get('NodeManagerAddress')}: {n.get('Resources', {}).get('CPU', 0):g} CPU "
+                     f"{n.get('Resources', {}).get('GPU', 0):g} GPU" for n in nodes)
+    raise RaysftError(
+        f"no node can hold a worker with {worker['CPU']:g} CPU and {worker['GPU']:g} GPU (nodes: {have}): "
+        "lower tune.cpus_per_worker / tune.gpus_per_worker or add nodes"
+    )
+
+
+def storage_uri(storage: str | None, multi_node: bool) -> str:
+    if storage is None:
+        return str((Path.cwd() / "runs" / "tune").resolve())
+    if "://" in storage and not storage.startswith("file://"):
+        return storage
+    path = Path(storage.removeprefix("file://")).expanduser().resolve()
+    if multi_node and not os.path.ismount(str(path)) and not str(path).startswith(("/mnt/", "/shared", "/efs", "/nfs")):
+        raise RaysftError(
+            f"storage {path} is a local folder, but the cluster has several nodes that cannot share it: "
+            "give --storage s3://bucket/path (or a path on a shared file system)"
+        )
+    return str(path)
+
+
+def _check_reachable(address: str, timeout_s: float = 3.0) -> None:
+    """ray.init retries an unreachable GCS for minutes: test the TCP port first and fail at once."""
+    import socket
+
+    if address == "auto" or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s):
+            return
+    except (OSError, ValueError) as e:
+        raise RaysftError(
+            f"cannot reach the Ray cluster at {address} ({e.__class__.__name__}: {e}): "
+            "check the address (ray status on the head node) or leave --address out for a local Ray"
+        ) from None
+
+
+def connect(address: str | None, verbose: bool) -> None:
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    if ray.is_initialized():
+        return
+    kwargs: dict[str, Any] = {"log_to_driver": verbose, "logging_level": "INFO" if verbose else "ERROR"}
+    if address:
+        _check_reachable(address)
+        try:
+            ray.init(address=address, **kwargs)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise RaysftError(f"cannot reach the Ray cluster at {address} ({str(e).splitlines()[0][:120]}): "
+                              "check the address (ray status) or leave --address out for a local Ray") from None
+    else:
+        # Locally, trial drivers mostly wait on their workers: give Ray more logical CPUs than cores.
+        ray.init(num_cpus=max(4, 2 * (os.cpu_count() or 2)), include_dashboard=False, **kwargs)
+
+
+def run_sweep(
+    cfg: Config,
+    *,
+    trials: int | None = None,
+    max_concurrent: int | None = None,
+    address: str | None = None,
+    storage: str | None = None,
+    resume: bool = False,
+    verbose: bool = False,
+    console=None,
+):
+    """Run (or resume) the sweep; returns the Tune ResultGrid, the dense-cache counts and the experiment path."""
+    import optuna
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    trials = trials if trials is not None else cfg.tune.trials
+    if trials < 1:
+        raise RaysftError(f"--trials {trials}: a sweep needs at least 1 trial")
+    spaces = {m: cfg.method_space(m) for m in cfg.tune.methods}
+    connect(address, verbose)
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    check_resources(cfg, nodes)
+    root = storage_uri(storage, multi_node=len(nodes) > 1)
+    cluster = ray.cluster_resources()
+    concurrent = max_concurrent or cfg.tune.max_concurrent or default_max_concurrent(cfg, cluster)
+    base = cfg.model_dump(mode="json")
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, base=base, storage=root), {"cpu": 1}
+    )
+    experiment = str(Path(root) / cfg.name) if "://" not in root else f"{root}/{cfg.name}"
+    callbacks = [trial_lines_callback()] if console is not None else []
+    if resume:
+        if not tune.Tuner.can_restore(experiment):
+            raise RaysftError(f"nothing to resume at {experiment}: run `raysft tune {cfg.name}` without --resume first")
+        tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_errored=True, restart_errored=False)
+    else:
+        if tune.Tuner.can_restore(experiment):
+            raise RaysftError(f"a sweep already exists at {experiment}: pass --resume to finish it, or --storage elsewhere")
+        metric: Any = OBJECTIVE
+        mode: Any = "max"
+        if cfg.tune.multi_objective:
+            metric, mode = [OBJECTIVE, "k"], ["max", "min"]
+            sampler = optuna.samplers.NSGAIISampler(seed=cfg.tune.seed)
+        else:
+            sampler = optuna.samplers.TPESampler(seed=cfg.tune.seed, constant_liar=True)
+        searcher = OptunaSearch(
+            space=functools.partial(define_by_run, methods=cfg.tune.methods, spaces=spaces),
+            metric=metric, mode=mode, sampler=sampler,
+        )
+        scheduler = None
+        if cfg.tune.scheduler == "asha" and not cfg.tune.multi_objective:
+            scheduler = ASHAScheduler(
+                metric=OBJECTIVE, mode="max", grace_period=cfg.tune.grace_period,
+                reduction_factor=cfg.tune.reduction_factor, max_t=10_000,
+            )
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=ConcurrencyLimiter(searcher, max_concurrent=concurrent),
+                scheduler=scheduler, num_samples=trials, max_concurrent_trials=concurrent,
+            ),
+            run_config=tune.RunConfig(
+                name=cfg.name, storage_path=root, callbacks=callbacks,
+                verbose=1 if verbose else 0,
+                failure_config=tune.FailureConfig(max_failures=1),
+            ),
+        )
+    from raysft.sweep.dense_cache import get_cache
+
+    # Created here so that it lives as long as this driver (an actor dies with the process that created it);
+    # trial drivers find it by name.
+    cache = get_cache(str(Path(root) / "dense"))
+    started = time.perf_counter()
+    grid = tuner.fit()
+    cache_counts = ray.get(cache.stats.remote())
+    return grid, cache_counts, experiment, time.perf_counter() - started

@@ -1,0 +1,127 @@
+"""`raysft tune`: a real Ray Tune sweep (Optuna + ASHA, one Ray Train run per trial) on the smoke space, the shared
+dense phase, resume after the driver is killed, and the bad inputs refused before any trial starts."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from raysft.cli import main
+from tests.conftest import REPO, needs_data
+
+pytestmark = pytest.mark.slow
+
+ENV = {
+    **os.environ,
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+    "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "60",
+    "TUNE_GLOBAL_CHECKPOINT_S": "1",  # experiment state saved often: a killed driver loses little
+    "PYTHONUNBUFFERED": "1",
+}
+
+
+def tune_cmd(*args):
+    return [sys.executable, "-m", "raysft.cli", "tune", "smoke", *args]
+
+
+def trial_results(experiment: Path) -> dict[str, list[dict]]:
+    """trial folder -> every result it reported (result.json lines)."""
+    out = {}
+    for f in sorted(experiment.glob("*/result.json")):
+        out[f.parent.name] = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+    return out
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    needs_data()
+    storage = tmp_path_factory.mktemp("tune")
+    proc = subprocess.run(
+        tune_cmd("--trials", "3", "--storage", str(storage), "--set", "tune.scheduler=none"),
+        capture_output=True, text=True, env=ENV, cwd=REPO, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return storage, proc.stdout
+
+
+def test_sweep_finishes_with_per_language_dev_scores(sweep):
+    storage, stdout = sweep
+    results = trial_results(storage / "smoke")
+    assert len(results) == 3
+    for reports in results.values():
+        final = reports[-1]
+        assert final["phase"] == "final"
+        for lang in ("jav", "sun"):
+            assert 0.0 <= final[f"f1/dev/{lang}"] <= 1.0
+        assert 0.0 <= final["objective"] <= 1.0
+    assert stdout.count("trial ") >= 3 and "top trials" in stdout
+
+
+def test_dense_phase_computed_once_for_trials_that_share_it(sweep):
+    storage, stdout = sweep
+    assert "dense phases computed 1, reused 2" in stdout
+    finals = [r[-1] for r in trial_results(storage / "smoke").values()]
+    assert sorted(f["dense_cache"] for f in finals) == ["computed", "reused", "reused"]
+    assert len(list((storage / "dense").glob("*/theta1.safetensors"))) == 1
+
+
+def test_resume_after_the_driver_is_killed(tmp_path):
+    needs_data()
+    storage = tmp_path / "tune"
+    args = ("--trials", "4", "--storage", str(storage), "--max-concurrent", "1", "--set", "tune.scheduler=none")
+    proc = subprocess.Popen(tune_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV, cwd=REPO)
+    deadline = time.time() + 600
+    finished_lines = 0
+    for line in proc.stdout:  # wait for the first finished trial, then kill the driver
+        if line.startswith("trial "):
+            finished_lines += 1
+            break
+        assert time.time() < deadline
+    time.sleep(3)  # let Tune write its experiment state
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = trial_results(storage / "smoke")
+    done_before = {t for t, r in before.items() if r and r[-1].get("phase") == "final"}
+    assert finished_lines == 1 and len(done_before) >= 1
+
+    resumed = subprocess.run(tune_cmd(*args, "--resume"), capture_output=True, text=True, env=ENV, cwd=REPO, timeout=900)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    after = trial_results(storage / "smoke")
+    assert len(after) == 4  # exactly the requested count
+    for t in done_before:  # finished trials were not rerun: the same single final report
+        assert [r for r in after[t] if r.get("phase") == "final"] == [before[t][-1]]
+    assert all(r[-1]["phase"] == "final" for r in after.values())
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--trials", "0"], "--trials 0"),
+    (["--address", "127.0.0.1:1"], "cannot reach the Ray cluster at 127.0.0.1:1"),
+    (["--set", "methods.sc-sft.space={sparse.lr: {dist: float, low: 1, high: 0}}"], "empty range"),
+    (["--set", "methods.sc-sft.space={budget: {dist: dirichlet, groups: [embeddings, decoder]}}"], "unknown group 'decoder'"),
+    (["--set", "tune.methods=[magic]"], "unknown method 'magic'"),
+])
+def test_bad_sweep_input_exit_2_before_any_trial(args, message, capsys, tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        main(["tune", "smoke", "--storage", str(tmp_path / "s"), *args])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "s" / "smoke").exists()
+
+
+def test_resources_no_node_can_hold_are_refused(capsys, tmp_path):
+    import ray
+
+    try:
+        with pytest.raises(SystemExit) as exc:
+            main(["tune", "smoke", "--storage", str(tmp_path / "s"), "--set", "tune.cpus_per_worker=512"])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and "no node can hold a worker with 512 CPU" in err, err
+        assert not (tmp_path / "s" / "smoke").exists()
+    finally:
+        ray.shutdown()
