@@ -123,6 +123,7 @@ class TuneConfig(BaseModel):
     cpus_per_worker: float = Field(1.0, gt=0)
     gpus_per_worker: float = Field(0.0, ge=0)
     report_every: int = Field(0, ge=0)  # sparse steps between intermediate dev reports (0: once per epoch)
+    dense_cache: bool = True  # trials with the same dense settings share one dense phase
 
 
 def parse_space(method: str, block: dict | None) -> dict[str, Any]:

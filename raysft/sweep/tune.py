@@ -54,7 +54,7 @@ def run_trial(config: dict, base: dict, storage: str) -> None:
     extra: dict[str, Any] = {"report_dev": True}
     cache, key = None, None
     workers = cfg.tune.num_workers
-    if method_class(cfg.method).first_phase == "dense":
+    if cfg.tune.dense_cache and method_class(cfg.method).first_phase == "dense":
         cache, key = get_cache(str(Path(storage) / "dense")), dense_key(cfg, workers)
         status, path = acquire(cache, key, trial_id)
         extra.update(theta1_path=path, theta1_mode="save" if status == "compute" else "load")
