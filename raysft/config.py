@@ -159,11 +159,28 @@ def load_config(space: str, overrides: list[str] | None = None) -> Config:
         raise RaysftError(f"{path} is not valid YAML ({str(e).splitlines()[0]}): fix the file") from None
     raw = apply_overrides(raw, overrides or [])
     try:
-        return Config.model_validate(raw)
+        return pin_paths(Config.model_validate(raw))
     except ValidationError as e:
         raise RaysftError(f"{path.name}: {_one_line(e)}") from None
     except RaysftError as e:
         raise RaysftError(f"{path.name}: {e}") from None
+
+
+def pin_paths(cfg: Config) -> Config:
+    """Make the data folder and language-SFT folder absolute, as seen from here: Ray workers run in another
+    working directory, so a relative path (or the ../shared/data default) must be resolved by the driver."""
+    from raysft.tasks.base import data_dir
+
+    data = cfg.data
+    if data.dir is None:
+        try:
+            data = data.model_copy(update={"dir": str(data_dir())})
+        except RaysftError:
+            pass  # reported with its fix when the run prepares its data
+    else:
+        data = data.model_copy(update={"dir": str(Path(data.dir).expanduser().resolve())})
+    lang = str(Path(cfg.lang_sfts).expanduser().resolve()) if cfg.lang_sfts else None
+    return cfg.model_copy(update={"data": data, "lang_sfts": lang})
 
 
 def steps_for(phase: PhaseConfig, n_examples: int) -> int:
