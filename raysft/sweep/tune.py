@@ -177,6 +177,8 @@ def connect(address: str | None, verbose: bool) -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    if not verbose:
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0, no experiment banners or status tables
     if ray.is_initialized():
         return
     kwargs: dict[str, Any] = {"log_to_driver": verbose, "logging_level": "INFO" if verbose else "ERROR"}
@@ -189,7 +191,9 @@ def connect(address: str | None, verbose: bool) -> None:
                               "check the address (ray status) or leave --address out for a local Ray") from None
     else:
         # Locally, trial drivers mostly wait on their workers: give Ray more logical CPUs than cores.
-        ray.init(num_cpus=max(4, 2 * (os.cpu_count() or 2)), include_dashboard=False, **kwargs)
+        # The dashboard stays on: Ray Train's PlacementGroupCleaner asks the state API whether a controller died
+        # (a trial stopped by ASHA); without it the stopped trial's workers keep their placement group forever.
+        ray.init(num_cpus=max(4, 2 * (os.cpu_count() or 2)), **kwargs)
 
 
 def run_sweep(
@@ -202,8 +206,13 @@ def run_sweep(
     resume: bool = False,
     verbose: bool = False,
     console=None,
+    tracking_uri: str | None = None,
+    experiment_name: str | None = None,
+    track: bool = True,
 ):
-    """Run (or resume) the sweep; returns the Tune ResultGrid, the dense-cache counts and the experiment path."""
+    """Run (or resume) the sweep; returns the Tune ResultGrid, the dense-cache counts, the experiment path and the
+    wall time. With ``track``, a parent MLflow run for this invocation (the same one on --resume) and a child run per
+    trial, written by a Tune callback in this driver (:mod:`raysft.tracking`)."""
     import optuna
     import ray
     from ray import tune
@@ -227,14 +236,34 @@ def run_sweep(
         tune.with_parameters(run_trial, base=base, storage=root), {"cpu": 1}
     )
     experiment = str(Path(root) / cfg.name) if "://" not in root else f"{root}/{cfg.name}"
-    callbacks = [trial_lines_callback()] if console is not None else []
+    if resume and not tune.Tuner.can_restore(experiment):
+        raise RaysftError(f"nothing to resume at {experiment}: run `raysft tune {cfg.name}` without --resume first")
+    if not resume and tune.Tuner.can_restore(experiment):
+        raise RaysftError(f"a sweep already exists at {experiment}: pass --resume to finish it, or --storage elsewhere")
+    tracking = None
+    if track:
+        from raysft.tracking.runs import SweepTracking
+
+        tracking = SweepTracking.start(
+            cfg, tracking_uri=tracking_uri, experiment=experiment_name, experiment_dir=experiment, storage_root=root,
+            resume=resume, nodes=len(nodes),
+        )
+        if console is not None:
+            console.print(
+                f"tracking: experiment '{tracking.experiment}' in {tracking.uri}, "
+                f"{'resumed' if tracking.resumed else 'new'} parent run {tracking.parent_run_id}",
+                highlight=False, soft_wrap=True,
+            )
+    # The tracking callback first: a trial's run is written before its line is printed.
+    callbacks = ([tracking.callback()] if tracking else []) + ([trial_lines_callback()] if console is not None else [])
     if resume:
-        if not tune.Tuner.can_restore(experiment):
-            raise RaysftError(f"nothing to resume at {experiment}: run `raysft tune {cfg.name}` without --resume first")
         tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_errored=True, restart_errored=False)
+        # Tuner.restore brings back the callbacks pickled at the first invocation; this invocation's replace them
+        # (the tracking callback holds this invocation's store and parent run).
+        local = getattr(tuner, "_local_tuner", None)
+        if local is not None:
+            local.get_run_config().callbacks = callbacks
     else:
-        if tune.Tuner.can_restore(experiment):
-            raise RaysftError(f"a sweep already exists at {experiment}: pass --resume to finish it, or --storage elsewhere")
         metric: Any = OBJECTIVE
         mode: Any = "max"
         if cfg.tune.multi_objective:
@@ -270,6 +299,14 @@ def run_sweep(
     # trial drivers find it by name.
     cache = get_cache(str(Path(root) / "dense"))
     started = time.perf_counter()
-    grid = tuner.fit()
+    try:
+        grid = tuner.fit()
+    except BaseException as e:
+        if tracking is not None:
+            tracking.finish(status="KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        raise
     cache_counts = ray.get(cache.stats.remote())
-    return grid, cache_counts, experiment, time.perf_counter() - started
+    wall = time.perf_counter() - started
+    if tracking is not None:
+        tracking.finish(grid, cache_counts, wall)
+    return grid, cache_counts, experiment, wall

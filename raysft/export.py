@@ -1,0 +1,373 @@
+"""Reading results back out of MLflow: `raysft compare`, `raysft export` (a trial's task delta + a model card), and
+`raysft apply` (base model + SFTs → a plain Hugging Face folder). MLflow itself is only touched through
+:mod:`raysft.tracking`."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from raysft.errors import RaysftError
+from raysft.tracking import record
+from raysft.tracking.store import TrackingURI
+
+LOWER_IS_BETTER = ("loss/", "time/", "train_loss", "delta_bytes", "optimizer_state_bytes", "trained_entries", "density")
+
+
+def lower_is_better(metric: str) -> bool:
+    return metric.startswith(LOWER_IS_BETTER)
+
+
+@dataclass
+class RunRow:
+    run_id: str
+    name: str
+    kind: str
+    trial_id: str
+    status: str
+    params: dict[str, str]
+    metrics: dict[str, float]
+    score: float
+    tags: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def method(self) -> str:
+        return self.params.get("method", "?")
+
+    def describe(self, keys: set[str] | None = None) -> str:
+        """The method and the searched values (``keys``: the params that differ between the runs shown)."""
+        keys = set(self.params) if keys is None else keys
+        budget = {k.split("/", 1)[1]: v for k, v in self.params.items() if k.startswith("budget/") and k in keys}
+        parts = [self.method]
+        if budget:
+            top = sorted(((g, float(v)) for g, v in budget.items()), key=lambda kv: -kv[1])[:3]
+            parts.append("budget " + ", ".join(f"{g}={v:.2f}" for g, v in top))
+        for key in sorted(keys):
+            if key.startswith("budget/") or key in DESCRIBE_SKIP or key not in self.params:
+                continue
+            v = self.params[key]
+            try:
+                v = f"{float(v):.3g}" if "." in v or "e" in v else v
+            except ValueError:
+                pass
+            parts.append(f"{key}={v}")
+        return " ".join(parts)
+
+
+DESCRIBE_SKIP = {"method", "model", "task", "target_langs", "metric", "n", "k"}
+
+
+@dataclass
+class Ranking:
+    experiment: object
+    uri: TrackingURI
+    metric: str
+    task_metric: str
+    langs: list[str]
+    rows: list[RunRow]
+    client: object = None
+
+    def varying(self) -> set[str]:
+        """The params whose values differ between the runs shown (what the sweep searched)."""
+        keys = {k for r in self.rows for k in r.params}
+        return {k for k in keys if len({r.params.get(k) for r in self.rows}) > 1}
+
+
+def _rows(c, experiment_id: str) -> list[RunRow]:
+    from raysft.tracking.store import trial_runs
+
+    out = []
+    for r in trial_runs(c, experiment_id):
+        tags = r.data.tags
+        out.append(RunRow(
+            run_id=r.info.run_id, name=r.info.run_name or "", kind=tags.get("raysft.kind", ""),
+            trial_id=tags.get("trial_id", ""), status=r.info.status, params=dict(r.data.params),
+            metrics=dict(r.data.metrics), score=float("nan"), tags=dict(tags),
+        ))
+    return out
+
+
+def rank(tracking_uri: str | None, experiment: str, metric: str | None = None, top: int | None = None) -> Ranking:
+    """The experiment's trial and train runs that have ``metric``, best first."""
+    from raysft.tracking.store import connect, get_experiment, resolve_uri
+
+    metric = metric or record.DEFAULT_METRIC
+    if top is not None and top < 1:
+        raise RaysftError(f"--top {top}: show at least 1 run")
+    uri = resolve_uri(tracking_uri)
+    c = connect(uri, create=False)
+    exp = get_experiment(c, uri, experiment)
+    rows = _rows(c, exp.experiment_id)
+    if not rows:
+        raise RaysftError(f"experiment '{exp.name}' has no trial runs yet: run raysft tune {exp.name} (or raysft train) first")
+    have = [r for r in rows if isinstance(r.metrics.get(metric), float) and math.isfinite(r.metrics[metric])]
+    if not have:
+        names = sorted({k for r in rows for k in r.metrics if not k.startswith("loss/")})
+        shown = ", ".join(names[:15]) + (" …" if len(names) > 15 else "")
+        raise RaysftError(f"no run in experiment '{exp.name}' has the metric '{metric}': known metrics are {shown or 'none'}")
+    sign = 1 if lower_is_better(metric) else -1
+    for r in have:
+        r.score = r.metrics[metric]
+    have.sort(key=lambda r: (sign * r.score, r.name))
+    task_metric = next((r.params["metric"] for r in have if r.params.get("metric")), "acc")
+    langs = sorted({k.rsplit("/", 1)[1] for r in have for k in r.metrics if k.startswith(f"{task_metric}/dev/")} - {"avg"})
+    targets = {lang for r in have for lang in r.params.get("target_langs", "").split(",") if lang and lang != "all"}
+    if targets:  # the target languages (the source language's score is in the model card)
+        langs = [lang for lang in langs if lang in targets]
+    return Ranking(exp, uri, metric, task_metric, langs, have[:top] if top else have, c)
+
+
+# ------------------------------------------------------------------------------------------------------------ export
+def check_target(out: Path, force: bool) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        raise RaysftError(f"export target {out} exists and is not empty: choose another --out or pass --force")
+
+
+def _publish(staging: Path, out: Path) -> None:
+    if out.exists():
+        shutil.rmtree(out) if out.is_dir() else out.unlink()
+    os.replace(staging, out)
+
+
+def export_run(tracking_uri: str | None, experiment: str, out: Path, *, run_id: str | None = None, best: bool = False,
+               metric: str | None = None, force: bool = False) -> dict:
+    """Write a trial's task delta, its metrics, config, plots and a model card README.md into ``out``."""
+    from raysft.tracking.store import connect, download, get_experiment, get_run, resolve_uri
+
+    if bool(run_id) == bool(best):
+        raise RaysftError("give exactly one of --run-id ID and --best")
+    check_target(out, force)
+    if run_id:
+        uri = resolve_uri(tracking_uri)
+        c = connect(uri, create=False)
+        exp = get_experiment(c, uri, experiment)
+        if len(run_id) < 32:  # a prefix, as raysft compare shows
+            matches = [r.run_id for r in _rows(c, exp.experiment_id) if r.run_id.startswith(run_id)]
+            if len(matches) > 1:
+                raise RaysftError(f"run id prefix '{run_id}' matches {len(matches)} runs in '{exp.name}': give more of it")
+            run_id = matches[0] if matches else run_id
+        run = get_run(c, uri, run_id, exp)
+        if run.data.tags.get("raysft.kind") not in ("trial", "train"):
+            raise RaysftError(f"run {run_id} is a sweep's parent run, not a trial: pass one of its trials' run ids (raysft compare {exp.name})")
+        metric = metric or record.DEFAULT_METRIC
+    else:
+        ranking = rank(tracking_uri, experiment, metric)
+        uri, exp, metric, c = ranking.uri, ranking.experiment, ranking.metric, ranking.client
+        finished = [r for r in ranking.rows if r.status == "FINISHED"]
+        if not finished:
+            raise RaysftError(f"no finished run in experiment '{exp.name}' has '{metric}': wait for the sweep or pass --run-id")
+        run = get_run(c, uri, finished[0].run_id, exp)
+    rid = run.info.run_id
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        delta = download(c, rid, record.DELTA_FILE, staging)
+        if delta is None:
+            raise RaysftError(
+                f"run {rid} has no task delta (status {run.info.status}"
+                f"{', stopped early' if run.data.tags.get('raysft.stopped') else ''}): export a FINISHED run"
+            )
+        metrics_file = download(c, rid, record.METRICS_FILE, staging)
+        download(c, rid, record.CONFIG_FILE, staging)
+        download(c, rid, "plots", staging)
+        metrics = json.loads(metrics_file.read_text()) if metrics_file else {}
+        info = {
+            "tracking_uri": uri.uri, "experiment": exp.name, "run_id": rid, "run_name": run.info.run_name,
+            "trial_id": run.data.tags.get("trial_id"), "metric": metric, "score": run.data.metrics.get(metric),
+            "lang_sfts": language_sfts(metrics, staging / record.CONFIG_FILE),
+        }
+        (staging / "export.json").write_text(json.dumps(info, indent=2))
+        (staging / "README.md").write_text(model_card(run, metrics, staging, info))
+        _publish(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return info
+
+
+def language_sfts(metrics: dict, config_file: Path) -> dict[str, str]:
+    """The language SFTs the trial was evaluated with: language → path (references; they are not copied)."""
+    langs = metrics.get("lang_sfts") or []
+    if not langs or not config_file.is_file():
+        return {}
+    import yaml
+
+    folder = (yaml.safe_load(config_file.read_text()) or {}).get("lang_sfts")
+    return {lang: str(Path(folder) / f"{lang}.safetensors") for lang in langs} if folder else {}
+
+
+def _delta_meta(path: Path) -> dict:
+    from raysft.sft.delta import SparseDelta
+
+    return SparseDelta.load(path).meta
+
+
+def model_card(run, metrics: dict, folder: Path, info: dict) -> str:
+    meta = _delta_meta(folder / record.DELTA_FILE)
+    params = dict(run.data.params)
+    base = meta.get("base_model") or params.get("model", "?")
+    method = meta.get("method") or params.get("method", "?")
+    k, n = int(meta.get("k") or params.get("k") or 0), metrics.get("n") or params.get("n")
+    task = meta.get("task") or params.get("task", "?")
+    try:
+        from raysft.tasks import get_task
+
+        labels = ", ".join(get_task(task).labels)
+    except Exception:
+        labels = "?"
+    size = (folder / record.DELTA_FILE).stat().st_size
+    density = f" ({k / int(n):.3%} of {int(n):,} maskable entries)" if n else ""
+    lines = [
+        f"# {info['experiment']} · {method} task SFT (K = {k:,})",
+        "",
+        f"A composable sparse fine-tuning (task delta) of **{base}** for the **{task}** task, trained by raysft "
+        f"with **{method}**. Exported from MLflow run `{info['run_id']}`"
+        + (f" (trial `{info['trial_id']}`)" if info.get("trial_id") else "")
+        + f" of experiment `{info['experiment']}`.",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| base model | `{base}` |",
+        f"| method | {method} |",
+        f"| K (trained entries) | {k:,}{density} |",
+        f"| task | {task} (labels: {labels}) |",
+        f"| source language | {meta.get('language') or '?'} |",
+        f"| delta | `{record.DELTA_FILE}` ({size / 1024:,.1f} KiB, fingerprint `{meta.get('base_fingerprint', '?')[:12]}…`) |",
+        f"| selected by | {info['metric']} = {info['score']:.4f} |" if isinstance(info.get("score"), float) else
+        f"| selected by | {info['metric']} |",
+        "",
+        "## Scores",
+        "",
+    ]
+    splits = [s for s in ("dev", "test") if metrics.get(s)]
+    if splits:
+        targets = metrics.get("target_langs") or []
+        header = "| language | " + " | ".join(f"{s} acc | {s} F1" for s in splits) + " |"
+        lines += [header, "|---|" + "---:|" * (2 * len(splits))]
+        langs = list(dict.fromkeys(lang for s in splits for lang in metrics[s]))
+        for lang in langs:
+            cells = [f"{metrics[s].get(lang, {}).get(m, float('nan')):.4f}" for s in splits for m in ("acc", "f1")]
+            lines.append(f"| {lang}{'' if lang in targets else ' (source)'} | " + " | ".join(cells) + " |")
+        avg = []
+        for s in splits:
+            for m in ("acc", "f1"):
+                vals = [metrics[s][lang][m] for lang in targets if lang in metrics[s]]
+                avg.append(f"{sum(vals) / len(vals):.4f}" if vals else "–")
+        lines.append("| **average (targets)** | " + " | ".join(avg) + " |")
+    else:
+        lines.append("(no per-language scores were logged)")
+    lang_sfts = info.get("lang_sfts") or {}
+    lines += ["", "## Parameters", "", "| parameter | value |", "|---|---|"]
+    lines += [f"| {key} | `{value}` |" for key, value in sorted(params.items())]
+    sft_args = " ".join(f"--sft {p}" for p in lang_sfts.values())
+    lines += [
+        "",
+        "## How to apply",
+        "",
+        "Evaluated " + (
+            "with the language SFTs " + ", ".join(f"`{lang}`: `{p}`" for lang, p in lang_sfts.items())
+            + " (one per target language; compose the task SFT with the target language's SFT)."
+            if lang_sfts else "without language SFTs: the task SFT alone, applied to the base model."
+        ),
+        "",
+        "A plain Hugging Face model folder (weights, config, tokenizer):",
+        "",
+        "```bash",
+        f"raysft apply --base {base} --sft {record.DELTA_FILE}{' ' + sft_args if sft_args else ''} --out model/",
+        "```",
+        "",
+        "```python",
+        "from transformers import AutoModelForSequenceClassification, AutoTokenizer",
+        "",
+        'model = AutoModelForSequenceClassification.from_pretrained("model/")',
+        'tokenizer = AutoTokenizer.from_pretrained("model/")',
+        "```",
+        "",
+        "Or compose in place with raysft (the delta adds to the base's weights and sets the classification head):",
+        "",
+        "```python",
+        "from raysft.models import load_for_classification",
+        "from raysft.sft.delta import SparseDelta",
+        "from raysft.sft.groups import ParamSpace",
+        "",
+        f'model = load_for_classification("{base}", num_labels={labels.count(",") + 1 if labels != "?" else "N"})',
+        "space = ParamSpace(model)",
+        f'SparseDelta.load("{record.DELTA_FILE}", space).apply(space)',
+        "```",
+    ]
+    plots = [p for p in ("plots/layers.png", "plots/languages.png") if (folder / p).is_file()]
+    if plots:
+        lines += ["", "## Figures", ""] + [f"![{Path(p).stem}]({p})" for p in plots]
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------------------------------------- apply
+def apply_sfts(base: str, sfts: list[Path], out: Path, force: bool = False) -> dict:
+    """Base model + SFTs → a Hugging Face folder that AutoModelForSequenceClassification loads. Task SFTs (the ones
+    with a head) are applied first, then the others without abs tensors: the order the composed evaluation uses."""
+    import torch
+
+    from raysft.models import load_for_classification, load_tokenizer, model_id
+    from raysft.sft.delta import SparseDelta
+    from raysft.sft.groups import ParamSpace
+    from raysft.tasks import get_task
+
+    if not sfts:
+        raise RaysftError("give at least one --sft FILE (the task SFT)")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        raise RaysftError(f"output folder {out} exists and is not empty: choose another --out or pass --force")
+    loose = [SparseDelta.load(p) for p in sfts]  # format checks before the model loads
+    heads = [i for i, d in enumerate(loose) if d.abs]
+    if not heads:
+        raise RaysftError(
+            "none of the --sft files carries a classification head (abs tensors): include the task SFT "
+            f"({record.DELTA_FILE})"
+        )
+    tasks = {loose[i].meta.get("task") for i in heads} - {None, ""}
+    if len(tasks) > 1:
+        raise RaysftError(f"the task SFTs are for different tasks ({', '.join(sorted(tasks))}): pass one task SFT")
+    task = get_task(tasks.pop()) if tasks else None
+    if task is not None:
+        num_labels = task.num_labels
+    else:  # an imported SFT without a task: the head's output rows
+        weights = [t for n, t in loose[heads[0]].abs.items() if n.endswith("weight") and t.dim() == 2]
+        num_labels = int(min(weights, key=lambda t: t.shape[0]).shape[0]) if weights else 2
+
+    def frozen_embeddings(d) -> bool:
+        try:
+            return bool(json.loads(d.meta.get("config") or "{}").get("sft", {}).get("freeze_embeddings"))
+        except ValueError:
+            return False
+
+    model = load_for_classification(base, num_labels)
+    space = ParamSpace(model, freeze_embeddings=any(frozen_embeddings(d) for d in loose))
+    deltas = [SparseDelta.load(p, space) for p in sfts]  # refuses a delta made for another base, by name
+    order = heads + [i for i in range(len(deltas)) if i not in heads]
+    with torch.no_grad():
+        for i in order:
+            deltas[i].apply(space, with_abs=i in heads)  # kept applied: these are the weights to save
+    if task is not None:
+        model.config.id2label = dict(enumerate(task.labels))
+        model.config.label2id = {lab: i for i, lab in enumerate(task.labels)}
+    tokenizer = load_tokenizer(base)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    info = {
+        "base_model": model_id(base), "sfts": [str(Path(sfts[i]).resolve()) for i in order],
+        "kinds": [deltas[i].meta.get("kind", "?") for i in order], "num_labels": num_labels,
+        "task": task.name if task else None,
+    }
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        (staging / "raysft_apply.json").write_text(json.dumps(info, indent=2))
+        _publish(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return info

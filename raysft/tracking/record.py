@@ -1,0 +1,252 @@
+"""What one composed evaluation becomes in MLflow: params, metrics, artifacts (plots drawn with matplotlib's Agg).
+
+Names: params ``method``, ``k``, ``seed``, ``dense.lr``, ``sparse.lr``, …, every searched value (a budget vector as
+``budget/<group>``); metrics ``<acc|f1>/<dev|test>/<lang>`` and ``…/avg`` (targets' average), ``objective`` (the
+targets' average dev score in the task's metric: what a sweep maximises), ``avg/dev``, ``avg/test``,
+``loss/<phase>`` by step, ``trained_entries``, ``delta_bytes``, ``time/<phase>_s``, ``dense_cache_hit``; artifacts
+``task_sft.safetensors``, ``metrics.json``, ``config.yaml``, ``plots/layers.png``, ``plots/languages.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+DELTA_FILE = "task_sft.safetensors"
+METRICS_FILE = "metrics.json"
+CONFIG_FILE = "config.yaml"
+DEFAULT_METRIC = "objective"
+COMPONENTS = ("attention", "feed_forward", "embeddings", "other")
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _param_value(v: Any) -> str:
+    if isinstance(v, float):
+        return repr(v)
+    if isinstance(v, (dict, list)):
+        return json.dumps(v, sort_keys=True)
+    return str(v)
+
+
+def flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
+    """Nested settings as params: ``budget: {layer.0: .4}`` → ``budget/layer.0``."""
+    if isinstance(value, dict) and value:
+        for k, v in value.items():
+            flatten(f"{prefix}/{k}" if prefix else str(k), v, out)
+    elif value is not None:
+        out[prefix] = _param_value(value)[:6000]
+
+
+def config_params(cfg, method: str, sampled: dict | None = None) -> dict[str, str]:
+    """Params of one run from its resolved config (and the values a sweep sampled for it)."""
+    out: dict[str, str] = {
+        "method": method, "model": cfg.model, "task": cfg.task, "seed": str(cfg.seed),
+        "sft.density": _param_value(cfg.sft.density) if cfg.sft.density is not None else "",
+        "sft.k": str(cfg.sft.k) if cfg.sft.k is not None else "",
+        "freeze_embeddings": str(cfg.sft.freeze_embeddings),
+        "target_langs": ",".join(cfg.data.target_langs or []) or "all",
+    }
+    phases = ["dense", "sparse", "mask_phase"]
+    try:
+        from raysft.sft.methods import method_class
+
+        m = method_class(method)
+        phases = [p for p, used in (("dense", m.first_phase == "dense"), ("mask_phase", m.first_phase == "mask"),
+                                    ("sparse", bool(m.sparse_phase))) if used]
+    except Exception:
+        pass
+    for phase in phases:
+        p = getattr(cfg, phase)
+        for key in ("lr", "epochs", "batch_size", "max_steps", "weight_decay", "l1", "warmup_ratio", "head_lr"):
+            val = getattr(p, key)
+            if val is not None:
+                out[f"{phase}.{key}"] = _param_value(val)
+    try:
+        settings = cfg.method_settings(method).model_dump(mode="json")
+    except Exception:
+        settings = {}
+    for key, val in settings.items():
+        flatten(key, val, out)
+    if sampled:
+        for key, val in {**sampled.get("settings", {}), **sampled.get("overrides", {})}.items():
+            flatten(key, val, out)
+    return {k: v for k, v in out.items() if v != ""}
+
+
+def final_params(metrics: dict) -> dict[str, str]:
+    return {"k": str(metrics["k"]), "n": str(metrics.get("n", "")), "metric": metrics.get("metric", "")}
+
+
+def final_metrics(metrics: dict, extra: dict | None = None) -> list[tuple[str, float, int]]:
+    """(key, value, step) of a metrics.json (the recipe's schema) and the Tune report that carried it."""
+    out: list[tuple[str, float, int]] = []
+    targets = metrics.get("target_langs") or []
+    losses = metrics.get("losses") or {}
+    last_step = max(0, len(losses.get("sparse") or []) - 1)
+    for split in ("dev", "test"):
+        by_lang = metrics.get(split) or {}
+        for lang, vals in by_lang.items():
+            for name, v in vals.items():
+                out.append((f"{name}/{split}/{lang}", float(v), 0))
+        for name in sorted({n for vals in by_lang.values() for n in vals}):
+            vals = [by_lang[lang][name] for lang in targets if lang in by_lang and name in by_lang[lang]]
+            if vals:
+                out.append((f"{name}/{split}/avg", sum(vals) / len(vals), 0))
+    for split, v in (metrics.get("avg") or {}).items():
+        out.append((f"avg/{split}", float(v), 0))
+    if "dev" in (metrics.get("avg") or {}):
+        out.append(("objective", float(metrics["avg"]["dev"]), last_step))
+    out.append(("trained_entries", float(metrics["k"]), 0))
+    if metrics.get("n"):
+        out.append(("density", metrics["k"] / metrics["n"], 0))
+    for key in ("delta_bytes", "optimizer_state_bytes"):
+        if metrics.get(key) is not None:
+            out.append((key, float(metrics[key]), 0))
+    for key, v in (metrics.get("timings") or {}).items():
+        out.append((f"time/{key}", float(v), 0))
+    for phase, vals in losses.items():
+        out.extend((f"loss/{phase}", float(v), i) for i, v in enumerate(vals))
+    zero = (metrics.get("selection") or {}).get("zero_delta_selected")
+    if zero is not None:
+        out.append(("zero_delta_selected", float(zero), 0))
+    extra = extra or {}
+    if "dense_cache" in extra and extra["dense_cache"] != "none":
+        out.append(("dense_cache_hit", 1.0 if extra["dense_cache"] == "reused" else 0.0, 0))
+    if extra.get("time_total_s") is not None:
+        out.append(("time/total_s", float(extra["time_total_s"]), 0))
+    return [(k, v, s) for k, v, s in out if isinstance(v, float) and math.isfinite(v)]
+
+
+def as_entities(params: dict[str, str] | None = None, metrics: list[tuple[str, float, int]] | None = None,
+                tags: dict[str, str] | None = None):
+    """MLflow entities, in batches that log_batch accepts (≤ 1000 metrics, ≤ 100 params, ≤ 100 tags, ≤ 1000 in
+    all)."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    ts = _now_ms()
+    ms = [Metric(k, v, ts, s) for k, v, s in (metrics or [])]
+    ps = [Param(k, v) for k, v in (params or {}).items()]
+    tg = [RunTag(k, v) for k, v in (tags or {}).items()]
+    batches = []
+    while ms or ps or tg:
+        batches.append((ms[:800], ps[:100], tg[:100]))
+        ms, ps, tg = ms[800:], ps[100:], tg[100:]
+    return batches
+
+
+# ----------------------------------------------------------------------------------------------------------- plots
+def entries_by_component(delta_path: Path) -> dict[str, dict[str, int]]:
+    """group → component → trained entries, read from a delta file's tensor shapes (no model needed)."""
+    import struct
+
+    from raysft.sft.groups import ParamInfo, group_of, group_sort_key
+
+    with open(delta_path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(n))
+    out: dict[str, dict[str, int]] = {}
+    for key, info in header.items():
+        if key == "__metadata__" or not key.endswith("/val"):
+            continue
+        name = key[: -len("/val")]
+        try:
+            group = group_of(name)
+        except KeyError:
+            continue
+        count = math.prod(info["shape"]) if info["shape"] else 1
+        comp = ParamInfo(name, (count,), None, group).component
+        out.setdefault(group, {}).setdefault(comp, 0)
+        out[group][comp] += count
+    return dict(sorted(out.items(), key=lambda kv: group_sort_key(kv[0])))
+
+
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def layer_plot(counts: dict[str, dict[str, int]], path: Path, title: str) -> Path:
+    """Stacked bars: trained entries per layer group, attention vs feed-forward (and embeddings, other)."""
+    groups = list(counts)
+    fig = _figure(max(4.0, 0.55 * len(groups) + 2), 3.6)
+    ax = fig.add_subplot(1, 1, 1)
+    bottom = [0] * len(groups)
+    colours = {"attention": "#4C72B0", "feed_forward": "#DD8452", "embeddings": "#55A868", "other": "#8172B3"}
+    for comp in COMPONENTS:
+        vals = [counts[g].get(comp, 0) for g in groups]
+        if any(vals):
+            ax.bar(groups, vals, bottom=bottom, label=comp.replace("_", "-"), color=colours[comp])
+            bottom = [b + v for b, v in zip(bottom, vals)]
+    ax.set_ylabel("trained entries")
+    ax.set_ylim(0, max(1, max(bottom)) * 1.3)  # room for the legend above the bars
+    ax.set_title(title, fontsize=10)
+    ax.tick_params(axis="x", labelrotation=45, labelsize=8)
+    ax.legend(fontsize=8, loc="upper right", ncol=2)
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+def language_plot(metrics: dict, path: Path, title: str) -> Path:
+    """Grouped bars: dev and test score per language in the task's metric; the targets' dev average as a line."""
+    metric = metrics.get("metric", "acc")
+    splits = [s for s in ("dev", "test") if metrics.get(s)]
+    langs = list(dict.fromkeys(lang for s in splits for lang in metrics[s]))
+    targets = set(metrics.get("target_langs") or langs)
+    fig = _figure(max(4.0, 0.7 * len(langs) + 2), 3.6)
+    ax = fig.add_subplot(1, 1, 1)
+    width = 0.8 / max(1, len(splits))
+    for i, split in enumerate(splits):
+        xs = [j + (i - (len(splits) - 1) / 2) * width for j in range(len(langs))]
+        ax.bar(xs, [metrics[split].get(lang, {}).get(metric, 0.0) for lang in langs], width, label=split)
+    avg = (metrics.get("avg") or {}).get("dev")
+    if avg is not None and math.isfinite(avg):
+        ax.axhline(avg, color="grey", linestyle="--", linewidth=1, label="dev avg (targets)")
+    ax.set_xticks(range(len(langs)))
+    ax.set_xticklabels([lang if lang in targets else f"{lang}\n(source)" for lang in langs], fontsize=8)
+    ax.set_ylabel(metric)
+    ax.set_ylim(0, 1.25)
+    ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="upper right", ncol=3)
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+def write_artifacts(folder: Path, cfg, metrics: dict | None, delta_path: Path | None) -> dict[str, Path]:
+    """The files of one run in ``folder``: config.yaml, and with a final result metrics.json and the two plots.
+    Returns artifact path → local file (the delta is logged from where it lies)."""
+    import yaml
+
+    folder.mkdir(parents=True, exist_ok=True)
+    files: dict[str, Path] = {}
+    (folder / CONFIG_FILE).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    files[CONFIG_FILE] = folder / CONFIG_FILE
+    if metrics is not None:
+        (folder / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+        files[METRICS_FILE] = folder / METRICS_FILE
+        label = f"{metrics.get('method')} · K={metrics.get('k'):,}"
+        files["plots/languages.png"] = language_plot(metrics, folder / "languages.png", f"{cfg.name}: {label}")
+    if delta_path is not None and Path(delta_path).is_file():
+        files[DELTA_FILE] = Path(delta_path)
+        counts = entries_by_component(Path(delta_path))
+        title = f"entries per layer group ({metrics.get('method') if metrics else ''}, K={sum(sum(c.values()) for c in counts.values()):,})"
+        files["plots/layers.png"] = layer_plot(counts, folder / "layers.png", title)
+    return files
+
+
+def log_files(c, run_id: str, files: dict[str, Path]) -> None:
+    for artifact, local in files.items():
+        parent = str(Path(artifact).parent)
+        c.log_artifact(run_id, str(local), None if parent == "." else parent)

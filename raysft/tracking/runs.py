@@ -1,0 +1,292 @@
+"""Writing runs: one run per `raysft train`; per `raysft tune` a parent run and one child run per trial.
+
+A sweep's runs are written from a Tune callback in the driver (never from a trial driver, which ASHA kills), so
+every child run ends FINISHED (full evaluation), KILLED (stopped early, or the sweep was interrupted) or FAILED.
+Writes go through :class:`Writer`: when the tracking store stops answering they wait in memory, in order, and are
+retried with backoff; the sweep goes on (every trial's result is also on the sweep's storage) and what is still
+unwritten at the end is named, with the fix (`--resume` once the store is back re-logs the missing trials).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections import deque
+from datetime import datetime
+from pathlib import Path
+from typing import Callable
+
+from raysft.tracking import record
+from raysft.tracking.store import (
+    TrackingURI,
+    _first_line,
+    check_cluster,
+    client,
+    connect,
+    ensure_experiment,
+    resolve_uri,
+)
+
+STATE_FILE = "raysft-tracking.json"  # in the sweep's experiment folder: the store, experiment and parent run
+_PERMANENT = {"INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "BAD_REQUEST", "INVALID_STATE"}
+
+
+def _warn(message: str) -> None:
+    from rich.console import Console
+
+    Console(stderr=True).print(f"[yellow]tracking:[/] {message}", highlight=False, soft_wrap=True)
+
+
+class Writer:
+    """MLflow writes, in order. A write the store does not answer waits (with every later one) and is retried after
+    a backoff (5 s doubling to 60 s); a write the store refuses as invalid is dropped with a warning."""
+
+    def __init__(self, uri: str, warn: Callable[[str], None] = _warn):
+        self.uri = uri
+        self.warn = warn
+        self.pending: deque = deque()
+        self.retry_at = 0.0
+        self.backoff = 5.0
+        self.down = False
+        self._client = None
+
+    @property
+    def client(self):
+        if self._client is None:
+            self._client = client(self.uri)
+        return self._client
+
+    def submit(self, label: str, fn: Callable, *args) -> None:
+        self.pending.append((label, fn, args))
+        self.flush()
+
+    def flush(self, force: bool = False) -> bool:
+        """Write what waits; True when nothing is left."""
+        if not self.pending:
+            return True
+        if not force and time.monotonic() < self.retry_at:
+            return False
+        while self.pending:
+            label, fn, args = self.pending[0]
+            try:
+                fn(self.client, *args)
+            except Exception as e:
+                if getattr(e, "error_code", None) in _PERMANENT:
+                    self.warn(f"{label}: refused by {self.uri} ({_first_line(e)}); skipped")
+                    self.pending.popleft()
+                    continue
+                if not self.down:
+                    self.warn(
+                        f"{self.uri} does not answer ({_first_line(e)}): keeping results in memory and retrying; "
+                        "the sweep goes on"
+                    )
+                self.down = True
+                self.retry_at = time.monotonic() + self.backoff
+                self.backoff = min(60.0, self.backoff * 2)
+                return False
+            self.pending.popleft()
+        if self.down:
+            self.warn(f"{self.uri} answers again: buffered results written")
+        self.down, self.backoff = False, 5.0
+        return True
+
+    def drain(self, attempts: int = 4, wait_s: float = 5.0) -> bool:
+        for i in range(attempts):
+            if self.flush(force=True):
+                return True
+            if i < attempts - 1:
+                time.sleep(wait_s)
+        return False
+
+
+# ------------------------------------------------------------------------------------------------- single operations
+def _log_batch(c, run_id: str, params=None, metrics=None, tags=None) -> None:
+    for ms, ps, tg in record.as_entities(params, metrics, tags):
+        c.log_batch(run_id, metrics=ms, params=ps, tags=tg)
+
+
+def _local_checkpoint(path: str | None, storage_root: str, scratch: Path) -> Path | None:
+    """The folder of a reported Train checkpoint on this machine (copied from remote storage when needed)."""
+    if not path:
+        return None
+    if Path(path).is_dir():
+        return Path(path)
+    if "://" in storage_root:
+        import pyarrow.fs
+
+        fs, _ = pyarrow.fs.FileSystem.from_uri(storage_root)
+        dst = scratch / "checkpoint"
+        dst.mkdir(parents=True, exist_ok=True)
+        pyarrow.fs.copy_files(path, str(dst), source_filesystem=fs, destination_filesystem=pyarrow.fs.LocalFileSystem())
+        return dst
+    return None
+
+
+# ------------------------------------------------------------------------------------------------------ raysft train
+def log_train_run(uri: TrackingURI, experiment: str, cfg, method: str, metrics: dict, out: Path) -> tuple[str, str]:
+    """One run for `raysft train` (params, metrics, artifacts); returns (experiment id, run id)."""
+    c = connect(uri)
+    exp_id = ensure_experiment(c, uri, experiment)
+    run = c.create_run(
+        exp_id, run_name=f"train-{method}-{datetime.now():%Y%m%d-%H%M%S}",
+        tags={"raysft.kind": "train", "raysft.out": str(Path(out).resolve()), "raysft.space": cfg.name},
+    )
+    run_id = run.info.run_id
+    try:
+        params = {**record.config_params(cfg, method), **record.final_params(metrics)}
+        _log_batch(c, run_id, params, record.final_metrics(metrics))
+        with tempfile.TemporaryDirectory(prefix="raysft-track-") as d:
+            files = record.write_artifacts(Path(d), cfg, metrics, Path(out) / record.DELTA_FILE)
+            record.log_files(c, run_id, files)
+        c.set_tag(run_id, "raysft.logged", "finished")
+        c.set_terminated(run_id, "FINISHED")
+    except BaseException:
+        try:
+            c.set_terminated(run_id, "FAILED")
+        except Exception:
+            pass
+        raise
+    return exp_id, run_id
+
+
+# ------------------------------------------------------------------------------------------------------------- sweep
+def _read_state(experiment_dir: str) -> dict | None:
+    try:
+        if "://" in experiment_dir:
+            import pyarrow.fs
+
+            fs, path = pyarrow.fs.FileSystem.from_uri(f"{experiment_dir}/{STATE_FILE}")
+            with fs.open_input_stream(path) as f:
+                return json.loads(f.read().decode())
+        p = Path(experiment_dir) / STATE_FILE
+        return json.loads(p.read_text()) if p.is_file() else None
+    except Exception:
+        return None
+
+
+def _write_state(experiment_dir: str, state: dict) -> None:
+    text = json.dumps(state, indent=2)
+    if "://" in experiment_dir:
+        import pyarrow.fs
+
+        fs, path = pyarrow.fs.FileSystem.from_uri(f"{experiment_dir}/{STATE_FILE}")
+        with fs.open_output_stream(path) as f:
+            f.write(text.encode())
+        return
+    Path(experiment_dir).mkdir(parents=True, exist_ok=True)
+    tmp = Path(experiment_dir) / f".{STATE_FILE}.tmp"
+    tmp.write_text(text)
+    os.replace(tmp, Path(experiment_dir) / STATE_FILE)
+
+
+class SweepTracking:
+    """The parent run of one `raysft tune` invocation (the same one again on --resume) and its trial callback."""
+
+    def __init__(self, uri: TrackingURI, experiment: str, experiment_id: str, parent_run_id: str, resumed: bool,
+                 base: dict, storage_root: str, experiment_dir: str):
+        self.uri, self.experiment, self.experiment_id = uri, experiment, experiment_id
+        self.parent_run_id, self.resumed = parent_run_id, resumed
+        self.base, self.storage_root, self.experiment_dir = base, storage_root, experiment_dir
+        self._callback = None
+
+    @classmethod
+    def start(cls, cfg, *, tracking_uri: str | None, experiment: str | None, experiment_dir: str, storage_root: str,
+              resume: bool, nodes: int) -> SweepTracking:
+        uri = resolve_uri(tracking_uri)
+        state = _read_state(experiment_dir) if resume else None
+        if state and not uri.explicit:
+            uri = TrackingURI(state["tracking_uri"], True)  # the sweep's own store, wherever it is resumed from
+        check_cluster(uri, nodes)
+        c = connect(uri)
+        name = experiment or (state or {}).get("experiment") or cfg.name
+        parent, exp_id = None, None
+        if state and state.get("tracking_uri") == uri.uri and state.get("parent_run_id"):
+            try:
+                run = c.get_run(state["parent_run_id"])
+                parent, exp_id = run.info.run_id, run.info.experiment_id
+                name = state.get("experiment", name)
+                count = int(run.data.tags.get("raysft.invocations", "1")) + 1
+                c.update_run(parent, status="RUNNING")
+                c.set_tag(parent, "raysft.invocations", str(count))
+            except Exception as e:
+                _warn(f"the sweep's parent run {state['parent_run_id']} is gone from {uri.uri} ({_first_line(e)}): "
+                      "starting a new parent run")
+                parent = None
+        elif state:
+            _warn(f"this sweep was tracked in {state.get('tracking_uri')}; its runs continue in {uri.uri} under a new parent")
+        if parent is None:
+            exp_id = ensure_experiment(c, uri, name)
+            tune = cfg.tune
+            run = c.create_run(
+                exp_id, run_name=f"sweep-{cfg.name}-{datetime.now():%Y%m%d-%H%M%S}",
+                tags={"raysft.kind": "sweep", "raysft.storage": experiment_dir, "raysft.space": cfg.name,
+                      "raysft.invocations": "1"},
+            )
+            parent = run.info.run_id
+            params = {
+                "space": cfg.name, "task": cfg.task, "model": cfg.model, "seed": str(cfg.seed),
+                "tune.methods": ",".join(tune.methods), "tune.scheduler": str(tune.scheduler),
+                "tune.seed": str(tune.seed), "tune.num_workers": str(tune.num_workers),
+            }
+            _log_batch(c, parent, params)
+            with tempfile.TemporaryDirectory(prefix="raysft-track-") as d:
+                import yaml
+
+                f = Path(d) / record.CONFIG_FILE
+                f.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+                c.log_artifact(parent, str(f))
+        _write_state(experiment_dir, {"tracking_uri": uri.uri, "experiment": name, "experiment_id": exp_id,
+                                      "parent_run_id": parent})
+        return cls(uri, name, exp_id, parent, bool(state), cfg.model_dump(mode="json"), storage_root, experiment_dir)
+
+    def callback(self):
+        """The Tune callback that writes this sweep's child runs (one instance per invocation)."""
+        from raysft.tracking.callback import TrackingCallback
+
+        if self._callback is None:
+            self._callback = TrackingCallback(
+                self.uri.uri, self.experiment_id, self.parent_run_id, self.base, self.storage_root, self.experiment_dir
+            )
+        return self._callback
+
+    def finish(self, grid=None, counts: dict | None = None, wall_s: float | None = None,
+               status: str | None = None) -> None:
+        """End the parent run: FINISHED when every trial ended, KILLED when interrupted, FAILED on an error."""
+        metrics: list[tuple[str, float, int]] = []
+        best = None
+        if grid is not None:
+            results = [r for r in grid]
+            finals = [r.metrics for r in results if (r.metrics or {}).get("phase") == "final"]
+            metrics += [("trials", float(len(results)), 0), ("trials_final", float(len(finals)), 0),
+                        ("trials_failed", float(sum(1 for r in results if r.error)), 0)]
+            scored = [m for m in finals if isinstance(m.get("objective"), (int, float))]
+            if scored:
+                best = max(scored, key=lambda m: m["objective"])
+                metrics.append(("best/objective", float(best["objective"]), 0))
+                if isinstance(best.get("avg/test"), (int, float)):
+                    metrics.append(("best/avg_test", float(best["avg/test"]), 0))
+        for key, v in (counts or {}).items():
+            metrics.append((f"dense_{key}", float(v), 0))
+        if wall_s is not None:
+            metrics.append(("time/sweep_s", float(wall_s), 0))
+        cb = self._callback
+        if status is None:
+            status = "KILLED" if cb is not None and cb.interrupted else "FINISHED"
+        tags = {"raysft.best_trial": str(best.get("trial_id"))} if best and best.get("trial_id") else {}
+        writer = cb._writer() if cb is not None else Writer(self.uri.uri)
+        writer.submit("sweep summary", _log_batch, self.parent_run_id, None,
+                      [(k, v, 0) for k, v, _ in metrics if v == v], tags)
+        writer.submit("end of the sweep's parent run", lambda c, run_id, st: c.set_terminated(run_id, st),
+                      self.parent_run_id, status)
+        if not writer.drain(attempts=3, wait_s=3.0):
+            _warn(
+                f"{len(writer.pending)} writes could not reach {self.uri.uri}: every trial's result is in "
+                f"{self.experiment_dir}; once the store is back, run the same `raysft tune … --resume` to log them"
+            )
+        if cb is not None:
+            cb.cleanup()
+
+
+__all__ = ["SweepTracking", "Writer", "log_train_run", "STATE_FILE"]

@@ -1,0 +1,415 @@
+"""Tracking (MLflow) and export: URI rules, the buffered writer, plots; against a real `mlflow server` on 127.0.0.1 a
+smoke sweep killed and resumed (one parent, 3 child runs, all ended, with per-language metrics and artifacts),
+`raysft train`'s run, compare, export → apply → evaluate (the logged test score exactly), and every bad input."""
+
+import dataclasses
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+
+from raysft.cli import main
+from raysft.errors import RaysftError
+from tests.conftest import REPO, needs_data
+
+ENV = {
+    **os.environ,
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+    "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "60",
+    "TUNE_GLOBAL_CHECKPOINT_S": "1",
+    "PYTHONUNBUFFERED": "1",
+}
+ENV.pop("MLFLOW_TRACKING_URI", None)
+LANGS = ("jav", "sun")
+ARTIFACTS = {"task_sft.safetensors", "metrics.json", "config.yaml", "plots/layers.png", "plots/languages.png"}
+
+
+# ------------------------------------------------------------------------------------------------ fast: no server
+def test_tracking_uri_default_env_and_flag(tmp_path, monkeypatch):
+    from raysft.tracking.store import resolve_uri
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = resolve_uri(None)
+    assert uri.uri == f"sqlite:///{tmp_path.resolve()}/runs/mlflow.db" and not uri.explicit
+    assert not (tmp_path / "runs").exists()  # nothing written until a run is logged
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
+    assert resolve_uri(None).uri == "http://127.0.0.1:5999" and resolve_uri(None).explicit
+    assert resolve_uri("http://10.0.0.1:5000").uri == "http://10.0.0.1:5000"
+    for bad, message in (("./mlruns", "file store"), ("file:///tmp/mlruns", "file store"), ("ftp://x/y", "unknown scheme")):
+        with pytest.raises(RaysftError, match=message):
+            resolve_uri(bad)
+
+
+def test_read_commands_on_a_missing_local_store_exit_2(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    for args in (["compare", "smoke"], ["export", "smoke", "--best", "--out", "x"], ["ui"]):
+        with pytest.raises(SystemExit) as exc:
+            main(args)
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and "no tracking store at" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "x").exists()
+
+
+def test_sqlite_store_refused_on_a_multi_node_cluster():
+    from raysft.tracking.store import TrackingURI, check_cluster
+
+    check_cluster(TrackingURI("sqlite:////tmp/x/mlflow.db", False), 1)
+    check_cluster(TrackingURI("http://head:5000", True), 3)
+    with pytest.raises(RaysftError, match=r"3 nodes: on the head node run `mlflow server.*--tracking-uri http://"):
+        check_cluster(TrackingURI("sqlite:////tmp/x/mlflow.db", False), 3)
+
+
+def test_writer_keeps_writes_while_the_store_is_down_and_writes_them_in_order_after():
+    from raysft.tracking.runs import Writer
+
+    class Refused(Exception):
+        error_code = "INVALID_PARAMETER_VALUE"
+
+    done, warnings, state = [], [], {"down": False}
+
+    def op(c, name):
+        if state["down"]:
+            raise ConnectionError("Connection refused")
+        done.append(name)
+
+    def bad(c):
+        raise Refused("value changed")
+
+    w = Writer("http://127.0.0.1:1", warn=warnings.append)
+    w._client = object()
+    w.submit("a", op, "a")
+    state["down"] = True
+    w.submit("b", op, "b")
+    w.submit("c", op, "c")  # within the backoff: not even tried
+    assert done == ["a"] and len(w.pending) == 2 and len(warnings) == 1 and "does not answer" in warnings[0]
+    state["down"] = False
+    w.submit("bad", bad)
+    w.submit("d", op, "d")
+    assert done == ["a"]  # still waiting for the backoff
+    assert w.drain(attempts=1)
+    assert done == ["a", "b", "c", "d"] and not w.pending
+    assert any("refused" in m for m in warnings) and "answers again" in warnings[-1]
+
+
+def test_layer_plot_counts_attention_and_feed_forward_from_the_delta_file(tmp_path):
+    from raysft.sft.delta import SparseDelta
+    from raysft.tracking import record
+
+    delta = SparseDelta(
+        diffs={
+            "embeddings.word_embeddings.weight": (torch.tensor([1, 5]), torch.ones(2)),
+            "encoder.layer.0.attention.self.query.weight": (torch.tensor([0, 2, 3]), torch.ones(3)),
+            "encoder.layer.0.intermediate.dense.weight": (torch.tensor([7]), torch.ones(1)),
+            "encoder.layer.1.output.dense.bias": (None, torch.ones(4)),
+        },
+        abs={"classifier.out_proj.weight": torch.zeros(3, 4)},
+        meta={"kind": "task"},
+    )
+    delta.save(tmp_path / "d.safetensors")
+    counts = record.entries_by_component(tmp_path / "d.safetensors")
+    assert counts == {
+        "embeddings": {"embeddings": 2},
+        "layer.0": {"attention": 3, "feed_forward": 1},
+        "layer.1": {"feed_forward": 4},
+    }
+    png = record.layer_plot(counts, tmp_path / "layers.png", "t")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_final_metrics_names():
+    from raysft.tracking import record
+
+    m = {
+        "method": "lt-sft", "k": 10, "n": 100, "metric": "f1", "target_langs": ["jav", "sun"],
+        "dev": {lang: {"acc": 0.5, "f1": 0.25} for lang in ("jav", "sun", "eng")},
+        "test": {lang: {"acc": 0.75, "f1": 0.5} for lang in ("jav", "sun", "eng")},
+        "avg": {"dev": 0.25, "test": 0.5}, "timings": {"dense_s": 1.0, "sparse_s": 2.0},
+        "losses": {"dense": [1.0, 0.5], "sparse": [0.4, 0.3, 0.2]}, "delta_bytes": 80,
+    }
+    out = record.final_metrics(m, {"dense_cache": "reused"})
+    latest = {k: v for k, v, _ in out}
+    for lang in ("jav", "sun", "eng"):
+        assert latest[f"acc/dev/{lang}"] == 0.5 and latest[f"f1/test/{lang}"] == 0.5
+    assert latest["f1/dev/avg"] == 0.25 and latest["objective"] == 0.25 and latest["trained_entries"] == 10
+    assert latest["dense_cache_hit"] == 1.0 and latest["delta_bytes"] == 80 and latest["time/sparse_s"] == 2.0
+    assert [(v, s) for k, v, s in out if k == "loss/sparse"] == [(0.4, 0), (0.3, 1), (0.2, 2)]
+    assert ("objective", 0.25, 2) in out  # the final objective at the last sparse step
+
+
+# ----------------------------------------------------------------------------------------- slow: a real server
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`mlflow server` on 127.0.0.1 (sqlite + artifacts in ``root``), in its own process group: stopped by its id."""
+
+    def __init__(self, root: Path, port: int | None = None):
+        self.root, self.port = root, port or _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = None
+
+    def start(self, timeout: float = 180) -> "Server":
+        log = open(self.root / "server.log", "a")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--workers", "1", "--host", "127.0.0.1", "--port", str(self.port),
+             "--backend-store-uri", f"sqlite:///{self.root}/mlflow.db", "--artifacts-destination", str(self.root / "artifacts")],
+            env={**ENV, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, cwd=self.root, stdout=log,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        log.close()
+        deadline = time.time() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                pass
+            assert self.proc.poll() is None, (self.root / "server.log").read_text()[-2000:]
+            assert time.time() < deadline, f"mlflow server not healthy in {timeout} s"
+            time.sleep(1)
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)  # the server and its uvicorn worker: the group started here
+            self.proc.wait(timeout=20)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        self.proc = None
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    needs_data()
+    srv = Server(tmp_path_factory.mktemp("mlflow"))
+    try:
+        yield srv.start().url
+    finally:
+        srv.stop()
+
+
+def _client(url):
+    from mlflow import MlflowClient
+
+    return MlflowClient(url)
+
+
+def _runs(url, experiment="smoke"):
+    c = _client(url)
+    exp = c.get_experiment_by_name(experiment)
+    return list(c.search_runs([exp.experiment_id])) if exp else []
+
+
+def _artifacts(c, run_id):
+    out = set()
+    for f in c.list_artifacts(run_id):
+        out |= {g.path for g in c.list_artifacts(run_id, f.path)} if f.is_dir else {f.path}
+    return out
+
+
+def tune_cmd(*args):
+    return [sys.executable, "-m", "raysft.cli", "tune", "smoke", *args]
+
+
+@pytest.fixture(scope="module")
+def sweep(server, tmp_path_factory):
+    """3 trials, 2 at once; the driver is killed after the first trial ends, then the sweep is resumed."""
+    storage = tmp_path_factory.mktemp("tune")
+    args = ("--trials", "3", "--storage", str(storage), "--set", "tune.scheduler=none", "--tracking-uri", server)
+    proc = subprocess.Popen(tune_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV, cwd=REPO)
+    deadline, lines = time.time() + 600, []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("trial "):
+            break
+        assert time.time() < deadline, "".join(lines)[-3000:]
+    time.sleep(3)  # let Tune write its experiment state
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = {r.info.run_id: r for r in _runs(server)}
+    resumed = subprocess.run(tune_cmd(*args, "--resume"), capture_output=True, text=True, env=ENV, cwd=REPO, timeout=900)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    return storage, before, resumed.stdout
+
+
+@pytest.mark.slow
+def test_sweep_one_parent_three_ended_children_with_metrics_and_artifacts(server, sweep):
+    storage, before, stdout = sweep
+    c = _client(server)
+    runs = _runs(server)
+    parents = [r for r in runs if r.data.tags.get("raysft.kind") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("raysft.kind") == "trial"]
+    assert len(parents) == 1 and len(children) == 3, [(r.info.run_name, r.info.status) for r in runs]
+    parent = parents[0]
+    assert parent.info.status == "FINISHED" and parent.data.tags["raysft.invocations"] == "2"
+    assert json.loads((storage / "smoke" / "raysft-tracking.json").read_text())["parent_run_id"] == parent.info.run_id
+    assert len({r.data.tags["trial_id"] for r in children}) == 3
+    for r in children:
+        assert r.info.status == "FINISHED" and r.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        m, p = r.data.metrics, r.data.params
+        for lang in (*LANGS, "eng"):
+            for name in ("acc", "f1"):
+                assert 0.0 <= m[f"{name}/dev/{lang}"] <= 1.0 and 0.0 <= m[f"{name}/test/{lang}"] <= 1.0
+        for key in ("f1/dev/avg", "f1/test/avg", "objective", "trained_entries", "delta_bytes", "time/dense_s",
+                    "time/sparse_s", "dense_cache_hit"):
+            assert key in m, key
+        assert len(c.get_metric_history(r.info.run_id, "loss/sparse")) > 1
+        assert p["method"] == "sc-sft" and int(p["k"]) == m["trained_entries"] and "sparse.lr" in p and p["seed"] == "0"
+        assert {"budget/embeddings", "budget/layer.0", "budget/layer.1"} <= set(p)
+        assert ARTIFACTS <= _artifacts(c, r.info.run_id)
+    assert sorted(r.data.metrics["dense_cache_hit"] for r in children) == [0.0, 1.0, 1.0]
+
+
+@pytest.mark.slow
+def test_resumed_sweep_adds_runs_under_the_same_parent(server, sweep):
+    _, before, stdout = sweep
+    after = {r.info.run_id: r for r in _runs(server)}
+    parent_before = [r for r in before.values() if r.data.tags.get("raysft.kind") == "sweep"]
+    kids_before = [r for r in before.values() if r.data.tags.get("raysft.kind") == "trial"]
+    assert len(parent_before) == 1 and len(kids_before) >= 1
+    assert 1 <= sum(r.info.status == "FINISHED" for r in kids_before) < 3
+    assert set(before) <= set(after)  # the same parent and the same child runs, continued
+    assert f"resumed parent run {parent_before[0].info.run_id}" in " ".join(stdout.split())
+    assert len(after) == 4
+
+
+@pytest.mark.slow
+def test_compare_reads_back_the_top_trials(server, sweep, capsys):
+    main(["compare", "smoke", "--tracking-uri", server, "--top", "2"])
+    out = capsys.readouterr().out
+    assert "top runs by objective" in out and "jav" in out and "sun" in out and "sc-sft" in out
+    assert "2 runs shown" in out
+
+
+@pytest.mark.slow
+def test_export_apply_evaluate_reproduces_the_logged_test_score(server, sweep, tmp_path, capsys):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from raysft.config import Config
+    from raysft.sft.delta import SparseDelta
+    from raysft.train.loop import predict
+    from raysft.train.recipe import eval_loaders, prepare
+
+    import yaml
+
+    main(["export", "smoke", "--best", "--out", str(tmp_path / "exp"), "--tracking-uri", server])
+    exp = tmp_path / "exp"
+    info = json.loads((exp / "export.json").read_text())
+    card = (exp / "README.md").read_text()
+    assert {"task_sft.safetensors", "README.md", "metrics.json", "config.yaml"} <= {p.name for p in exp.iterdir()}
+    for text in ("tiny:xlmr-L2-H32", "sc-sft", "| jav |", "| sun |", "raysft apply --base", "budget/layer.0"):
+        assert text in card, text
+    main(["apply", "--base", "tiny:xlmr", "--sft", str(exp / "task_sft.safetensors"), "--out", str(tmp_path / "model")])
+    capsys.readouterr()
+
+    logged = _client(server).get_run(info["run_id"]).data.metrics
+    cfg = Config.model_validate(yaml.safe_load((exp / "config.yaml").read_text()))
+    torch.set_num_threads(1)  # as the trial's Train worker
+    model = AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "model"))
+    tokenizer = AutoTokenizer.from_pretrained(str(tmp_path / "model"))
+    run = prepare(cfg)
+    run = dataclasses.replace(run, tokenizer=tokenizer, cfg=cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"splits": ["test"]})}))
+    loaders = eval_loaders(run)
+    for lang in (*LANGS, "eng"):
+        preds, labels = predict(model, loaders[(lang, "test")])
+        scores = run.task.metrics(preds, labels)
+        assert scores["f1"] == logged[f"f1/test/{lang}"] and scores["acc"] == logged[f"acc/test/{lang}"], lang
+    # the saved folder predicts exactly what the composed model (base + delta in place) predicts
+    batch = next(iter(loaders[("jav", "test")]))
+    batch.pop("labels")
+    SparseDelta.load(exp / "task_sft.safetensors", run.space).apply(run.space)
+    run.model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(**batch).logits, run.model(**batch).logits)
+
+
+@pytest.mark.slow
+def test_train_logs_one_run(server, tmp_path, capsys):
+    main(["train", "smoke", "--method", "bitfit", "--out", str(tmp_path / "out"), "--quiet", "--tracking-uri", server,
+          "--experiment", "train-test"])
+    assert "logged run" in capsys.readouterr().out
+    runs = _runs(server, "train-test")
+    assert len(runs) == 1
+    r = runs[0]
+    assert r.info.status == "FINISHED" and r.data.tags["raysft.kind"] == "train" and r.data.params["method"] == "bitfit"
+    assert all(f"f1/{s}/{lang}" in r.data.metrics for s in ("dev", "test") for lang in LANGS)
+    assert ARTIFACTS <= _artifacts(_client(server), r.info.run_id)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args,message", [
+    (["compare", "nosuch"], "no experiment 'nosuch'"),
+    (["compare", "smoke", "--metric", "bogus"], "no run in experiment 'smoke' has the metric 'bogus'"),
+    (["export", "smoke", "--run-id", "0123456789abcdef0123456789abcdef", "--out", "{tmp}/x"], "no run '0123456789abcdef"),
+    (["export", "smoke", "--best", "--out", "{tmp}/full"], "exists and is not empty"),
+    (["export", "smoke", "--out", "{tmp}/y"], "exactly one of --run-id ID and --best"),
+    (["export", "nosuch", "--best", "--out", "{tmp}/z"], "no experiment 'nosuch'"),
+    (["apply", "--base", "tiny:xlmr-L4-H64", "--sft", "{delta}", "--out", "{tmp}/m"], "was made for base model tiny:xlmr-L2-H32"),
+])
+def test_bad_input_one_line_exit_2(server, sweep, args, message, tmp_path, capsys):
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("x")
+    delta = next(Path(sweep[0]).rglob("task_sft.safetensors"))
+    args = [a.format(tmp=tmp_path, delta=delta) for a in args]
+    if args[0] in ("compare", "export"):
+        args += ["--tracking-uri", server]
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert (tmp_path / "full" / "keep.txt").exists() and not (tmp_path / "m").exists()
+
+
+@pytest.mark.slow
+def test_sweep_goes_on_when_the_tracking_server_goes_away_and_resume_logs_what_was_missed(tmp_path):
+    needs_data()
+    (tmp_path / "mlflow").mkdir()
+    srv = Server(tmp_path / "mlflow")
+    try:
+        url = srv.start().url
+        args = ("--trials", "2", "--storage", str(tmp_path / "tune"), "--set", "tune.scheduler=none", "--tracking-uri", url)
+        proc = subprocess.Popen(tune_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV, cwd=REPO)
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("trial ") and srv.proc is not None:
+                srv.stop()  # gone for the rest of the sweep
+        assert proc.wait(timeout=600) == 0, "".join(lines)[-3000:]
+        out = " ".join("".join(lines).split())
+        assert "does not answer" in out and "the sweep goes on" in out and "--resume` to log them" in out, out[-2000:]
+        finals = [json.loads(f.read_text().splitlines()[-1]) for f in (tmp_path / "tune" / "smoke").glob("*/result.json")]
+        assert len(finals) == 2 and all(f["phase"] == "final" for f in finals)  # every result is on storage
+
+        srv.start()
+        resumed = subprocess.run(tune_cmd(*args, "--resume"), capture_output=True, text=True, env=ENV, cwd=REPO, timeout=600)
+        assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+        runs = _runs(url)
+        parents = [r for r in runs if r.data.tags.get("raysft.kind") == "sweep"]
+        children = [r for r in runs if r.data.tags.get("raysft.kind") == "trial"]
+        assert len(parents) == 1 and parents[0].info.status == "FINISHED" and len(children) == 2
+        c = _client(url)
+        for r in children:
+            assert r.info.status == "FINISHED" and r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+            assert all(f"f1/test/{lang}" in r.data.metrics for lang in LANGS)
+            assert ARTIFACTS <= _artifacts(c, r.info.run_id)
+    finally:
+        srv.stop()
