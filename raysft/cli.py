@@ -15,7 +15,8 @@ from rich.table import Table
 from raysft.errors import RaysftError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Sweeps of composable sparse fine-tunings.")
-console = Console()
+# Not a terminal (a log, CI): wide enough for a per-language table.
+console = Console(width=None if sys.stdout.isatty() else 200)
 err_console = Console(stderr=True)
 
 
