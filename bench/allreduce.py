@@ -5,6 +5,13 @@ plus the head), two CPU workers, one Ray Train run of the smoke space. Last line
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+# bench/select.py shadows the standard library's `select`: keep this folder behind the stdlib on sys.path.
+_HERE = Path(__file__).resolve().parent
+sys.path = [p for p in sys.path if Path(p or ".").resolve() != _HERE] + [str(_HERE)]
+
 import argparse
 import json
 import os

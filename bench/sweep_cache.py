@@ -9,6 +9,13 @@ The smoke space's tiny model makes Ray's per-trial start-up dominate, so the den
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+# bench/select.py shadows the standard library's `select`: keep this folder behind the stdlib on sys.path.
+_HERE = Path(__file__).resolve().parent
+sys.path = [p for p in sys.path if Path(p or ".").resolve() != _HERE] + [str(_HERE)]
+
 import argparse
 import json
 import os
