@@ -42,19 +42,27 @@ from torch import nn
 from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding
 
-from raysft import __version__
 from raysft.config import Config, steps_for
 from raysft.errors import RaysftError
-from raysft.models import model_id
 from safetensors.torch import load_file, save_file
 
-from raysft.sft.delta import SparseDelta, base_metadata
+from raysft.sft.delta import SparseDelta
 from raysft.sft.groups import ParamSpace
 from raysft.sft.mask import Mask, entries_per_group
 from raysft.sft.methods import SelectionContext
 from raysft.sft.sparse import SparseUpdater
 from raysft.train.loop import predict, restore, set_trainable, train_dense, train_mask_scores, train_sparse
-from raysft.train.recipe import Run, zero_delta_selected, average, eval_loaders, evaluate, prepare, write_outputs
+from raysft.train.recipe import (
+    Run,
+    average,
+    delta_from_updater,
+    eval_loaders,
+    evaluate,
+    prepare,
+    task_delta_meta,
+    write_outputs,
+    zero_delta_selected,
+)
 
 STATE_FORMAT = "raysft.sparse-state/1"
 STATE_TENSORS = "sparse_state.safetensors"
@@ -402,22 +410,13 @@ class _Worker:
         dist_info["node_ids"] = nodes
         dist_info["node_ids_per_attempt"] = [*dist_info.get("node_ids_per_attempt", []), nodes]
 
-        meta = {
-            "kind": "task", "method": run.method.name, "base_model": model_id(cfg.model),
-            **base_metadata(space), "k": str(sel["k"]), "task": cfg.task,
-            "language": run.data.source_lang or run.task.source_lang or "", "created_by": f"raysft {__version__}",
-            "config": cfg.model_dump_json(),
-        }
+        meta = task_delta_meta(run, sel["k"])
         t = time.perf_counter()
         if run.method.sparse_phase:
             restore(space, theta0, head0)  # rewind to θ0 (head too); a restarted worker is at θ0 already
             info = {"selection": sel, "timings": timings, "losses": losses, "distributed": dist_info}
             updater = self.sparse_phase(run, train_ds, mask, state, info, losses, dist_info)
-            delta = SparseDelta(
-                diffs={n: (updater.mask()[n], v) for n, v in updater.values().items()},
-                abs=space.head_snapshot(),
-                meta=meta,
-            )
+            delta = delta_from_updater(updater, space, meta)
             optimizer_state = updater.state_bytes()
         else:
             delta = SparseDelta.from_params(space, theta0, mask, meta=meta)

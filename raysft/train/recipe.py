@@ -144,6 +144,23 @@ def average(results: dict[str, dict[str, float]], langs: list[str], metric: str)
     return sum(vals) / len(vals) if vals else float("nan")
 
 
+def task_delta_meta(run: Run, k: int) -> dict[str, str]:
+    """The metadata every task delta carries (design §5)."""
+    cfg = run.cfg
+    return {
+        "kind": "task", "method": run.method.name, "base_model": model_id(cfg.model),
+        **base_metadata(run.space), "k": str(k), "task": cfg.task,
+        "language": run.data.source_lang or run.task.source_lang or "", "created_by": f"raysft {__version__}",
+        "config": cfg.model_dump_json(),
+    }
+
+
+def delta_from_updater(updater, space: ParamSpace, meta: dict[str, str]) -> SparseDelta:
+    """The trained δ at the masked entries (exactly what the model holds: θ0 + δ) and the head as abs values."""
+    mask = updater.mask()
+    return SparseDelta(diffs={n: (mask[n], v) for n, v in updater.values().items()}, abs=space.head_snapshot(), meta=meta)
+
+
 def run_training(run: Run, reporter: Reporter = SilentReporter()) -> tuple[SparseDelta, dict]:
     cfg, space, model = run.cfg, run.space, run.model
     train_ds = run.task.tokenize(run.task.load_train(run.data), run.tokenizer, cfg.data.max_seq_len)
@@ -175,22 +192,13 @@ def run_training(run: Run, reporter: Reporter = SilentReporter()) -> tuple[Spars
     zero_selected = zero_delta_selected(selection.mask, ctx) if ctx.theta1 is not None else None
 
     t = time.perf_counter()
-    meta = {
-        "kind": "task", "method": run.method.name, "base_model": model_id(cfg.model),
-        **base_metadata(space), "k": str(selection.k), "task": cfg.task,
-        "language": run.data.source_lang or run.task.source_lang or "", "created_by": f"raysft {__version__}",
-        "config": cfg.model_dump_json(),
-    }
+    meta = task_delta_meta(run, selection.k)
     if run.method.sparse_phase:
         restore(space, theta0, head0)  # rewind to θ0 (head too), then train only the selected entries
         steps = steps_for(cfg.sparse, len(train_ds))
         train_loader = loader(train_ds, run.tokenizer, cfg.sparse.batch_size, True, cfg.seed + 1)
         updater, losses["sparse"] = train_sparse(model, space, selection.mask, train_loader, steps, cfg.sparse, reporter=reporter)
-        delta = SparseDelta(
-            diffs={n: (updater.mask()[n], v) for n, v in updater.values().items()},
-            abs=space.head_snapshot(),
-            meta=meta,
-        )
+        delta = delta_from_updater(updater, space, meta)
         optimizer_state = updater.state_bytes()
     else:
         delta = SparseDelta.from_params(space, theta0, selection.mask, meta=meta)

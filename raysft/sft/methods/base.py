@@ -6,11 +6,11 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from raysft.errors import RaysftError
 from raysft.sft.groups import ParamSpace
-from raysft.sft.mask import Mask, allocate, expand_budget
+from raysft.sft.mask import Mask, allocate, check_budget, expand_budget
 from raysft.sft.topk import topk_select
 
 
@@ -18,6 +18,18 @@ class MethodSettings(BaseModel):
     """A method's own settings (the `methods.<name>` block of a space file); unknown keys are refused."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+class BudgetSettings(MethodSettings):
+    # group (`embeddings`, `layer.3`) or layer range (`layer.0-9`, spread evenly) -> share of K; shares sum to 1.
+    budget: dict[str, float] | None = None
+
+    @field_validator("budget")
+    @classmethod
+    def _on_simplex(cls, v):
+        if v is not None:
+            check_budget(v)
+        return v
 
 
 @dataclass

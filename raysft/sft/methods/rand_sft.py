@@ -7,21 +7,12 @@ deterministic top-K (and the per-group budget) of the other methods.
 from __future__ import annotations
 
 import torch
-from pydantic import field_validator
 
-from raysft.sft.mask import check_budget
-from raysft.sft.methods.base import Method, MethodSettings, Selection, SelectionContext, top_k
+from raysft.sft.methods.base import BudgetSettings, Method, Selection, SelectionContext, top_k
 
 
-class RandSFTSettings(MethodSettings):
-    budget: dict[str, float] | None = None  # optional per-group shares, as in sc-sft
-
-    @field_validator("budget")
-    @classmethod
-    def _on_simplex(cls, v):
-        if v is not None:
-            check_budget(v)
-        return v
+class RandSFTSettings(BudgetSettings):
+    """budget None: one global uniform sample over all maskable entries."""
 
 
 class RandomSFT(Method):

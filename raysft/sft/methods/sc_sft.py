@@ -2,23 +2,11 @@
 
 from __future__ import annotations
 
-from pydantic import field_validator
-
-from raysft.sft.mask import check_budget
-from raysft.sft.methods.base import Method, MethodSettings, Selection, SelectionContext, magnitude, top_k
+from raysft.sft.methods.base import BudgetSettings, Method, Selection, SelectionContext, magnitude, top_k
 
 
-class ScSFTSettings(MethodSettings):
-    # group (`embeddings`, `layer.3`) or layer range (`layer.0-9`, spread evenly) -> share of K; shares sum to 1.
-    # None: shares proportional to the groups' sizes.
-    budget: dict[str, float] | None = None
-
-    @field_validator("budget")
-    @classmethod
-    def _on_simplex(cls, v):
-        if v is not None:
-            check_budget(v)
-        return v
+class ScSFTSettings(BudgetSettings):
+    """budget None: shares proportional to the groups' sizes."""
 
 
 class StructuredSFT(Method):
