@@ -42,9 +42,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding
 
+from raysft import storage
 from raysft.config import Config, steps_for
 from raysft.errors import RaysftError
-from safetensors.torch import load_file, save_file
+import safetensors.torch
 
 from raysft.sft.delta import SparseDelta
 from raysft.sft.groups import ParamSpace
@@ -213,13 +214,16 @@ def _counting_allreduce_hook(state: dict, bucket):
 
 
 # ---------------------------------------------------------------------------------------------------------- helpers
-def save_theta1(path: str, theta1: dict[str, torch.Tensor], head: dict[str, torch.Tensor]) -> None:
-    """θ1 (maskable parameters and head) for the dense-phase cache, written atomically."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(f".tmp-{os.getpid()}")
-    save_file({k: v.contiguous() for k, v in {**theta1, **head}.items()}, str(tmp))
-    os.replace(tmp, target)
+def save_theta1(uri: str, theta1: dict[str, torch.Tensor], head: dict[str, torch.Tensor]) -> None:
+    """θ1 (maskable parameters and head) for the dense-phase cache, written atomically to the sweep's storage
+    (any URI: a local path, s3://, gs://…)."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in {**theta1, **head}.items()}
+    storage.write_atomic(uri, safetensors.torch.save(tensors))
+
+
+def load_theta1(uri: str) -> dict[str, torch.Tensor]:
+    """The cache's θ1, read whole from the sweep's storage (a remote store has no mmap)."""
+    return safetensors.torch.load(storage.read_bytes(uri))
 
 
 def param_hash(model: nn.Module) -> str:
@@ -443,7 +447,7 @@ class _Worker:
         ctx = SelectionContext(space, run.k, theta0, seed=cfg.seed)
         t = time.perf_counter()
         if run.method.first_phase == "dense" and self.loop.theta1_mode == "load":
-            theta1 = load_file(self.loop.theta1_path)  # the cache's θ1: no dense phase to run
+            theta1 = load_theta1(self.loop.theta1_path)  # the cache's θ1: no dense phase to run
             restore(space, {p.name: theta1[p.name] for p in space.maskable}, {n: theta1[n] for n in space.head})
             dist_info["dense_cache"] = "reused"
             if rank == 0:

@@ -1,8 +1,8 @@
 """The dense-phase cache: trials whose dense phase has the same settings share one dense run.
 
 A named Ray actor hands the first trial "compute" and later ones "wait" (then "ready"), so concurrent trials never
-compute the same dense phase twice; θ1 lives once on the sweep's storage (`<storage>/dense/<key>/theta1.safetensors`),
-so a resumed sweep finds it there too.
+compute the same dense phase twice; θ1 lives once on the sweep's storage (`<storage>/dense/<key>/theta1.safetensors`,
+any URI Ray's storage_path accepts: a local path, s3://, gs://…), so a resumed sweep finds it there too.
 """
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from pathlib import Path
 
 import ray
 
+from raysft import storage
 from raysft.config import Config
 
 ACTOR_NAME = "raysft-dense-cache"
@@ -37,20 +37,20 @@ def dense_key(cfg: Config, num_workers: int) -> str:
 @ray.remote(num_cpus=0)
 class DenseCache:
     def __init__(self, root: str):
-        self.root = Path(root)
+        self.root = root  # a storage URI (raysft.storage)
         self.state: dict[str, tuple[str, str]] = {}  # key -> ("computing", trial id) | ("ready", path)
         self.computed = 0
         self.reused = 0
 
     def path(self, key: str) -> str:
-        return str(self.root / key / THETA1_FILE)
+        return storage.join(self.root, key, THETA1_FILE)
 
     def claim(self, key: str, trial_id: str) -> tuple[str, str]:
         """("compute", path) for the first trial (or the same trial retried), ("wait", path) while it runs,
         ("ready", path) afterwards."""
         path = self.path(key)
         state = self.state.get(key)
-        if state is None and Path(path).is_file():  # computed by an earlier (resumed) sweep
+        if state is None and storage.exists(path):  # computed by an earlier (resumed) sweep
             state = self.state[key] = ("ready", path)
         if state is None or (state[0] == "computing" and state[1] == trial_id):
             if state is None:
@@ -75,9 +75,10 @@ class DenseCache:
         return {"computed": self.computed, "reused": self.reused}
 
 
-def get_cache(root: str):
-    # Lives as long as the `raysft tune` driver; θ1 files on storage outlive it for --resume.
-    return DenseCache.options(name=ACTOR_NAME, get_if_exists=True).remote(root)
+def get_cache(storage_root: str):
+    """The sweep's cache actor; θ1 files go under ``<storage_root>/dense``. It lives as long as the `raysft tune`
+    driver; θ1 files on storage outlive it for --resume."""
+    return DenseCache.options(name=ACTOR_NAME, get_if_exists=True).remote(storage.join(storage_root, "dense"))
 
 
 def acquire(cache, key: str, trial_id: str, poll_s: float = 2.0) -> tuple[str, str]:

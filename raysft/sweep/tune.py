@@ -12,6 +12,7 @@ from typing import Any
 
 from raysft.config import Config, apply_overrides
 from raysft.errors import RaysftError
+from raysft.storage import join as storage_join
 from raysft.sweep.space import sample
 
 OBJECTIVE = "objective"
@@ -55,7 +56,7 @@ def run_trial(config: dict, base: dict, storage: str) -> None:
     cache, key = None, None
     workers = cfg.tune.num_workers
     if cfg.tune.dense_cache and method_class(cfg.method).first_phase == "dense":
-        cache, key = get_cache(str(Path(storage) / "dense")), dense_key(cfg, workers)
+        cache, key = get_cache(storage), dense_key(cfg, workers)
         status, path = acquire(cache, key, trial_id)
         extra.update(theta1_path=path, theta1_mode="save" if status == "compute" else "load")
     try:
@@ -235,7 +236,7 @@ def run_sweep(
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base=base, storage=root), {"cpu": 1}
     )
-    experiment = str(Path(root) / cfg.name) if "://" not in root else f"{root}/{cfg.name}"
+    experiment = storage_join(root, cfg.name)
     if resume and not tune.Tuner.can_restore(experiment):
         raise RaysftError(f"nothing to resume at {experiment}: run `raysft tune {cfg.name}` without --resume first")
     if not resume and tune.Tuner.can_restore(experiment):
@@ -297,7 +298,7 @@ def run_sweep(
 
     # Created here so that it lives as long as this driver (an actor dies with the process that created it);
     # trial drivers find it by name.
-    cache = get_cache(str(Path(root) / "dense"))
+    cache = get_cache(root)
     started = time.perf_counter()
     try:
         grid = tuner.fit()
