@@ -65,6 +65,43 @@ class EvalConfig(_Strict):
     splits: list[Literal["dev", "test"]] = ["dev", "test"]
 
 
+class LangConfig(_Strict):
+    """Language SFTs (`raysft lang`): masked-language modelling of a language's unlabeled text."""
+
+    method: str = "lt-sft"  # any selector; lt-sft as in composable-sft
+    k: int | None = Field(None, ge=1)  # None (with density None): the task SFT's budget (sft.k / sft.density)
+    density: float | None = Field(None, gt=0, le=1)
+    max_train_lines: int | None = Field(None, ge=1)  # a seeded sample of the training lines
+    max_heldout_lines: int = Field(200, ge=1)  # of the held-out lines (the last 5 %), for the MLM loss before/after
+    max_seq_len: int = Field(128, ge=8, le=512)
+    mlm_probability: float = Field(0.15, gt=0, lt=1)
+    # A base without an MLM head (e5) gets a fresh one: fit it on θ0 first, so that "before" is θ0 with a fitted head
+    # and the dense phase does not bend the encoder toward a random head.
+    head_warmup_steps: int = Field(100, ge=0)
+    head_warmup_lr: float = Field(1e-3, gt=0)
+    dense: PhaseConfig = PhaseConfig(epochs=1.0, lr=1e-4, batch_size=16)
+    sparse: PhaseConfig = PhaseConfig(epochs=1.0, lr=1e-4, batch_size=16)
+    cpus_per_job: float = Field(1, gt=0)  # each language is one Ray job with these CPUs
+    gpus_per_job: float = Field(0, ge=0)
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, v):
+        method_class(v)
+        return v
+
+    @model_validator(mode="after")
+    def _one_budget(self):
+        if self.k is not None and self.density is not None:
+            raise ValueError("give at most one of lang.k and lang.density")
+        return self
+
+    def resolve_k(self, task_sft: SFTConfig, n: int) -> int:
+        if self.k is None and self.density is None:
+            return task_sft.resolve_k(n)
+        return SFTConfig(k=self.k, density=self.density).resolve_k(n)
+
+
 class Config(_Strict):
     name: str
     task: Literal["nli", "sa"]
@@ -77,7 +114,10 @@ class Config(_Strict):
     sparse: PhaseConfig = PhaseConfig()
     mask_phase: PhaseConfig = PhaseConfig(epochs=1.0, lr=2e-5)  # Ada-SFT's phase 1 (its score lr is per method)
     eval: EvalConfig = EvalConfig()
-    lang_sfts: str | None = None  # folder of <lang>.safetensors language SFTs composed at evaluation
+    # Where the language SFTs composed at evaluation come from: "store" (raysft lang's store for this model), a folder
+    # of <lang>.safetensors, or "hub:<repo with {lang}>" (composable-sft's, e.g. hub:cambridgeltl/xlmr-lang-sft-{lang}-small).
+    lang_sfts: str | None = None
+    lang: LangConfig = LangConfig()
     methods: dict[str, dict[str, Any]] = {}  # per method: its settings, and under `space:` what a sweep searches
     tune: TuneConfig = TuneConfig()
 
@@ -179,8 +219,18 @@ def pin_paths(cfg: Config) -> Config:
             pass  # reported with its fix when the run prepares its data
     else:
         data = data.model_copy(update={"dir": str(Path(data.dir).expanduser().resolve())})
-    lang = str(Path(cfg.lang_sfts).expanduser().resolve()) if cfg.lang_sfts else None
-    return cfg.model_copy(update={"data": data, "lang_sfts": lang})
+    return cfg.model_copy(update={"data": data, "lang_sfts": pin_lang_sfts(cfg.lang_sfts, cfg.model)})
+
+
+def pin_lang_sfts(source: str | None, model: str) -> str | None:
+    """``store`` becomes the store's absolute folder for ``model``; a folder becomes absolute; ``hub:…`` stays."""
+    from raysft.store import lang_store_dir
+
+    if not source or source.startswith("hub:"):
+        return source
+    if source == "store":
+        return str(lang_store_dir(model))
+    return str(Path(source).expanduser().resolve())
 
 
 def steps_for(phase: PhaseConfig, n_examples: int) -> int:

@@ -55,12 +55,14 @@ from raysft.sft.sparse import SparseUpdater
 from raysft.train.loop import predict, restore, set_trainable, train_dense, train_mask_scores, train_sparse
 from raysft.train.recipe import (
     Run,
-    average,
     delta_from_updater,
     eval_loaders,
     evaluate,
+    evaluation_metrics,
+    merge_results,
     prepare,
     task_delta_meta,
+    training_base,
     write_outputs,
     zero_delta_selected,
 )
@@ -395,14 +397,15 @@ class _Worker:
         self.device = ray.train.torch.get_device()
         run.model.to(self.device)
         space, model = run.space, run.model
-        theta0, head0 = space.snapshot(), space.head_snapshot()
+        theta0, base = training_base(run)  # base = θ0 + the source language's SFT when there is one
+        head0 = space.head_snapshot()
         torch.manual_seed(cfg.seed + rank)  # ranks draw different dropout masks
 
         timings = {"dense_s": 0.0, "select_s": 0.0, "sparse_s": 0.0, "eval_s": 0.0}
         losses: dict[str, list[float]] = {}
         dist_info: dict[str, Any] = {"world_size": self.world, "resumed_from_step": 0}
         if state is None:
-            mask, sel = self.first_phase_and_select(run, train_ds, theta0, timings, losses, dist_info)
+            mask, sel = self.first_phase_and_select(run, train_ds, base, timings, losses, dist_info)
         else:
             mask, sel = state.mask(), state.meta["info"]["selection"]
             info = state.meta["info"]
@@ -417,13 +420,13 @@ class _Worker:
         meta = task_delta_meta(run, sel["k"])
         t = time.perf_counter()
         if run.method.sparse_phase:
-            restore(space, theta0, head0)  # rewind to θ0 (head too); a restarted worker is at θ0 already
+            restore(space, base, head0)  # rewind to the base (head too); a restarted worker is there already
             info = {"selection": sel, "timings": timings, "losses": losses, "distributed": dist_info}
             updater = self.sparse_phase(run, train_ds, mask, state, info, losses, dist_info)
             delta = delta_from_updater(updater, space, meta)
             optimizer_state = updater.state_bytes()
         else:
-            delta = SparseDelta.from_params(space, theta0, mask, meta=meta)
+            delta = SparseDelta.from_params(space, base, mask, meta=meta)
             optimizer_state = 2 * space.n * 4
         timings["sparse_s"] += time.perf_counter() - t
 
@@ -587,7 +590,14 @@ class _Worker:
             self._dev_loaders = eval_loaders(sub)
         scores = {}
         for (lang, _), loader in self._dev_loaders.items():
-            preds, labels = predict(run.model, loader)
+            # Composed with the language's SFT where it has one, as the final objective is.
+            lang_delta = run.lang_sfts.get(lang)
+            handle = lang_delta.apply(run.space, with_abs=False) if lang_delta is not None else None
+            try:
+                preds, labels = predict(run.model, loader)
+            finally:
+                if handle is not None:
+                    handle.revert()
             scores[lang] = run.task.metrics(preds, labels)[run.task.metric]
         run.model.train()
         merged: dict[str, float] = {}
@@ -600,11 +610,7 @@ class _Worker:
         import ray.train
 
         cfg = self.cfg
-        results: dict[str, dict[str, dict[str, float]]] = {split: {} for split in cfg.eval.splits}
-        for part in per_rank:
-            for split, by_lang in part.items():
-                results[split].update(by_lang)
-        results = {s: {lang: results[s][lang] for lang in run.eval_langs if lang in results[s]} for s in results}
+        evaluation = evaluation_metrics(run, merge_results(per_rank, run.eval_langs))
         metric = run.task.metric
         metrics = {
             "method": run.method.name,
@@ -612,15 +618,13 @@ class _Worker:
             "n": run.space.n,
             "task": cfg.task,
             "metric": metric,
-            "dev": results.get("dev", {}),
-            "test": results.get("test", {}),
-            "avg": {split: average(results[split], run.target_langs, metric) for split in results},
+            **evaluation,
             "timings": timings,
             "selection": {k: v for k, v in sel.items() if k != "k"},
             "optimizer_state_bytes": optimizer_state,
             "delta_bytes": delta.nbytes(),
             "losses": {phase: [round(x, 5) for x in v] for phase, v in losses.items()},
-            "lang_sfts": sorted(run.lang_sfts),
+            "source_lang_sft": run.source_lang in run.lang_sfts,
             "target_langs": run.target_langs,
             "distributed": dist_info,
         }
@@ -628,9 +632,9 @@ class _Worker:
             "phase": "final", "resumed_from_step": dist_info["resumed_from_step"], "k": sel["k"],
             "objective": metrics["avg"].get("dev", float("nan")), "dense_cache": dist_info.get("dense_cache", "none"),
         }
-        for split, by_lang in results.items():
+        for split in metrics["avg"]:
             summary[f"avg/{split}"] = metrics["avg"][split]
-            for lang, vals in by_lang.items():
+            for lang, vals in metrics[split].items():
                 summary[f"{metric}/{split}/{lang}"] = vals.get(metric)
         if self.rank != 0:
             ray.train.report(summary)

@@ -127,13 +127,13 @@ def load_for_classification(spec: str, num_labels: int):
     return _load(AutoModelForSequenceClassification, spec, num_labels=int(num_labels))
 
 
-def load_for_mlm(spec: str):
+def load_for_mlm(spec: str, *, with_info: bool = False):
     """``AutoModelForMaskedLM``; for an encoder saved without an MLM head (the e5 folder) the head is freshly
-    initialised. The decoder is tied to the word embeddings."""
+    initialised. The decoder is tied to the word embeddings. With ``with_info``: ``(model, head_is_fresh)``."""
     from transformers import AutoModelForMaskedLM
 
     with _quiet_fresh_head_warning():
-        model = _load(AutoModelForMaskedLM, spec)
+        model, info = _load(AutoModelForMaskedLM, spec, output_loading_info=True)
     out, inp = model.get_output_embeddings(), model.get_input_embeddings()
     if out is not None and out.weight is not inp.weight:
         model.config.tie_word_embeddings = True
@@ -141,4 +141,8 @@ def load_for_mlm(spec: str):
         out = model.get_output_embeddings()
         if out.weight is not inp.weight:  # tie_weights did not tie: do it by hand
             out.weight = inp.weight
-    return model
+    if not with_info:
+        return model
+    prefix = model.base_model_prefix + "."
+    fresh = any(not k.startswith(prefix) and "decoder.weight" not in k for k in info.get("missing_keys") or ())
+    return model, fresh

@@ -401,6 +401,15 @@ class SparseDelta:
         return delta
 
 
+def read_metadata(path) -> dict[str, str]:
+    """A delta file's metadata, from its header alone (no tensor is read); refuses a file that is not a raysft delta."""
+    path = Path(path)
+    meta = dict(_read_safetensors_header(path).get("__metadata__") or {})
+    if meta.get("format") != FORMAT:
+        raise RaysftError(f"{path} is not a raysft delta (metadata format={meta.get('format')!r}): remove it or re-export it")
+    return meta
+
+
 def _read_safetensors_header(path: Path) -> dict:
     if not path.is_file():
         raise RaysftError(

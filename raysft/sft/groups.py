@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import torch
@@ -81,10 +82,11 @@ class ParamSpace:
     """The maskable parameters of a model (in model order), the dense head and the frozen rest.
 
     LayerNorm weights and biases are frozen, as the LT-SFT paper does. Word/position/type embeddings are maskable
-    unless ``freeze_embeddings``.
+    unless ``freeze_embeddings``. ``freeze`` names further parameters (full names) to keep frozen, e.g. an MLM
+    decoder untied from the word embeddings.
     """
 
-    def __init__(self, model: nn.Module, freeze_embeddings: bool = False):
+    def __init__(self, model: nn.Module, freeze_embeddings: bool = False, freeze: Collection[str] = ()):
         self.model = model
         base = getattr(model, "base_model", model)
         self.prefix = getattr(model, "base_model_prefix", "") if base is not model else ""
@@ -95,8 +97,9 @@ class ParamSpace:
         self.frozen: list[str] = []  # full names
         self._by_name: dict[str, nn.Parameter] = {}
         unknown = []
+        freeze = set(freeze)
         for full_name, p in model.named_parameters():
-            if id(p) in layer_norm:
+            if id(p) in layer_norm or full_name in freeze:
                 self.frozen.append(full_name)
                 continue
             if id(p) not in base_ids:

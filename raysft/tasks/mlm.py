@@ -79,6 +79,17 @@ def load_lines_of(lang: str, data_dir: str | os.PathLike | None = None) -> datas
     raise RaysftError(f"no text for language {lang!r}: available are {', '.join(text_languages(root))}")
 
 
+def corpus_of(lang: str, data_dir: str | os.PathLike | None = None) -> str:
+    """Where a language's text comes from, relative to the data folder (recorded in the language SFT's metadata)."""
+    root = resolve_data_dir(data_dir)
+    folder = root / "americas_text" / lang
+    if folder.is_dir():
+        return ", ".join(f"americas_text/{lang}/{p.name}" for p in sorted(folder.glob("*.txt")))
+    if lang in NUSAX_MT_COLUMNS:
+        return f"nusax_mt/train.csv:{NUSAX_MT_COLUMNS[lang]}"
+    raise RaysftError(f"no text for language {lang!r}: available are {', '.join(text_languages(root))}")
+
+
 def heldout_size(n: int) -> int:
     return max(MIN_HELDOUT, math.ceil(HELDOUT_FRACTION * n))
 

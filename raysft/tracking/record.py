@@ -3,7 +3,8 @@
 Names: params ``method``, ``k``, ``seed``, ``dense.lr``, ``sparse.lr``, …, every searched value (a budget vector as
 ``budget/<group>``); metrics ``<acc|f1>/<dev|test>/<lang>`` and ``…/avg`` (targets' average), ``objective`` (the
 targets' average dev score in the task's metric: what a sweep maximises), ``avg/dev``, ``avg/test``,
-``loss/<phase>`` by step, ``trained_entries``, ``delta_bytes``, ``time/<phase>_s``, ``dense_cache_hit``; artifacts
+``<acc|f1>/<dev|test>/<task_only|composed>/<lang>`` (θ0 + task, θ0 + task + that language's SFT; the plain
+``<metric>/<split>/<lang>`` is the composed score where the language has an SFT), ``loss/<phase>`` by step, ``trained_entries``, ``delta_bytes``, ``time/<phase>_s``, ``dense_cache_hit``; artifacts
 ``task_sft.safetensors``, ``metrics.json``, ``config.yaml``, ``plots/layers.png``, ``plots/languages.png``.
 """
 
@@ -98,6 +99,14 @@ def final_metrics(metrics: dict, extra: dict | None = None) -> list[tuple[str, f
             vals = [by_lang[lang][name] for lang in targets if lang in by_lang and name in by_lang[lang]]
             if vals:
                 out.append((f"{name}/{split}/avg", sum(vals) / len(vals), 0))
+    for kind in ("task_only", "composed"):  # θ0 + task and θ0 + task + lang, per language
+        for split, by_lang in (metrics.get(kind) or {}).items():
+            for lang, vals in by_lang.items():
+                for name, v in vals.items():
+                    out.append((f"{name}/{split}/{kind}/{lang}", float(v), 0))
+        for split, v in (metrics.get(f"avg_{kind}") or {}).items():
+            if not math.isnan(v):
+                out.append((f"avg/{split}/{kind}", float(v), 0))
     for split, v in (metrics.get("avg") or {}).items():
         out.append((f"avg/{split}", float(v), 0))
     if "dev" in (metrics.get("avg") or {}):

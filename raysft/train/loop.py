@@ -147,6 +147,29 @@ def train_dense(
     return _run_steps(cycle(loader), steps, lambda b: loss_fn(model, b), update, reporter, "dense", device)
 
 
+def train_head(
+    model: nn.Module,
+    space: ParamSpace,
+    loader: DataLoader,
+    steps: int,
+    lr: float,
+    *,
+    reporter: Reporter = SilentReporter(),
+    loss_fn: Callable[[nn.Module, dict], torch.Tensor] = _loss,
+) -> list[float]:
+    """Only the head trains (the encoder stays at its current weights): fits a freshly initialised head."""
+    set_trainable(space, maskable=False)
+    model.train()
+    optimizer = torch.optim.AdamW(head_params(space), lr=lr, weight_decay=0.0)
+
+    def update():
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    device = next(model.parameters()).device
+    return _run_steps(cycle(loader), steps, lambda b: loss_fn(model, b), update, reporter, "head", device)
+
+
 def train_mask_scores(
     model: nn.Module,
     space: ParamSpace,

@@ -51,6 +51,7 @@ class Run:
     k: int
     target_langs: list[str]
     eval_langs: list[str]
+    source_lang: str | None = None
     lang_sfts: dict[str, SparseDelta] = field(default_factory=dict)
 
 
@@ -83,24 +84,71 @@ def prepare(cfg: Config, method_name: str | None = None) -> Run:
     space = ParamSpace(model, freeze_embeddings=cfg.sft.freeze_embeddings)
     k = cfg.sft.resolve_k(space.n) if method.uses_k else space.n
     method.validate(space, k)
-    run = Run(cfg, method, task, data, tokenizer, model, space, k, targets, eval_langs)
+    run = Run(cfg, method, task, data, tokenizer, model, space, k, targets, eval_langs, source)
     if cfg.lang_sfts:
-        run.lang_sfts = load_lang_sfts(Path(cfg.lang_sfts), space, eval_langs)
+        run.lang_sfts = load_lang_sfts(cfg.lang_sfts, space, eval_langs)
     return run
 
 
-def load_lang_sfts(folder: Path, space: ParamSpace, langs: list[str]) -> dict[str, SparseDelta]:
+def load_lang_sfts(source: str, space: ParamSpace, langs: list[str]) -> dict[str, SparseDelta]:
+    """The language SFTs of ``langs`` that ``source`` has (a folder of <lang>.safetensors, the store's folder, or
+    ``hub:<repo with {lang}>``); languages it lacks are simply absent (the evaluation reports them as missing)."""
+    if source.startswith("hub:"):
+        return _hub_lang_sfts(source.removeprefix("hub:"), space, langs)
+    folder = Path(source)
     if not folder.is_dir():
         raise RaysftError(f"language SFT folder {folder} does not exist: fix lang_sfts or train them with raysft lang")
     out = {}
     for lang in langs:
         path = folder / f"{lang}.safetensors"
         if path.exists():
-            delta = SparseDelta.load(path, space)
-            if delta.meta.get("kind") not in (None, "lang"):
-                raise RaysftError(f"{path} is a {delta.meta.get('kind')} SFT, not a language SFT: point lang_sfts elsewhere")
-            out[lang] = delta
+            out[lang] = check_lang_sft(SparseDelta.load(path, space), path)
     return out
+
+
+def check_lang_sft(delta: SparseDelta, path) -> SparseDelta:
+    if delta.meta.get("kind") not in (None, "lang"):
+        raise RaysftError(f"{path} is a {delta.meta.get('kind')} SFT, not a language SFT: point lang_sfts elsewhere")
+    return delta
+
+
+def _hub_lang_sfts(template: str, space: ParamSpace, langs: list[str]) -> dict[str, SparseDelta]:
+    """composable-sft's published language SFTs (e.g. cambridgeltl/xlmr-lang-sft-{lang}-small), read through the
+    tensors-only importer."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
+
+    from raysft.sft.delta import import_composable_sft
+
+    out = {}
+    for lang in langs:
+        repo = template.format(lang=lang)
+        try:
+            path = hf_hub_download(repo, "pytorch_diff.bin")
+        except (RepositoryNotFoundError, EntryNotFoundError):
+            continue  # no published SFT for this language
+        except Exception as e:  # offline, or the hub is unreachable
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+            raise RaysftError(
+                f"cannot download the language SFT {repo} ({first}): go online, or train language SFTs with "
+                "`raysft lang` and set lang_sfts: store"
+            ) from None
+        delta = import_composable_sft(path, space)
+        delta.meta.update({"kind": "lang", "language": lang, "base_model": repo})
+        out[lang] = delta
+    return out
+
+
+def training_base(run: Run) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(θ0, the base the task SFT trains from). When the source language has a language SFT, it is applied (without
+    its head) and left applied, so the task SFT learns on top of it, as composable-sft does; evaluation starts
+    again from θ0."""
+    theta0 = run.space.snapshot()
+    source = run.lang_sfts.get(run.source_lang)
+    if source is None:
+        return theta0, theta0
+    source.apply(run.space, with_abs=False)
+    return theta0, run.space.snapshot()
 
 
 def loader(ds, tokenizer, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
@@ -121,22 +169,65 @@ def eval_loaders(run: Run) -> dict[tuple[str, str], DataLoader]:
     return out
 
 
-def evaluate(run: Run, task_delta: SparseDelta, theta0: dict, loaders: dict) -> dict[str, dict[str, dict[str, float]]]:
-    """Rewind to θ0, apply the task delta once; per language apply its language SFT (if any), evaluate, revert."""
+def evaluate(run: Run, task_delta: SparseDelta, theta0: dict, loaders: dict) -> dict[str, dict[str, dict[str, dict]]]:
+    """Rewind to θ0 and apply the task delta once; per language evaluate θ0 + task, then, when the language has an
+    SFT, apply it without its head, evaluate θ0 + task + lang and revert (bitwise back to θ0 + task). Returns
+    ``{"task_only" | "composed": {split: {lang: metrics}}}``; a language without an SFT has no composed entry."""
     restore(run.space, theta0)
-    results: dict[str, dict[str, dict[str, float]]] = {split: {} for split in run.cfg.eval.splits}
+    splits = run.cfg.eval.splits
+    results: dict[str, dict[str, dict[str, dict]]] = {kind: {s: {} for s in splits} for kind in EVAL_KINDS}
+
+    def score(kind: str, lang: str) -> None:
+        for split in splits:
+            preds, labels = predict(run.model, loaders[(lang, split)])
+            results[kind][split][lang] = run.task.metrics(preds, labels)
+
     with task_delta.apply(run.space):
         for lang in run.eval_langs:
+            score("task_only", lang)
             lang_delta = run.lang_sfts.get(lang)
-            handle = lang_delta.apply(run.space, with_abs=False) if lang_delta else None
-            try:
-                for split in run.cfg.eval.splits:
-                    preds, labels = predict(run.model, loaders[(lang, split)])
-                    results[split][lang] = run.task.metrics(preds, labels)
-            finally:
-                if handle:
-                    handle.revert()
+            if lang_delta is not None:
+                with lang_delta.apply(run.space, with_abs=False):
+                    score("composed", lang)
     return results
+
+
+EVAL_KINDS = ("task_only", "composed")
+
+
+def merge_results(parts: list[dict], langs: list[str]) -> dict[str, dict[str, dict[str, dict]]]:
+    """Per-rank results of :func:`evaluate` (each rank evaluated some languages) in ``langs`` order."""
+    merged: dict = {}
+    for part in parts:
+        for kind, by_split in part.items():
+            for split, by_lang in by_split.items():
+                merged.setdefault(kind, {}).setdefault(split, {}).update(by_lang)
+    return {kind: {s: {lang: v[lang] for lang in langs if lang in v} for s, v in by_split.items()}
+            for kind, by_split in merged.items()}
+
+
+def evaluation_metrics(run: Run, results: dict) -> dict:
+    """The metrics.json entries of an evaluation. ``dev``/``test`` (and the sweep's objective) are the composed
+    scores where a language has an SFT (θ0 + lang + task is the product) and task-only elsewhere; both are kept in
+    full under ``task_only`` and ``composed``, with their targets' averages, and languages without an SFT are named."""
+    metric = run.task.metric
+    primary = {
+        split: {lang: results["composed"][split].get(lang, m) for lang, m in by_lang.items()}
+        for split, by_lang in results["task_only"].items()
+    }
+    out = {
+        "dev": primary.get("dev", {}),
+        "test": primary.get("test", {}),
+        "avg": {split: average(primary[split], run.target_langs, metric) for split in primary},
+        "task_only": results["task_only"],
+        "composed": results["composed"],
+        "avg_task_only": {s: average(v, run.target_langs, metric) for s, v in results["task_only"].items()},
+        "avg_composed": {s: average(v, run.target_langs, metric) for s, v in results["composed"].items() if v},
+        "lang_sfts": sorted(run.lang_sfts),
+        "lang_sft_source": run.cfg.lang_sfts,
+        "lang_sft_missing": [lang for lang in run.target_langs if lang not in run.lang_sfts] if run.cfg.lang_sfts else [],
+    }
+    return out
 
 
 def average(results: dict[str, dict[str, float]], langs: list[str], metric: str) -> float:
@@ -165,10 +256,11 @@ def run_training(run: Run, reporter: Reporter = SilentReporter()) -> tuple[Spars
     cfg, space, model = run.cfg, run.space, run.model
     train_ds = run.task.tokenize(run.task.load_train(run.data), run.tokenizer, cfg.data.max_seq_len)
     loaders = eval_loaders(run)
-    theta0, head0 = space.snapshot(), space.head_snapshot()
+    theta0, base = training_base(run)
+    head0 = space.head_snapshot()
     timings = {"dense_s": 0.0, "select_s": 0.0, "sparse_s": 0.0, "eval_s": 0.0}
     losses: dict[str, list[float]] = {}
-    ctx = SelectionContext(space, run.k, theta0, seed=cfg.seed)
+    ctx = SelectionContext(space, run.k, base, seed=cfg.seed)
 
     t = time.perf_counter()
     if run.method.first_phase == "dense":
@@ -194,14 +286,14 @@ def run_training(run: Run, reporter: Reporter = SilentReporter()) -> tuple[Spars
     t = time.perf_counter()
     meta = task_delta_meta(run, selection.k)
     if run.method.sparse_phase:
-        restore(space, theta0, head0)  # rewind to θ0 (head too), then train only the selected entries
+        restore(space, base, head0)  # rewind to θ0 (head too), then train only the selected entries
         steps = steps_for(cfg.sparse, len(train_ds))
         train_loader = loader(train_ds, run.tokenizer, cfg.sparse.batch_size, True, cfg.seed + 1)
         updater, losses["sparse"] = train_sparse(model, space, selection.mask, train_loader, steps, cfg.sparse, reporter=reporter)
         delta = delta_from_updater(updater, space, meta)
         optimizer_state = updater.state_bytes()
     else:
-        delta = SparseDelta.from_params(space, theta0, selection.mask, meta=meta)
+        delta = SparseDelta.from_params(space, base, selection.mask, meta=meta)
         optimizer_state = 2 * space.n * 4
     timings["sparse_s"] = time.perf_counter() - t
 
@@ -209,16 +301,13 @@ def run_training(run: Run, reporter: Reporter = SilentReporter()) -> tuple[Spars
     results = evaluate(run, delta, theta0, loaders)
     timings["eval_s"] = time.perf_counter() - t
 
-    metric = run.task.metric
     metrics = {
         "method": run.method.name,
         "k": selection.k,
         "n": space.n,
         "task": cfg.task,
-        "metric": metric,
-        "dev": results.get("dev", {}),
-        "test": results.get("test", {}),
-        "avg": {split: average(results[split], run.target_langs, metric) for split in results},
+        "metric": run.task.metric,
+        **evaluation_metrics(run, results),
         "timings": timings,
         "selection": {
             **{k: v for k, v in selection.info.items() if isinstance(v, (int, float, str, list, dict))},
@@ -228,7 +317,7 @@ def run_training(run: Run, reporter: Reporter = SilentReporter()) -> tuple[Spars
         "optimizer_state_bytes": optimizer_state,
         "delta_bytes": delta.nbytes(),
         "losses": {phase: [round(x, 5) for x in v] for phase, v in losses.items()},
-        "lang_sfts": sorted(run.lang_sfts),
+        "source_lang_sft": run.source_lang in run.lang_sfts,
         "target_langs": run.target_langs,
     }
     return delta, metrics
