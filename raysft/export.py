@@ -179,7 +179,7 @@ def export_run(tracking_uri: str | None, experiment: str, out: Path, *, run_id: 
         info = {
             "tracking_uri": uri.uri, "experiment": exp.name, "run_id": rid, "run_name": run.info.run_name,
             "trial_id": run.data.tags.get("trial_id"), "metric": metric, "score": run.data.metrics.get(metric),
-            "lang_sfts": language_sfts(metrics, staging / record.CONFIG_FILE),
+            "lang_sfts": language_sfts(metrics, staging / record.CONFIG_FILE, staging),
         }
         (staging / "export.json").write_text(json.dumps(info, indent=2))
         (staging / "README.md").write_text(model_card(run, metrics, staging, info))
@@ -190,15 +190,30 @@ def export_run(tracking_uri: str | None, experiment: str, out: Path, *, run_id: 
     return info
 
 
-def language_sfts(metrics: dict, config_file: Path) -> dict[str, str]:
-    """The language SFTs the trial was evaluated with: language → path (references; they are not copied)."""
+def language_sfts(metrics: dict, config_file: Path, staging: Path | None = None) -> dict[str, str]:
+    """The language SFTs the trial was evaluated with: language → file. Local ones (a folder or the store) are copied
+    into ``staging/lang_sfts/`` so the export is self-contained; hub ones are named by repo."""
     langs = metrics.get("lang_sfts") or []
     if not langs or not config_file.is_file():
         return {}
     import yaml
 
-    folder = (yaml.safe_load(config_file.read_text()) or {}).get("lang_sfts")
-    return {lang: str(Path(folder) / f"{lang}.safetensors") for lang in langs} if folder else {}
+    source = (yaml.safe_load(config_file.read_text()) or {}).get("lang_sfts")
+    if not source:
+        return {}
+    if source.startswith("hub:"):
+        return {lang: source.removeprefix("hub:").format(lang=lang) for lang in langs}
+    folder = Path(source.removeprefix("store:"))
+    out = {}
+    for lang in langs:
+        path = folder / f"{lang}.safetensors"
+        if staging is not None and path.is_file():
+            (staging / "lang_sfts").mkdir(exist_ok=True)
+            shutil.copy2(path, staging / "lang_sfts" / path.name)
+            out[lang] = f"lang_sfts/{path.name}"
+        else:
+            out[lang] = str(path)
+    return out
 
 
 def _delta_meta(path: Path) -> dict:
@@ -264,14 +279,16 @@ def model_card(run, metrics: dict, folder: Path, info: dict) -> str:
     lang_sfts = info.get("lang_sfts") or {}
     lines += ["", "## Parameters", "", "| parameter | value |", "|---|---|"]
     lines += [f"| {key} | `{value}` |" for key, value in sorted(params.items())]
-    sft_args = " ".join(f"--sft {p}" for p in lang_sfts.values())
+    # Composition is per target language: the task SFT plus that one language's SFT.
+    sft_args = f"--sft {next(iter(lang_sfts.values()))}" if lang_sfts else ""
     lines += [
         "",
         "## How to apply",
         "",
         "Evaluated " + (
             "with the language SFTs " + ", ".join(f"`{lang}`: `{p}`" for lang, p in lang_sfts.items())
-            + " (one per target language; compose the task SFT with the target language's SFT)."
+            + " (one per target language: compose the task SFT with the SFT of the language you serve; the example"
+            " below uses the first)."
             if lang_sfts else "without language SFTs: the task SFT alone, applied to the base model."
         ),
         "",

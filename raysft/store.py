@@ -78,3 +78,28 @@ def list_lang_sfts(root: Path | None = None) -> list[StoredSFT]:
             path.stat().st_size,
         ))
     return out
+
+
+def lang_sft_file(source: str | None, lang: str) -> Path | None:
+    """The file of ``lang``'s SFT in a pinned ``lang_sfts`` source (a folder or ``store:<folder>``), if there is one."""
+    if not source or source.startswith("hub:"):
+        return None
+    path = Path(source.removeprefix("store:")) / f"{lang}.safetensors"
+    return path if path.is_file() else None
+
+
+def source_lang_sft_identity(cfg) -> str | None:
+    """What identifies the source language's SFT a task SFT trains on top of: a hub repo, or a local file's path,
+    size and modification time (a retrained SFT changes the dense phase)."""
+    from raysft.tasks import get_task
+
+    source = cfg.data.source_lang or get_task(cfg.task).source_lang
+    if not cfg.lang_sfts or not source:
+        return None
+    if cfg.lang_sfts.startswith("hub:"):
+        return cfg.lang_sfts.removeprefix("hub:").format(lang=source)
+    path = lang_sft_file(cfg.lang_sfts, source)
+    if path is None:
+        return None
+    st = path.stat()
+    return f"{path}:{st.st_size}:{st.st_mtime_ns}"

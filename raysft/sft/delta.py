@@ -334,8 +334,9 @@ class SparseDelta:
             raise
 
     @classmethod
-    def load(cls, path, space=None) -> SparseDelta:
-        """Read a delta saved by :meth:`save`; with ``space``, refuse one made for another base model."""
+    def load(cls, path, space=None, *, check_abs: bool = True) -> SparseDelta:
+        """Read a delta saved by :meth:`save`; with ``space``, refuse one made for another base model. A language
+        SFT's abs tensors (its MLM head) fit no classification model: load it with ``check_abs=False``."""
         path = Path(path)
         header = _read_safetensors_header(path)
         file_meta = dict(header.get("__metadata__") or {})
@@ -397,7 +398,7 @@ class SparseDelta:
         delta = cls(diffs, abs_, file_meta)
         if space is not None:
             _check_base(delta, space, path)
-            delta._check_against(space, str(path))
+            (delta if check_abs else SparseDelta(delta.diffs, None, delta.meta))._check_against(space, str(path))
         return delta
 
 

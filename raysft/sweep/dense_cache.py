@@ -21,8 +21,12 @@ THETA1_FILE = "theta1.safetensors"
 
 
 def dense_key(cfg: Config, num_workers: int) -> str:
-    """Everything the dense phase's result depends on: model, task and data, dense settings, seed, workers."""
+    """Everything the dense phase's result depends on: model, task and data, dense settings, seed, workers, and the
+    source language's SFT that the task SFT trains on top of (its file's identity)."""
+    from raysft.store import source_lang_sft_identity
+
     payload = {
+        "source_lang_sft": source_lang_sft_identity(cfg),
         "model": cfg.model,
         "task": cfg.task,
         "data": cfg.data.model_dump(),

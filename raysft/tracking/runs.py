@@ -10,7 +10,6 @@ unwritten at the end is named, with the fix (`--resume` once the store is back r
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 import time
 from collections import deque
@@ -18,6 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
+from raysft import storage
 from raysft.tracking import record
 from raysft.tracking.store import (
     TrackingURI,
@@ -151,34 +151,59 @@ def log_train_run(uri: TrackingURI, experiment: str, cfg, method: str, metrics: 
     return exp_id, run_id
 
 
+# ------------------------------------------------------------------------------------------------------- raysft lang
+def log_lang_run(uri: TrackingURI, experiment: str, cfg, metrics: dict, delta_path: Path) -> tuple[str, str]:
+    """One run per language SFT: its settings, the held-out MLM loss before / head only / after, the phase losses by
+    step and times; artifacts the delta (unless it is large), metrics.json and config.yaml."""
+    c = connect(uri)
+    exp_id = ensure_experiment(c, uri, experiment)
+    lang = metrics["language"]
+    run = c.create_run(
+        exp_id, run_name=f"lang-{lang}-{metrics['method']}-{datetime.now():%Y%m%d-%H%M%S}",
+        tags={"raysft.kind": "lang", "raysft.language": lang, "raysft.space": cfg.name, "raysft.sft": str(delta_path)},
+    )
+    run_id = run.info.run_id
+    try:
+        params = {"language": lang, "method": metrics["method"], "model": cfg.model, "k": str(metrics["k"]),
+                  "n": str(metrics["n"]), "corpus": metrics["corpus"][:6000], "corpus_lines": str(metrics["corpus_lines"]),
+                  "train_lines": str(metrics["train_lines"]), "head_fresh": str(metrics["head_fresh"])}
+        record.flatten("lang", cfg.lang.model_dump(mode="json"), params)
+        values = [(f"mlm_loss/{name}", float(v), 0) for name, v in metrics["mlm_loss"].items()]
+        values += [(f"time/{name}", float(v), 0) for name, v in metrics["timings"].items()]
+        values += [(f"loss/{phase}", float(v), i) for phase, vs in metrics["losses"].items() for i, v in enumerate(vs)]
+        values += [("trained_entries", float(metrics["k"]), 0), ("delta_bytes", float(metrics["delta_bytes"]), 0)]
+        _log_batch(c, run_id, params, values)
+        with tempfile.TemporaryDirectory(prefix="raysft-track-") as d:
+            files = record.write_artifacts(Path(d), cfg, None, None)
+            (Path(d) / record.METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+            files[record.METRICS_FILE] = Path(d) / record.METRICS_FILE
+            if Path(delta_path).stat().st_size <= LANG_ARTIFACT_MAX_BYTES:
+                files[Path(delta_path).name] = Path(delta_path)
+            record.log_files(c, run_id, files)
+        c.set_terminated(run_id, "FINISHED")
+    except BaseException:
+        try:
+            c.set_terminated(run_id, "FAILED")
+        except Exception:
+            pass
+        raise
+    return exp_id, run_id
+
+
+LANG_ARTIFACT_MAX_BYTES = 100_000_000  # larger language SFTs stay in the store only (the run's raysft.sft tag)
+
+
 # ------------------------------------------------------------------------------------------------------------- sweep
 def _read_state(experiment_dir: str) -> dict | None:
+    uri = storage.join(experiment_dir, STATE_FILE)  # the experiment folder may be any storage URI
     try:
-        if "://" in experiment_dir:
-            import pyarrow.fs
-
-            fs, path = pyarrow.fs.FileSystem.from_uri(f"{experiment_dir}/{STATE_FILE}")
-            with fs.open_input_stream(path) as f:
-                return json.loads(f.read().decode())
-        p = Path(experiment_dir) / STATE_FILE
-        return json.loads(p.read_text()) if p.is_file() else None
+        return json.loads(storage.read_bytes(uri).decode()) if storage.exists(uri) else None
     except Exception:
         return None
 
 
 def _write_state(experiment_dir: str, state: dict) -> None:
-    text = json.dumps(state, indent=2)
-    if "://" in experiment_dir:
-        import pyarrow.fs
-
-        fs, path = pyarrow.fs.FileSystem.from_uri(f"{experiment_dir}/{STATE_FILE}")
-        with fs.open_output_stream(path) as f:
-            f.write(text.encode())
-        return
-    Path(experiment_dir).mkdir(parents=True, exist_ok=True)
-    tmp = Path(experiment_dir) / f".{STATE_FILE}.tmp"
-    tmp.write_text(text)
-    os.replace(tmp, Path(experiment_dir) / STATE_FILE)
+    storage.write_atomic(storage.join(experiment_dir, STATE_FILE), json.dumps(state, indent=2).encode())
 
 
 class SweepTracking:

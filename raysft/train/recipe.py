@@ -95,14 +95,16 @@ def load_lang_sfts(source: str, space: ParamSpace, langs: list[str]) -> dict[str
     ``hub:<repo with {lang}>``); languages it lacks are simply absent (the evaluation reports them as missing)."""
     if source.startswith("hub:"):
         return _hub_lang_sfts(source.removeprefix("hub:"), space, langs)
-    folder = Path(source)
+    folder = Path(source.removeprefix("store:"))
+    if source.startswith("store:") and not folder.exists():
+        return {}  # nothing trained for this model yet: every language is reported as missing
     if not folder.is_dir():
         raise RaysftError(f"language SFT folder {folder} does not exist: fix lang_sfts or train them with raysft lang")
     out = {}
     for lang in langs:
         path = folder / f"{lang}.safetensors"
         if path.exists():
-            out[lang] = check_lang_sft(SparseDelta.load(path, space), path)
+            out[lang] = check_lang_sft(SparseDelta.load(path, space, check_abs=False), path)
     return out
 
 
