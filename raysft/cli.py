@@ -582,7 +582,9 @@ def doctor(
         table.add_row(c.name, f"[{style[c.status]}]{c.status}[/]", c.detail + "".join(f"\n  {line}" for line in c.lines))
     console.print(table)
     failed = [c.name for c in checks if c.ok is False]
-    console.print(f"{len(checks) - len(failed)} of {len(checks)} checks passed" + (f"; failed: {', '.join(failed)}" if failed else ""),
+    skipped = [c.name for c in checks if c.ok is None]
+    console.print(f"{sum(c.ok is True for c in checks)} of {len(checks)} checks passed"
+                  + (f"; failed: {', '.join(failed)}" if failed else "") + (f"; skipped: {', '.join(skipped)}" if skipped else ""),
                   highlight=False)
     if failed:
         raise typer.Exit(1)
@@ -590,7 +592,9 @@ def doctor(
 
 def main(argv: list[str] | None = None) -> None:
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)
+        if isinstance(code, int) and code:  # typer.Exit(n) comes back as a return value without standalone mode
+            sys.exit(code)
     except RaysftError as e:
         err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from raysft.cluster.storage import DRIVER_RESOURCE, STORAGE_ENV, is_remote_uri, machines, node_local_problem
 from raysft.config import Config, apply_overrides
 from raysft.errors import RaysftError
 from raysft.storage import join as storage_join
@@ -112,22 +113,63 @@ def trial_lines_callback():
     return TrialLines()
 
 
-def resources_per_trial(cfg: Config) -> dict[str, float]:
-    """The trial driver's CPU plus its Train workers' resources (what one running trial holds)."""
-    return {
-        "CPU": 1 + cfg.tune.num_workers * cfg.tune.cpus_per_worker,
-        "GPU": cfg.tune.num_workers * cfg.tune.gpus_per_worker,
-    }
+def driver_resources(cluster: dict[str, float]) -> dict[str, float]:
+    """A trial driver's resources. On a cluster that advertises ``raysft_driver`` (the head node of cluster.yaml),
+    one unit of it and no CPU: drivers (and their Train controllers, which Ray pins to the driver's node) stay on the
+    head, as many at once as the head has units, and every CPU of the worker nodes is left to Train workers.
+    Elsewhere (a local Ray) 1 CPU, as before: a bundle that asks for nothing is refused by Tune."""
+    if cluster.get(DRIVER_RESOURCE, 0) >= 1:
+        return {"CPU": 0, DRIVER_RESOURCE: 1}
+    return {"CPU": 1}
+
+
+def resources_per_trial(cfg: Config, cluster: dict[str, float] | None = None) -> dict[str, float]:
+    """The trial driver's resources plus its Train workers' (what one running trial holds)."""
+    need = dict(driver_resources(cluster or {}))
+    need["CPU"] += cfg.tune.num_workers * cfg.tune.cpus_per_worker
+    need["GPU"] = cfg.tune.num_workers * cfg.tune.gpus_per_worker
+    return need
 
 
 def default_max_concurrent(cfg: Config, cluster: dict[str, float]) -> int:
-    need = resources_per_trial(cfg)
+    need = resources_per_trial(cfg, cluster)
     fits = [math.floor(cluster.get(r, 0) / n) for r, n in need.items() if n > 0]
     return max(1, min(fits)) if fits else 1
 
 
+def autoscaling_node_types() -> list[dict]:
+    """The node types the cluster's autoscaler may still start (``ray up``'s available_node_types, as Ray publishes
+    them in the GCS), shaped like ``ray.nodes()`` entries; empty without an autoscaler."""
+    try:
+        from ray._private.state import state
+
+        config = state.get_cluster_config()
+    except Exception:  # an older GCS, or no autoscaler: nothing to add
+        return []
+    if config is None:
+        return []
+    return [
+        {"NodeManagerAddress": f"autoscaled {g.name or 'node type'} (up to {g.max_count if g.max_count >= 0 else 'any'})",
+         "Resources": dict(g.resources)}
+        for g in config.node_group_configs if g.max_count != 0
+    ]
+
+
+def cluster_capacity(cluster: dict[str, float]) -> dict[str, float]:
+    """The cluster's resources now, or what its autoscaler may grow it to (GPU workers with min 0 start with none):
+    the larger of the two, per resource (a sweep's concurrency follows the GPUs it can get)."""
+    try:
+        from ray._private.state import state
+
+        most = state.get_max_resources_from_cluster_config() or {}
+    except Exception:
+        most = {}
+    return {k: max(cluster.get(k, 0), most.get(k, 0)) for k in set(cluster) | set(most)}
+
+
 def check_resources(cfg: Config, nodes: list[dict]) -> None:
-    """Refuse a trial whose workers no node can hold, before any trial starts."""
+    """Refuse a trial whose workers no node (alive, or one the autoscaler may start) can hold, before any trial
+    starts."""
     worker = {"CPU": cfg.tune.cpus_per_worker, "GPU": cfg.tune.gpus_per_worker}
     for node in nodes:
         res = node.get("Resources", {})
@@ -141,17 +183,20 @@ def check_resources(cfg: Config, nodes: list[dict]) -> None:
     )
 
 
-def storage_uri(storage: str | None, multi_node: bool) -> str:
-    if storage is None:
-        return str((Path.cwd() / "runs" / "tune").resolve())
-    if "://" in storage and not storage.startswith("file://"):
+def storage_uri(storage: str | None, n_machines: int = 1) -> str:
+    """--storage, else $RAYSFT_STORAGE (cluster.yaml sets it on every node), else runs/tune. A folder that the
+    cluster's machines cannot share is refused (:func:`raysft.cluster.storage.node_local_problem`)."""
+    source = "--storage"
+    if not storage and os.environ.get(STORAGE_ENV, "").strip():
+        storage, source = os.environ[STORAGE_ENV].strip(), STORAGE_ENV
+    if not storage:
+        storage, source = str(Path.cwd() / "runs" / "tune"), "the default"
+    if is_remote_uri(storage):
         return storage
     path = Path(storage.removeprefix("file://")).expanduser().resolve()
-    if multi_node and not os.path.ismount(str(path)) and not str(path).startswith(("/mnt/", "/shared", "/efs", "/nfs")):
-        raise RaysftError(
-            f"storage {path} is a local folder, but the cluster has several nodes that cannot share it: "
-            "give --storage s3://bucket/path (or a path on a shared file system)"
-        )
+    problem = node_local_problem(path, n_machines, source)
+    if problem:
+        raise RaysftError(problem)
     return str(path)
 
 
@@ -183,6 +228,8 @@ def connect(address: str | None, verbose: bool) -> None:
     if ray.is_initialized():
         return
     kwargs: dict[str, Any] = {"log_to_driver": verbose, "logging_level": "INFO" if verbose else "ERROR"}
+    # Inside `ray job submit` (or `ray attach` with RAY_ADDRESS set) the cluster is the one in RAY_ADDRESS.
+    address = address or os.environ.get("RAY_ADDRESS", "").strip() or None
     if address:
         _check_reachable(address)
         try:
@@ -228,13 +275,14 @@ def run_sweep(
     spaces = {m: cfg.method_space(m) for m in cfg.tune.methods}
     connect(address, verbose)
     nodes = [n for n in ray.nodes() if n.get("Alive")]
-    check_resources(cfg, nodes)
-    root = storage_uri(storage, multi_node=len(nodes) > 1)
+    check_resources(cfg, nodes + autoscaling_node_types())
+    hosts = machines(nodes)
+    root = storage_uri(storage, len(hosts))
     cluster = ray.cluster_resources()
-    concurrent = max_concurrent or cfg.tune.max_concurrent or default_max_concurrent(cfg, cluster)
+    concurrent = max_concurrent or cfg.tune.max_concurrent or default_max_concurrent(cfg, cluster_capacity(cluster))
     base = cfg.model_dump(mode="json")
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, base=base, storage=root), {"cpu": 1}
+        tune.with_parameters(run_trial, base=base, storage=root), driver_resources(cluster)
     )
     experiment = storage_join(root, cfg.name)
     if resume and not tune.Tuner.can_restore(experiment):
@@ -247,7 +295,7 @@ def run_sweep(
 
         tracking = SweepTracking.start(
             cfg, tracking_uri=tracking_uri, experiment=experiment_name, experiment_dir=experiment, storage_root=root,
-            resume=resume, nodes=len(nodes),
+            resume=resume, nodes=len(hosts),
         )
         if console is not None:
             console.print(

@@ -1,0 +1,7 @@
+"""Running on a Ray cluster: what "shared" means for storage (:mod:`raysft.cluster.storage`, pure) and
+`raysft doctor`, which checks a cluster before a sweep (:mod:`raysft.cluster.doctor`, Ray at its edge).
+
+The cluster itself is described by ``cluster.yaml`` (AWS) and ``cluster-local.yaml`` (on-prem machines) at the
+repository root; they set ``RAYSFT_STORAGE`` and ``MLFLOW_TRACKING_URI`` on every node, which ``raysft tune`` and
+``raysft doctor`` pick up.
+"""

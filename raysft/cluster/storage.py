@@ -1,0 +1,72 @@
+"""Can every node of a cluster share this storage? (pure: no Ray)
+
+A sweep's storage holds Tune's experiment state, the Train checkpoints that any node may restore from, and θ1 of
+the dense-phase cache: every node must see what any other node wrote. A URI (``s3://``, ``gs://``, …) is shared by
+construction; a folder is shared only when it lives on a network file system, or when all nodes are on one machine.
+Nodes are told apart by the IP address Ray reports for them (``NodeManagerAddress``), as Ray itself does.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+STORAGE_ENV = "RAYSFT_STORAGE"  # set on every node by cluster.yaml; --storage wins
+DRIVER_RESOURCE = "raysft_driver"  # advertised by the head node in cluster.yaml: trial drivers run there
+
+# File systems that several machines mount at once (fuse subtypes: the usual object-store and cluster mounts).
+NETWORK_FS = frozenset({
+    "nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "glusterfs", "ceph", "gpfs", "beegfs", "wekafs", "ocfs2", "gfs2",
+    "fuse.s3fs", "fuse.gcsfuse", "fuse.goofys", "fuse.mountpoint-s3", "fuse.juicefs", "fuse.rclone", "fuse.sshfs",
+    "fuse.glusterfs", "fuse.blobfuse2", "fuse.alluxio-fuse", "fuse.ceph-fuse",
+})
+
+
+def is_remote_uri(storage: str) -> bool:
+    """A URI served by pyarrow.fs from elsewhere (s3://, gs://, abfs://, hdfs://), not a local folder."""
+    return "://" in storage and not storage.startswith("file://")
+
+
+def machines(nodes: list[dict]) -> list[str]:
+    """The distinct machines (IP addresses) of the alive nodes of ``ray.nodes()``."""
+    return sorted({n.get("NodeManagerAddress", "?") for n in nodes if n.get("Alive", True)})
+
+
+def mount_of(path: str | os.PathLike, mounts_file: str = "/proc/self/mounts") -> tuple[str, str]:
+    """(mount point, file system type) holding ``path`` (or its nearest existing parent)."""
+    p = Path(path).expanduser()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    p = p.resolve()
+    best = ("/", "")
+    try:
+        lines = Path(mounts_file).read_text().splitlines()
+    except OSError:  # not Linux: nothing known
+        return best
+    for line in lines:
+        parts = line.split()
+        if len(parts) < 3:
+            continue
+        mnt = parts[1].replace("\\040", " ")
+        inside = str(p) == mnt or str(p).startswith(mnt.rstrip("/") + "/")
+        if inside and len(mnt) >= len(best[0]):
+            best = (mnt, parts[2])
+    return best
+
+
+def is_network_fs(fstype: str) -> bool:
+    return fstype in NETWORK_FS or fstype.split(".", 1)[0] in NETWORK_FS
+
+
+def node_local_problem(path: str | os.PathLike, n_machines: int, source: str = "--storage") -> str | None:
+    """None when the folder ``path`` can serve a cluster spanning ``n_machines`` machines; else why not, and the fix."""
+    if n_machines <= 1:
+        return None
+    mnt, fstype = mount_of(path)
+    if is_network_fs(fstype):
+        return None
+    return (
+        f"storage {path} ({source}) is on a {fstype or 'local'} file system mounted at {mnt} on this machine only, "
+        f"but the Ray cluster spans {n_machines} machines: give --storage s3://bucket/path (or set {STORAGE_ENV}), "
+        "or a folder on a file system every node mounts (NFS, EFS, Lustre)"
+    )
