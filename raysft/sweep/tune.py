@@ -241,7 +241,9 @@ def connect(address: str | None, verbose: bool) -> None:
         # Locally, trial drivers mostly wait on their workers: give Ray more logical CPUs than cores.
         # The dashboard stays on: Ray Train's PlacementGroupCleaner asks the state API whether a controller died
         # (a trial stopped by ASHA); without it the stopped trial's workers keep their placement group forever.
-        ray.init(num_cpus=max(4, 2 * (os.cpu_count() or 2)), **kwargs)
+        # address="local": always a Ray of our own, never one that a `ray start` on this machine left in
+        # /tmp/ray/ray_current_cluster (which a bare ray.init() would join, and then refuse num_cpus).
+        ray.init(address="local", num_cpus=max(4, 2 * (os.cpu_count() or 2)), **kwargs)
 
 
 def run_sweep(
