@@ -73,8 +73,8 @@ def train_languages(
             data, metrics = ray.get(done[0])
         except ray.exceptions.RayTaskError as e:
             cause = e.cause if isinstance(e.cause, BaseException) else e
-            first = (str(cause).strip().splitlines() or [type(cause).__name__])[-1 if not isinstance(cause, RaysftError) else 0]
-            results[lang] = first[:300]
+            lines = str(cause).strip().splitlines() or [""]
+            results[lang] = (lines[0] if isinstance(cause, RaysftError) else f"{type(cause).__name__}: {lines[0]}")[:300]
             on_done(lang, None, results[lang])
             continue
         write_bytes_atomically(paths[lang], data)
