@@ -216,6 +216,26 @@ def language_sfts(metrics: dict, config_file: Path, staging: Path | None = None)
     return out
 
 
+def composition_lines(metrics: dict) -> list[str]:
+    """The model card's task-only vs composed table (the task's metric), for the languages with a language SFT."""
+    composed, alone, metric = metrics.get("composed") or {}, metrics.get("task_only") or {}, metrics.get("metric", "acc")
+    splits = [s for s in ("dev", "test") if composed.get(s)]
+    if not splits:
+        return []
+    lines = ["", f"### Composition ({metric}): θ0 + task vs θ0 + task + the language's SFT", "",
+             "| language | " + " | ".join(f"{s} task | {s} +lang | {s} Δ" for s in splits) + " |",
+             "|---|" + "---:|" * (3 * len(splits))]
+    for lang in composed[splits[0]]:
+        cells = []
+        for s in splits:
+            a, b = alone[s][lang][metric], composed[s][lang][metric]
+            cells += [f"{a:.4f}", f"{b:.4f}", f"{b - a:+.4f}"]
+        lines.append(f"| {lang} | " + " | ".join(cells) + " |")
+    if metrics.get("lang_sft_missing"):
+        lines += ["", f"No language SFT for {', '.join(metrics['lang_sft_missing'])}: scored task-only."]
+    return lines
+
+
 def _delta_meta(path: Path) -> dict:
     from raysft.sft.delta import SparseDelta
 
@@ -276,6 +296,7 @@ def model_card(run, metrics: dict, folder: Path, info: dict) -> str:
         lines.append("| **average (targets)** | " + " | ".join(avg) + " |")
     else:
         lines.append("(no per-language scores were logged)")
+    lines += composition_lines(metrics)
     lang_sfts = info.get("lang_sfts") or {}
     lines += ["", "## Parameters", "", "| parameter | value |", "|---|---|"]
     lines += [f"| {key} | `{value}` |" for key, value in sorted(params.items())]

@@ -300,3 +300,25 @@ def test_language_sft_on_multilingual_e5_small_lowers_heldout_loss():
     loss = metrics["mlm_loss"]
     assert loss["after"] < loss["before"] and loss["after"] < loss["head_only"], loss
     assert delta.nnz() == metrics["k"] == round(0.05 * run.space.n)
+
+
+def test_export_copies_the_language_sfts_and_its_card_shows_composition(tmp_path):
+    import yaml
+
+    from raysft.export import composition_lines, language_sfts
+
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "jav.safetensors").write_bytes(b"jav-sft")
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"lang_sfts": f"store:{store}"}))
+    staging = tmp_path / "export"
+    staging.mkdir()
+    metrics = {"lang_sfts": ["jav"], "metric": "f1", "lang_sft_missing": ["sun"],
+               "task_only": {"dev": {"jav": {"f1": 0.5}, "sun": {"f1": 0.4}}}, "composed": {"dev": {"jav": {"f1": 0.56}}}}
+    assert language_sfts(metrics, config, staging) == {"jav": "lang_sfts/jav.safetensors"}
+    assert (staging / "lang_sfts" / "jav.safetensors").read_bytes() == b"jav-sft"
+    card = "\n".join(composition_lines(metrics))
+    assert "| jav | 0.5000 | 0.5600 | +0.0600 |" in card and "No language SFT for sun" in card
+    config.write_text(yaml.safe_dump({"lang_sfts": "hub:cambridgeltl/xlmr-lang-sft-{lang}-small"}))
+    assert language_sfts(metrics, config, staging) == {"jav": "cambridgeltl/xlmr-lang-sft-jav-small"}
