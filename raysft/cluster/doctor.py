@@ -352,6 +352,7 @@ def run_checks(cfg=None, *, address: str | None = None, storage: str | None = No
         return [Check("ray", False, str(e))] + [Check(n, None, "the cluster does not answer") for n in
                                                 ("resources", "versions", "storage", "tracking", "model", "data")]
     head = _head_id(nodes)
+    nodes.sort(key=lambda n: (n["NodeID"] != head, n.get("NodeManagerAddress", ""), n["NodeID"]))  # head first
     by_id = {n["NodeID"]: n for n in nodes}
 
     def label(node_or_id) -> str:
