@@ -38,12 +38,29 @@ def trial_results(experiment: Path) -> dict[str, list[dict]]:
     return out
 
 
+def jav_lang_sft(folder: Path) -> Path:
+    """A small language SFT for jav on the smoke model (sun and eng get none): trials compose it in their workers."""
+    import torch
+
+    from raysft.models import load_for_classification
+    from raysft.sft.delta import SparseDelta, base_metadata
+    from raysft.sft.groups import ParamSpace
+
+    space = ParamSpace(load_for_classification("tiny:xlmr", 3))
+    g = torch.Generator().manual_seed(5)
+    diffs = {p.name: (torch.arange(0, p.numel, 5), torch.randn(len(range(0, p.numel, 5)), generator=g) * 0.2)
+             for p in space.maskable}
+    SparseDelta(diffs, {}, {"kind": "lang", "language": "jav", **base_metadata(space)}).save(folder / "jav.safetensors")
+    return folder
+
+
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     needs_data()
     storage = tmp_path_factory.mktemp("tune")
+    langs = jav_lang_sft(tmp_path_factory.mktemp("langs"))
     proc = subprocess.run(
-        tune_cmd("--trials", "3", "--storage", str(storage), "--set", "tune.scheduler=none"),
+        tune_cmd("--trials", "3", "--storage", str(storage), "--set", "tune.scheduler=none", "--set", f"lang_sfts={langs}"),
         capture_output=True, text=True, env=ENV, cwd=REPO, timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -61,6 +78,18 @@ def test_sweep_finishes_with_per_language_dev_scores(sweep):
             assert 0.0 <= final[f"f1/dev/{lang}"] <= 1.0
         assert 0.0 <= final["objective"] <= 1.0
     assert stdout.count("trial ") >= 3 and "top trials" in stdout
+
+
+def test_trials_score_task_only_and_composed_in_their_workers(sweep):
+    """Each trial's metrics.json (from its Train workers) has jav composed with its language SFT, sun task-only and
+    named as missing, and the objective on the composed score."""
+    storage, _ = sweep
+    finals = [json.loads(p.read_text()) for p in storage.rglob("metrics.json")]
+    assert len(finals) >= 3
+    for m in finals:
+        assert set(m["composed"]["dev"]) == {"jav"} and set(m["task_only"]["dev"]) == {"jav", "sun", "eng"}
+        assert m["lang_sft_missing"] == ["sun"] and m["lang_sfts"] == ["jav"]
+        assert m["dev"]["jav"] == m["composed"]["dev"]["jav"] and m["dev"]["sun"] == m["task_only"]["dev"]["sun"]
 
 
 def test_dense_phase_computed_once_for_trials_that_share_it(sweep):
