@@ -9,6 +9,7 @@ unwritten at the end is named, with the fix (`--resume` once the store is back r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
 import time
@@ -125,22 +126,14 @@ def _local_checkpoint(path: str | None, storage_root: str, scratch: Path) -> Pat
 
 
 # ------------------------------------------------------------------------------------------------------ raysft train
-def log_train_run(uri: TrackingURI, experiment: str, cfg, method: str, metrics: dict, out: Path) -> tuple[str, str]:
-    """One run for `raysft train` (params, metrics, artifacts); returns (experiment id, run id)."""
+@contextlib.contextmanager
+def _single_run(uri: TrackingURI, experiment: str, run_name: str, tags: dict[str, str]):
+    """Create a run, yield (client, experiment id, run id); it ends FINISHED, or FAILED if the body raises."""
     c = connect(uri)
     exp_id = ensure_experiment(c, uri, experiment)
-    run = c.create_run(
-        exp_id, run_name=f"train-{method}-{datetime.now():%Y%m%d-%H%M%S}",
-        tags={"raysft.kind": "train", "raysft.out": str(Path(out).resolve()), "raysft.space": cfg.name},
-    )
-    run_id = run.info.run_id
+    run_id = c.create_run(exp_id, run_name=run_name, tags=tags).info.run_id
     try:
-        params = {**record.config_params(cfg, method), **record.final_params(metrics)}
-        _log_batch(c, run_id, params, record.final_metrics(metrics))
-        with tempfile.TemporaryDirectory(prefix="raysft-track-") as d:
-            files = record.write_artifacts(Path(d), cfg, metrics, Path(out) / record.DELTA_FILE)
-            record.log_files(c, run_id, files)
-        c.set_tag(run_id, "raysft.logged", "finished")
+        yield c, exp_id, run_id
         c.set_terminated(run_id, "FINISHED")
     except BaseException:
         try:
@@ -148,6 +141,18 @@ def log_train_run(uri: TrackingURI, experiment: str, cfg, method: str, metrics: 
         except Exception:
             pass
         raise
+
+
+def log_train_run(uri: TrackingURI, experiment: str, cfg, method: str, metrics: dict, out: Path) -> tuple[str, str]:
+    """One run for `raysft train` (params, metrics, artifacts); returns (experiment id, run id)."""
+    tags = {"raysft.kind": "train", "raysft.out": str(Path(out).resolve()), "raysft.space": cfg.name}
+    with _single_run(uri, experiment, f"train-{method}-{datetime.now():%Y%m%d-%H%M%S}", tags) as (c, exp_id, run_id):
+        params = {**record.config_params(cfg, method), **record.final_params(metrics)}
+        _log_batch(c, run_id, params, record.final_metrics(metrics))
+        with tempfile.TemporaryDirectory(prefix="raysft-track-") as d:
+            files = record.write_artifacts(Path(d), cfg, metrics, Path(out) / record.DELTA_FILE)
+            record.log_files(c, run_id, files)
+        c.set_tag(run_id, "raysft.logged", "finished")
     return exp_id, run_id
 
 
@@ -155,15 +160,10 @@ def log_train_run(uri: TrackingURI, experiment: str, cfg, method: str, metrics: 
 def log_lang_run(uri: TrackingURI, experiment: str, cfg, metrics: dict, delta_path: Path) -> tuple[str, str]:
     """One run per language SFT: its settings, the held-out MLM loss before / head only / after, the phase losses by
     step and times; artifacts the delta (unless it is large), metrics.json and config.yaml."""
-    c = connect(uri)
-    exp_id = ensure_experiment(c, uri, experiment)
     lang = metrics["language"]
-    run = c.create_run(
-        exp_id, run_name=f"lang-{lang}-{metrics['method']}-{datetime.now():%Y%m%d-%H%M%S}",
-        tags={"raysft.kind": "lang", "raysft.language": lang, "raysft.space": cfg.name, "raysft.sft": str(delta_path)},
-    )
-    run_id = run.info.run_id
-    try:
+    tags = {"raysft.kind": "lang", "raysft.language": lang, "raysft.space": cfg.name, "raysft.sft": str(delta_path)}
+    run_name = f"lang-{lang}-{metrics['method']}-{datetime.now():%Y%m%d-%H%M%S}"
+    with _single_run(uri, experiment, run_name, tags) as (c, exp_id, run_id):
         params = {"language": lang, "method": metrics["method"], "model": cfg.model, "k": str(metrics["k"]),
                   "n": str(metrics["n"]), "corpus": metrics["corpus"][:6000], "corpus_lines": str(metrics["corpus_lines"]),
                   "train_lines": str(metrics["train_lines"]), "head_fresh": str(metrics["head_fresh"])}
@@ -180,13 +180,6 @@ def log_lang_run(uri: TrackingURI, experiment: str, cfg, metrics: dict, delta_pa
             if Path(delta_path).stat().st_size <= LANG_ARTIFACT_MAX_BYTES:
                 files[Path(delta_path).name] = Path(delta_path)
             record.log_files(c, run_id, files)
-        c.set_terminated(run_id, "FINISHED")
-    except BaseException:
-        try:
-            c.set_terminated(run_id, "FAILED")
-        except Exception:
-            pass
-        raise
     return exp_id, run_id
 
 
