@@ -137,6 +137,9 @@ def test_composed_evaluation_applies_and_reverts_each_language(monkeypatch):
     assert metrics["lang_sft_missing"] == ["sun"]
     assert metrics["dev"]["jav"] == results["composed"]["dev"]["jav"]
     assert metrics["dev"]["sun"] == results["task_only"]["dev"]["sun"]
+    comp = metrics["composition"]  # task-only and composed over the same languages (those with an SFT)
+    assert comp["langs"] == ["jav"]
+    assert comp["gain"]["dev"] == pytest.approx(results["composed"]["dev"]["jav"]["f1"] - results["task_only"]["dev"]["jav"]["f1"])
 
 
 def dataclass_replace(obj, **kw):

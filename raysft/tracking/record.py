@@ -4,7 +4,8 @@ Names: params ``method``, ``k``, ``seed``, ``dense.lr``, ``sparse.lr``, …, eve
 ``budget/<group>``); metrics ``<acc|f1>/<dev|test>/<lang>`` and ``…/avg`` (targets' average), ``objective`` (the
 targets' average dev score in the task's metric: what a sweep maximises), ``avg/dev``, ``avg/test``,
 ``<acc|f1>/<dev|test>/<task_only|composed>/<lang>`` (θ0 + task, θ0 + task + that language's SFT; the plain
-``<metric>/<split>/<lang>`` is the composed score where the language has an SFT), ``loss/<phase>`` by step, ``trained_entries``, ``delta_bytes``, ``time/<phase>_s``, ``dense_cache_hit``; artifacts
+``<metric>/<split>/<lang>`` is the composed score where the language has an SFT), ``composition/<split>/<task_only|
+composed|gain>`` (averaged over the targets that have a language SFT), ``loss/<phase>`` by step, ``trained_entries``, ``delta_bytes``, ``time/<phase>_s``, ``dense_cache_hit``; artifacts
 ``task_sft.safetensors``, ``metrics.json``, ``config.yaml``, ``plots/layers.png``, ``plots/languages.png``.
 """
 
@@ -104,9 +105,13 @@ def final_metrics(metrics: dict, extra: dict | None = None) -> list[tuple[str, f
             for lang, vals in by_lang.items():
                 for name, v in vals.items():
                     out.append((f"{name}/{split}/{kind}/{lang}", float(v), 0))
-        for split, v in (metrics.get(f"avg_{kind}") or {}).items():
-            if not math.isnan(v):
-                out.append((f"avg/{split}/{kind}", float(v), 0))
+    for split, v in (metrics.get("avg_task_only") or {}).items():
+        if not math.isnan(v):
+            out.append((f"avg/{split}/task_only", float(v), 0))  # every target, θ0 + task
+    composition = metrics.get("composition") or {}
+    for part in ("task_only", "composed", "gain"):  # over the targets with a language SFT only: comparable
+        for split, v in (composition.get(part) or {}).items():
+            out.append((f"composition/{split}/{part}", float(v), 0))
     for split, v in (metrics.get("avg") or {}).items():
         out.append((f"avg/{split}", float(v), 0))
     if "dev" in (metrics.get("avg") or {}):

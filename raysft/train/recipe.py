@@ -224,12 +224,22 @@ def evaluation_metrics(run: Run, results: dict) -> dict:
         "task_only": results["task_only"],
         "composed": results["composed"],
         "avg_task_only": {s: average(v, run.target_langs, metric) for s, v in results["task_only"].items()},
-        "avg_composed": {s: average(v, run.target_langs, metric) for s, v in results["composed"].items() if v},
+        "composition": composition_summary(results, run.target_langs, metric),
         "lang_sfts": sorted(run.lang_sfts),
         "lang_sft_source": run.cfg.lang_sfts,
         "lang_sft_missing": [lang for lang in run.target_langs if lang not in run.lang_sfts] if run.cfg.lang_sfts else [],
     }
     return out
+
+
+def composition_summary(results: dict, targets: list[str], metric: str) -> dict:
+    """Task-only vs composed averaged over the same languages (the targets that have a language SFT), and the gain."""
+    langs = [lang for lang in targets if any(lang in v for v in results["composed"].values())]
+    if not langs:
+        return {"langs": []}
+    alone = {s: average(results["task_only"][s], langs, metric) for s in results["composed"]}
+    both = {s: average(v, langs, metric) for s, v in results["composed"].items()}
+    return {"langs": langs, "task_only": alone, "composed": both, "gain": {s: both[s] - alone[s] for s in both}}
 
 
 def average(results: dict[str, dict[str, float]], langs: list[str], metric: str) -> float:
