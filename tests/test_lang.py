@@ -2,6 +2,7 @@
 composed evaluation applies and reverts each language's SFT bitwise, composable-sft imports compose like native
 deltas, `raysft lang` runs one Ray job per language into the store, and the bad inputs."""
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -13,6 +14,7 @@ from raysft.cli import main
 from raysft.config import load_config
 from raysft.sft.delta import SparseDelta, import_composable_sft
 from raysft.sft.groups import ParamSpace
+from raysft.sft.methods import METHODS
 from tests.conftest import needs_data
 
 TINY_LANG = [
@@ -74,7 +76,7 @@ def test_decoder_is_untied_and_frozen_as_in_composable_sft(gn_sft):
 def test_language_sft_is_never_applied_with_its_head(gn_sft, tmp_path):
     """On an MLM model (which has the head the abs tensors name) and in the composed evaluation's loading path."""
     run, delta, _, _, _ = gn_sft
-    from raysft.models import load_for_mlm
+    from raysft.models import load_for_classification, load_for_mlm
     from raysft.train.lang import untie_output_embeddings
     from raysft.train.recipe import load_lang_sfts
 
@@ -85,7 +87,7 @@ def test_language_sft_is_never_applied_with_its_head(gn_sft, tmp_path):
     head0 = space.head_snapshot()
     with SparseDelta.load(path, space).apply(space, with_abs=False):
         assert all(torch.equal(space.param(n), t) for n, t in head0.items())
-    clf = ParamSpace(__import__("raysft.models", fromlist=["x"]).load_for_classification("tiny:xlmr", 3))
+    clf = ParamSpace(load_for_classification("tiny:xlmr", 3))
     loaded = load_lang_sfts(str(tmp_path), clf, ["gn", "quy"])
     assert set(loaded) == {"gn"}
     with pytest.raises(Exception, match="names no head parameter"):
@@ -133,19 +135,13 @@ def test_composed_evaluation_applies_and_reverts_each_language(monkeypatch):
     assert seen == [expected_task] * 2 + [expected_jav] * 2 + [expected_task] * 4
     assert all(torch.equal(space.param(n), t) for n, t in theta0.items())
     assert set(results["composed"]["dev"]) == {"jav"} and set(results["task_only"]["dev"]) == {"jav", "sun", "eng"}
-    metrics = recipe.evaluation_metrics(dataclass_replace(run, cfg=cfg.model_copy(update={"lang_sfts": "x"})), results)
+    metrics = recipe.evaluation_metrics(dataclasses.replace(run, cfg=cfg.model_copy(update={"lang_sfts": "x"})), results)
     assert metrics["lang_sft_missing"] == ["sun"]
     assert metrics["dev"]["jav"] == results["composed"]["dev"]["jav"]
     assert metrics["dev"]["sun"] == results["task_only"]["dev"]["sun"]
     comp = metrics["composition"]  # task-only and composed over the same languages (those with an SFT)
     assert comp["langs"] == ["jav"]
     assert comp["gain"]["dev"] == pytest.approx(results["composed"]["dev"]["jav"]["f1"] - results["task_only"]["dev"]["jav"]["f1"])
-
-
-def dataclass_replace(obj, **kw):
-    import dataclasses
-
-    return dataclasses.replace(obj, **kw)
 
 
 def test_imported_composable_sft_language_sft_composes_like_the_native_delta(tmp_path):
@@ -325,3 +321,29 @@ def test_export_copies_the_language_sfts_and_its_card_shows_composition(tmp_path
     assert "| jav | 0.5000 | 0.5600 | +0.0600 |" in card and "No language SFT for sun" in card
     config.write_text(yaml.safe_dump({"lang_sfts": "hub:cambridgeltl/xlmr-lang-sft-{lang}-small"}))
     assert language_sfts(metrics, config, staging) == {"jav": "cambridgeltl/xlmr-lang-sft-jav-small"}
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_selector_trains_a_language_sft(method):
+    """Any selector makes a language SFT: exactly its K entries (``full``: the dense phase's own diff), no head diffs,
+    the frozen decoder untouched, and the encoder back at θ0 when the recipe returns."""
+    needs_data()
+    from raysft.train.lang import prepare_lang, train_lang_sft
+
+    cfg = load_config("smoke", [
+        "lang.max_train_lines=48", "lang.max_heldout_lines=16", "lang.max_seq_len=32", "lang.head_warmup_steps=2",
+        "lang.dense.max_steps=3", "lang.sparse.max_steps=3", "mask_phase.max_steps=3",
+    ])
+    run = prepare_lang(cfg, "jav", method)
+    theta0 = run.space.snapshot()
+    decoder0 = run.model.get_output_embeddings().weight.detach().clone()
+    delta, metrics = train_lang_sft(run)
+    assert delta.meta["kind"] == "lang" and delta.meta["method"] == method
+    assert delta.nnz() == metrics["k"] and all(not n.startswith("lm_head") for n in delta.diffs)
+    assert torch.equal(run.model.get_output_embeddings().weight, decoder0)
+    # The recipe ends at θ0 with the final head (its head_only measurement): nothing of the encoder was left changed.
+    assert all(torch.equal(run.space.param(n), t) for n, t in theta0.items())
+    if method == "full":
+        assert any(bool(v.ne(0).any()) for _, v in delta.diffs.values())  # the dense phase's own diff
+    elif run.method.uses_k:
+        assert metrics["k"] == round(0.05 * run.space.n)

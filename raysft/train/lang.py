@@ -197,15 +197,15 @@ def train_lang_sft(run: LangRun, reporter: Reporter = SilentReporter()) -> tuple
     timings["select_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    restore(space, theta0, head0)  # rewind to θ0 (the fitted head too), then train only the selected entries
     if run.method.sparse_phase:
+        restore(space, theta0, head0)  # rewind to θ0 (the fitted head too), then train only the selected entries
         steps = steps_for(lc.sparse, len(train_ds))
         updater, losses["sparse"] = train_sparse(
             model, space, selection.mask, loader(lc.sparse.batch_size, cfg.seed + 1), steps, lc.sparse,
             reporter=reporter, loss_fn=mlm_loss,
         )
         delta = delta_from_updater(updater, space, {})
-    else:
+    else:  # `full`: the dense phase's result is the delta
         delta = SparseDelta.from_params(space, theta0, selection.mask)
     timings["sparse_s"] = time.perf_counter() - t
 
