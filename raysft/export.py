@@ -201,9 +201,11 @@ def language_sfts(metrics: dict, config_file: Path, staging: Path | None = None)
     source = (yaml.safe_load(config_file.read_text()) or {}).get("lang_sfts")
     if not source:
         return {}
+    from raysft.store import source_folder
+
     if source.startswith("hub:"):
         return {lang: source.removeprefix("hub:").format(lang=lang) for lang in langs}
-    folder = Path(source.removeprefix("store:"))
+    folder = source_folder(source)
     out = {}
     for lang in langs:
         path = folder / f"{lang}.safetensors"

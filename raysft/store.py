@@ -54,7 +54,7 @@ class StoredSFT:
 
 
 def list_lang_sfts(root: Path | None = None) -> list[StoredSFT]:
-    """Every language SFT in the store, by model then language; a damaged file is skipped with its reason as corpus."""
+    """Every language SFT in the store, by model then language; a damaged file is listed with its reason as corpus."""
     from raysft.sft.delta import read_metadata
 
     base = (root or store_root()) / "lang"
@@ -80,12 +80,18 @@ def list_lang_sfts(root: Path | None = None) -> list[StoredSFT]:
     return out
 
 
-def lang_sft_file(source: str | None, lang: str) -> Path | None:
-    """The file of ``lang``'s SFT in a pinned ``lang_sfts`` source (a folder or ``store:<folder>``), if there is one."""
+def source_folder(source: str | None) -> Path | None:
+    """The folder of a pinned ``lang_sfts`` source (a folder or ``store:<folder>``); None for none or ``hub:…``."""
     if not source or source.startswith("hub:"):
         return None
-    path = Path(source.removeprefix("store:")) / f"{lang}.safetensors"
-    return path if path.is_file() else None
+    return Path(source.removeprefix("store:"))
+
+
+def lang_sft_file(source: str | None, lang: str) -> Path | None:
+    """The file of ``lang``'s SFT in a pinned ``lang_sfts`` source, if there is one."""
+    folder = source_folder(source)
+    path = folder / f"{lang}.safetensors" if folder else None
+    return path if path is not None and path.is_file() else None
 
 
 def source_lang_sft_identity(cfg) -> str | None:

@@ -95,7 +95,9 @@ def load_lang_sfts(source: str, space: ParamSpace, langs: list[str]) -> dict[str
     ``hub:<repo with {lang}>``); languages it lacks are simply absent (the evaluation reports them as missing)."""
     if source.startswith("hub:"):
         return _hub_lang_sfts(source.removeprefix("hub:"), space, langs)
-    folder = Path(source.removeprefix("store:"))
+    from raysft.store import source_folder
+
+    folder = source_folder(source)
     if source.startswith("store:") and not folder.exists():
         return {}  # nothing trained for this model yet: every language is reported as missing
     if not folder.is_dir():
