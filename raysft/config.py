@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from raysft.errors import RaysftError
 from raysft.sft.methods import METHODS, method_class
-from raysft.sweep.space import TuneConfig, parse_space
+from raysft.space_schema import TuneConfig, parse_space
 
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 
@@ -241,10 +241,28 @@ def pin_lang_sfts(source: str | None, model: str) -> str | None:
     return str(Path(source).expanduser().resolve())
 
 
+def trial_config(base: dict, sampled: dict) -> Config:
+    """The base config (``Config.model_dump(mode="json")``) with one trial's sampled values applied: ``sampled`` is
+    ``{"method": m, "settings": {...}, "overrides": {"sparse.lr": ...}}`` (:func:`raysft.sweep.space.sample`). Validated
+    again: a sampled value can be invalid."""
+    raw = apply_overrides(dict(base), [])
+    for key, value in sampled["overrides"].items():
+        node = raw
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    methods = dict(raw.get("methods") or {})
+    methods[sampled["method"]] = {**(methods.get(sampled["method"]) or {}), **sampled["settings"]}
+    raw["methods"] = methods
+    raw["method"] = sampled["method"]
+    return Config.model_validate(raw)
+
+
 def steps_for(phase: PhaseConfig, n_examples: int) -> int:
     per_epoch = math.ceil(n_examples / phase.batch_size)
     steps = max(1, math.ceil(phase.epochs * per_epoch))
     return min(steps, phase.max_steps) if phase.max_steps else steps
 
 
-__all__ = ["Config", "METHODS", "load_config", "find_space", "steps_for"]
+__all__ = ["Config", "METHODS", "load_config", "find_space", "steps_for", "trial_config"]

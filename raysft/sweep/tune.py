@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from raysft.cluster.storage import DRIVER_RESOURCE, STORAGE_ENV, is_remote_uri, machines, node_local_problem
-from raysft.config import Config, apply_overrides
+from raysft.config import Config, trial_config  # noqa: F401 (trial_config: re-exported)
 from raysft.errors import RaysftError
 from raysft.storage import join as storage_join
 from raysft.sweep.space import sample
@@ -22,22 +22,6 @@ OBJECTIVE = "objective"
 def define_by_run(trial, methods: list[str], spaces: dict) -> dict:
     """Module-level (the searcher is pickled): the sampled method, its settings and config overrides."""
     return {"sample": sample(trial, methods, spaces)}
-
-
-def trial_config(base: dict, sampled: dict) -> Config:
-    """The base config with one trial's sampled values applied (validated again: a sampled value can be invalid)."""
-    raw = apply_overrides(dict(base), [])
-    for key, value in sampled["overrides"].items():
-        node = raw
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    methods = dict(raw.get("methods") or {})
-    methods[sampled["method"]] = {**(methods.get(sampled["method"]) or {}), **sampled["settings"]}
-    raw["methods"] = methods
-    raw["method"] = sampled["method"]
-    return Config.model_validate(raw)
 
 
 def run_trial(config: dict, base: dict, storage: str) -> None:

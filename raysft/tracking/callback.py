@@ -71,7 +71,7 @@ class TrackingCallback(Callback):
             _warn(f"{what}: {type(e).__name__}: {_first_line(e)} (the sweep goes on)")
 
     def _cfg(self, trial):
-        from raysft.sweep.tune import trial_config
+        from raysft.config import trial_config
 
         return trial_config(self.base, trial.config["sample"])
 

@@ -1,0 +1,119 @@
+"""The schema of a space YAML's search parts: each method's `space:` block (distributions and budget vectors) and the
+`tune:` section. Config-level and pure pydantic: `raysft.config` validates a space with it before anything starts;
+the Optuna sampling of these distributions lives in :mod:`raysft.sweep.space` (the sweep edge), which imports this
+module, never the other way round.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+
+from raysft.errors import RaysftError
+
+
+class _Dist(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    when: dict[str, Any] | None = None  # conditional: only when these earlier choices hold
+
+
+class FloatDist(_Dist):
+    dist: Literal["float"]
+    low: float
+    high: float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _range(self):
+        if not self.low < self.high:
+            raise ValueError(f"empty range: low {self.low} must be < high {self.high}")
+        if self.log and self.low <= 0:
+            raise ValueError("a log-scale range needs low > 0")
+        return self
+
+
+class IntDist(_Dist):
+    dist: Literal["int"]
+    low: int
+    high: int
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _range(self):
+        if not self.low <= self.high:
+            raise ValueError(f"empty range: low {self.low} must be <= high {self.high}")
+        if self.log and self.low <= 0:
+            raise ValueError("a log-scale range needs low > 0")
+        return self
+
+
+class CategoricalDist(_Dist):
+    dist: Literal["categorical"]
+    choices: list[Any] = Field(min_length=1)
+
+
+class DirichletBudget(_Dist):
+    dist: Literal["dirichlet"]
+    groups: list[str] | None = None  # default: embeddings + layer.0 … layer.{layers-1}
+    layers: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _groups(self):
+        if self.groups is None and self.layers is None:
+            raise ValueError("a dirichlet budget needs `layers: L` or an explicit `groups:` list")
+        for g in self.group_names():
+            if g != "embeddings" and not (g.startswith("layer.") and g[6:].isdigit()):
+                raise ValueError(f"unknown group '{g}' in a dirichlet budget: use embeddings or layer.<i>")
+        return self
+
+    def group_names(self) -> list[str]:
+        return self.groups or ["embeddings"] + [f"layer.{i}" for i in range(self.layers)]
+
+
+class ShapeBudget(_Dist):
+    dist: Literal["shape"]
+    layers: int = Field(ge=1)
+    max_embeddings: float = Field(0.1, ge=0, lt=1)
+
+
+class FixedBudget(_Dist):
+    dist: Literal["fixed"]
+    choices: dict[str, dict[str, float]] = Field(min_length=1)  # name -> budget vector
+
+
+Distribution = Annotated[
+    Union[FloatDist, IntDist, CategoricalDist, DirichletBudget, ShapeBudget, FixedBudget], Field(discriminator="dist")
+]
+_SPACE = TypeAdapter(dict[str, Distribution])
+
+
+class TuneConfig(BaseModel):
+    """The `tune:` section: what `raysft tune` searches and how."""
+
+    model_config = ConfigDict(extra="forbid")
+    methods: list[str] = Field(default_factory=lambda: ["lt-sft"], min_length=1)  # categorical when several
+    trials: int = Field(8, ge=1)
+    max_concurrent: int | None = Field(None, ge=1)  # None: what the cluster's resources allow
+    metric: Literal["dev", "test"] = "dev"  # the objective: the targets' average on dev (test is only reported)
+    seed: int = 0
+    multi_objective: bool = False  # (objective ↑, K ↓): a Pareto front when K is searched
+    scheduler: Literal["asha", "none"] = "asha"
+    grace_period: int = Field(1, ge=1)  # ASHA: reports before a trial may be stopped
+    reduction_factor: int = Field(2, ge=2)
+    num_workers: int = Field(1, ge=1)  # Ray Train workers per trial
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(0.0, ge=0)
+    report_every: int = Field(0, ge=0)  # sparse steps between intermediate dev reports (0: once per epoch)
+    dense_cache: bool = True  # trials with the same dense settings share one dense phase
+
+
+def parse_space(method: str, block: dict | None) -> dict[str, Any]:
+    """Validate a method's `space:` block into distributions (one-line error naming the key on failure)."""
+    try:
+        return _SPACE.validate_python(block or {})
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        raise RaysftError(f"invalid search space methods.{method}.space.{loc}: {msg}") from None
