@@ -95,7 +95,6 @@ class TuneConfig(BaseModel):
     methods: list[str] = Field(default_factory=lambda: ["lt-sft"], min_length=1)  # categorical when several
     trials: int = Field(8, ge=1)
     max_concurrent: int | None = Field(None, ge=1)  # None: what the cluster's resources allow
-    metric: Literal["dev", "test"] = "dev"  # the objective: the targets' average on dev (test is only reported)
     seed: int = 0
     multi_objective: bool = False  # (objective ↑, K ↓): a Pareto front when K is searched
     scheduler: Literal["asha", "none"] = "asha"
@@ -106,6 +105,9 @@ class TuneConfig(BaseModel):
     gpus_per_worker: float = Field(0.0, ge=0)
     report_every: int = Field(0, ge=0)  # sparse steps between intermediate dev reports (0: once per epoch)
     dense_cache: bool = True  # trials with the same dense settings share one dense phase
+    # The computing trial renews a lease on its dense phase; one silent for this long (dead, or stopped by the
+    # scheduler) loses it to a waiting trial.
+    dense_lease_s: float = Field(60.0, gt=0)
 
 
 def parse_space(method: str, block: dict | None) -> dict[str, Any]:

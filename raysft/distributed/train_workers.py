@@ -52,7 +52,7 @@ from raysft.sft.groups import ParamSpace
 from raysft.sft.mask import Mask, entries_per_group
 from raysft.sft.methods import SelectionContext
 from raysft.sft.sparse import SparseUpdater
-from raysft.train.loop import predict, restore, set_trainable, train_dense, train_mask_scores, train_sparse
+from raysft.train.loop import restore, set_trainable, train_dense, train_mask_scores, train_sparse
 from raysft.train.recipe import (
     Run,
     delta_from_updater,
@@ -114,6 +114,10 @@ class LoopConfig(BaseModel):
     # instead of running the dense phase.
     theta1_path: str | None = None
     theta1_mode: Literal["save", "load"] | None = None
+    # With "save" in a sweep: the dense-phase cache actor's name and this θ1's key, to publish θ1 the moment it is
+    # written (waiting trials start their sparse phase then, not when this trial ends).
+    theta1_actor: str | None = None
+    theta1_key: str | None = None
     report_dev: bool = False  # each sparse checkpoint also reports the targets' average dev score ("objective")
 
 
@@ -223,6 +227,19 @@ def save_theta1(uri: str, theta1: dict[str, torch.Tensor], head: dict[str, torch
     storage.write_atomic(uri, safetensors.torch.save(tensors))
 
 
+def publish_theta1(actor: str | None, key: str | None) -> None:
+    """Tell the sweep's dense-phase cache (a named actor) that θ1 is on storage. Outside a sweep: nobody to tell."""
+    if not actor or not key:
+        return
+    import ray
+
+    try:
+        cache = ray.get_actor(actor)
+    except ValueError:  # no such actor: the trial driver calls done() when the trial ends, as a fallback
+        return
+    ray.get(cache.done.remote(key))
+
+
 def load_theta1(uri: str) -> dict[str, torch.Tensor]:
     """The cache's θ1, read whole from the sweep's storage (a remote store has no mmap)."""
     return safetensors.torch.load(storage.read_bytes(uri))
@@ -278,6 +295,21 @@ def _opt_from_files(prefix: str, meta: dict, tensors: dict[str, torch.Tensor]) -
         state.setdefault(int(pid), {}).update(kv)
     groups = [{**g, "betas": tuple(g["betas"])} if "betas" in g else g for g in meta["param_groups"]]
     return {"state": state, "param_groups": groups}
+
+
+def dev_scores(run: Run, updater: SparseUpdater, theta0: dict, base: dict, loaders: dict) -> dict[str, float]:
+    """Each of ``run.eval_langs``' dev score (the task's metric) mid-way through the sparse phase, on exactly the model
+    the final evaluation scores: θ0 + δ so far, composed with the language's SFT where it has one (through the same
+    :func:`evaluate`). With a source-language SFT the sparse phase trains θ0 + SFT_lang(source) + δ, which is not
+    what the trial is judged on. The weights are put back (base + δ, bitwise) for training to go on."""
+    task = delta_from_updater(updater, run.space, {})
+    results = evaluate(run, task, theta0, loaders, composed_only=True)
+    restore(run.space, base)
+    updater.write_back()
+    run.model.train()
+    metric = run.task.metric
+    return {lang: (results["composed"]["dev"].get(lang) or results["task_only"]["dev"][lang])[metric]
+            for lang in run.eval_langs}
 
 
 # ------------------------------------------------------------------------------------------------------- checkpoints
@@ -398,6 +430,7 @@ class _Worker:
         run.model.to(self.device)
         space, model = run.space, run.model
         theta0, base = training_base(run)  # base = θ0 + the source language's SFT when there is one
+        self.theta0, self.base = theta0, base
         head0 = space.head_snapshot()
         torch.manual_seed(cfg.seed + rank)  # ranks draw different dropout masks
 
@@ -477,6 +510,7 @@ class _Worker:
                 if self.loop.theta1_mode == "save":
                     save_theta1(self.loop.theta1_path, ctx.theta1, space.head_snapshot())
                     dist_info["dense_cache"] = "computed"
+                    publish_theta1(self.loop.theta1_actor, self.loop.theta1_key)
         elif run.method.first_phase == "mask":
             steps = steps_for(cfg.mask_phase, len(train_ds))
             loader, sampler = sharded_loader(train_ds, run.tokenizer, cfg.mask_phase.batch_size, cfg.seed, rank, world)
@@ -566,9 +600,10 @@ class _Worker:
             "checkpoints_saved": info["distributed"].get("checkpoints_saved", 0) + self.checkpoints,
         }
         info = {**info, "losses": {**info["losses"], "sparse": sparse_losses}, "distributed": dist_info}
-        metrics = {"phase": "sparse", "sparse_step": done, "loss": sparse_losses[-1]}
+        # K too: a multi-objective sweep's metrics are (objective, k), and Tune wants every report to carry both.
+        metrics = {"phase": "sparse", "sparse_step": done, "loss": sparse_losses[-1], "k": info["selection"]["k"]}
         if self.loop.report_dev:
-            metrics["objective"] = self.dev_objective()
+            metrics["objective"] = self.dev_objective(handles["updater"])
         if self.rank == 0:
             with tempfile.TemporaryDirectory(prefix="raysft-ckpt-") as d:
                 save_sparse_state(
@@ -581,25 +616,16 @@ class _Worker:
         else:
             ray.train.report(metrics)
 
-    def dev_objective(self) -> float:
-        """The targets' average dev score of the model as it is now (θ0 + the delta so far), split by language."""
+    def dev_objective(self, updater: SparseUpdater) -> float:
+        """The targets' average dev score of the model the final evaluation will score (θ0 + the delta so far,
+        composed with each language's SFT where it has one), split by language across the ranks."""
         run = self.run
-        if not hasattr(self, "_dev_loaders"):
+        if not hasattr(self, "_dev_run"):
             mine = run.target_langs[self.rank :: self.world]
-            sub = dataclasses.replace(run, eval_langs=mine, cfg=run.cfg.model_copy(update={"eval": run.cfg.eval.model_copy(update={"splits": ["dev"]})}))
-            self._dev_loaders = eval_loaders(sub)
-        scores = {}
-        for (lang, _), loader in self._dev_loaders.items():
-            # Composed with the language's SFT where it has one, as the final objective is.
-            lang_delta = run.lang_sfts.get(lang)
-            handle = lang_delta.apply(run.space, with_abs=False) if lang_delta is not None else None
-            try:
-                preds, labels = predict(run.model, loader)
-            finally:
-                if handle is not None:
-                    handle.revert()
-            scores[lang] = run.task.metrics(preds, labels)[run.task.metric]
-        run.model.train()
+            dev_only = run.cfg.model_copy(update={"eval": run.cfg.eval.model_copy(update={"splits": ["dev"]})})
+            self._dev_run = dataclasses.replace(run, eval_langs=mine, cfg=dev_only)
+            self._dev_loaders = eval_loaders(self._dev_run)
+        scores = dev_scores(self._dev_run, updater, self.theta0, self.base, self._dev_loaders)
         merged: dict[str, float] = {}
         for part in _gather(scores):
             merged.update(part)

@@ -32,18 +32,23 @@ def run_trial(config: dict, base: dict, storage: str) -> None:
 
     from raysft.distributed.train_workers import fit_trial
     from raysft.sft.methods import method_class
-    from raysft.sweep.dense_cache import acquire, dense_key, get_cache
+    from raysft.sweep.dense_cache import ACTOR_NAME, Lease, acquire, dense_key, get_cache
 
     sampled = config["sample"]
     cfg = trial_config(base, sampled)
     trial_id = tune.get_context().get_trial_id()
     extra: dict[str, Any] = {"report_dev": True}
-    cache, key = None, None
+    cache, key, lease = None, None, None
     workers = cfg.tune.num_workers
     if cfg.tune.dense_cache and method_class(cfg.method).first_phase == "dense":
         cache, key = get_cache(storage), dense_key(cfg, workers)
-        status, path = acquire(cache, key, trial_id)
+        status, path = acquire(cache, key, trial_id, lease_s=cfg.tune.dense_lease_s)
         extra.update(theta1_path=path, theta1_mode="save" if status == "compute" else "load")
+        if status == "compute":
+            # Renewed until θ1 is published; the rank-0 worker publishes it (done) as soon as it is written.
+            lease = Lease(cache, key, trial_id, cfg.tune.dense_lease_s)
+            extra.update(theta1_key=key, theta1_actor=ACTOR_NAME)
+            _test_hook_kill_computing()
     try:
         fit_trial(
             cfg, cfg.method, num_workers=workers, cpus_per_worker=cfg.tune.cpus_per_worker,
@@ -52,12 +57,24 @@ def run_trial(config: dict, base: dict, storage: str) -> None:
         )
     except BaseException:
         if cache is not None and extra.get("theta1_mode") == "save":
-            cache.failed.remote(key)
+            cache.failed.remote(key, trial_id)  # a no-op when θ1 was already published
         raise
+    finally:
+        if lease is not None:
+            lease.stop()
     if cache is not None and extra.get("theta1_mode") == "save":
         import ray
 
-        ray.get(cache.done.remote(key))
+        ray.get(cache.done.remote(key, trial_id))
+
+
+def _test_hook_kill_computing() -> None:
+    """Tests only: with ``RAYSFT_TEST_KILL_COMPUTING=<marker file>``, the first trial that claims a dense phase dies
+    on the spot (its process exits, as on a lost node) once, leaving its lease to expire."""
+    marker = os.environ.get("RAYSFT_TEST_KILL_COMPUTING")
+    if marker and not os.path.exists(marker):
+        Path(marker).write_text(str(os.getpid()))
+        os._exit(1)
 
 
 def describe(sampled: dict) -> str:
@@ -71,6 +88,29 @@ def describe(sampled: dict) -> str:
         else:
             parts.append(f"{key}={value}")
     return " ".join(parts)
+
+
+def pareto_front(points: list[tuple[str, float, int]]) -> list[tuple[str, float, int]]:
+    """The (name, objective ↑, K ↓) points no other point dominates (at least as good on both, better on one),
+    by K ascending."""
+    front = [
+        p for p in points
+        if not any(q[1] >= p[1] and q[2] <= p[2] and (q[1] > p[1] or q[2] < p[2]) for q in points)
+    ]
+    return sorted(front, key=lambda p: (p[2], -p[1]))
+
+
+def pareto_lines(grid) -> list[str]:
+    """A multi-objective sweep's Pareto front over its fully evaluated trials, one line per trial."""
+    points = []
+    for result in grid:
+        m = result.metrics or {}
+        if m.get("phase") == "final" and m.get("k") is not None and m.get(OBJECTIVE) == m.get(OBJECTIVE):
+            points.append((f"{m.get('trial_id', '?')}: {describe(result.config['sample'])}", m[OBJECTIVE], int(m["k"])))
+    front = pareto_front(points)
+    return [f"Pareto front (dev ↑, K ↓), {len(front)} of {len(points)} trials:"] + [
+        f"  {name} → dev {score:.4f} at K={k:,}" for name, score, k in front
+    ]
 
 
 def trial_lines_callback():

@@ -173,10 +173,13 @@ def eval_loaders(run: Run) -> dict[tuple[str, str], DataLoader]:
     return out
 
 
-def evaluate(run: Run, task_delta: SparseDelta, theta0: dict, loaders: dict) -> dict[str, dict[str, dict[str, dict]]]:
+def evaluate(
+    run: Run, task_delta: SparseDelta, theta0: dict, loaders: dict, composed_only: bool = False
+) -> dict[str, dict[str, dict[str, dict]]]:
     """Rewind to θ0 and apply the task delta once; per language evaluate θ0 + task, then, when the language has an
     SFT, apply it without its head, evaluate θ0 + task + lang and revert (bitwise back to θ0 + task). Returns
-    ``{"task_only" | "composed": {split: {lang: metrics}}}``; a language without an SFT has no composed entry."""
+    ``{"task_only" | "composed": {split: {lang: metrics}}}``; a language without an SFT has no composed entry.
+    ``composed_only`` (a sweep's intermediate objective) skips the task-only score of languages that have an SFT."""
     restore(run.space, theta0)
     splits = run.cfg.eval.splits
     results: dict[str, dict[str, dict[str, dict]]] = {kind: {s: {} for s in splits} for kind in EVAL_KINDS}
@@ -188,8 +191,9 @@ def evaluate(run: Run, task_delta: SparseDelta, theta0: dict, loaders: dict) -> 
 
     with task_delta.apply(run.space):
         for lang in run.eval_langs:
-            score("task_only", lang)
             lang_delta = run.lang_sfts.get(lang)
+            if lang_delta is None or not composed_only:
+                score("task_only", lang)
             if lang_delta is not None:
                 with lang_delta.apply(run.space, with_abs=False):
                     score("composed", lang)
