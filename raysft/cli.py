@@ -384,6 +384,7 @@ def tune(
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow store (default $MLFLOW_TRACKING_URI, else sqlite:///runs/mlflow.db; a server on a cluster)")] = None,
     experiment: Annotated[str | None, typer.Option(help="MLflow experiment (default: the space's name)")] = None,
     track: Annotated[bool, typer.Option(help="log a parent run and one child run per trial to MLflow")] = True,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="check the sweep, print its first trials and their resources; start nothing")] = False,
 ) -> None:
     """Sweep methods and their search spaces with Ray Tune + Optuna (TPE) + ASHA; one Ray Train run per trial, one
     MLflow child run per trial under a parent run per invocation (--resume continues the same parent)."""
@@ -394,6 +395,13 @@ def tune(
     cfg = load_config(space, set_ or [])
     if trials is not None and trials < 1:
         raise RaysftError(f"--trials {trials}: a sweep needs at least 1 trial")
+    if dry_run:
+        from raysft.sweep.preflight import dry_run_lines
+
+        with console.status("checking model, data and search spaces"):
+            lines = dry_run_lines(cfg, trials or cfg.tune.trials, max_concurrent)
+        console.print("\n".join(lines), highlight=False, soft_wrap=True)
+        return
     console.print(f"[bold]{cfg.name}[/]: sweeping {', '.join(cfg.tune.methods)} on {cfg.model}")
     grid, counts, experiment, wall = run_sweep(
         cfg, trials=trials, max_concurrent=max_concurrent, address=address, storage=storage, resume=resume,
@@ -409,7 +417,8 @@ def tune(
     errors = sum(1 for r in grid if r.error)
     console.print(
         f"{len(grid)} trials ({errors} failed) in {wall:.0f}s · dense phases computed {counts['computed']}, "
-        f"reused {counts['reused']} · results in {experiment}"
+        f"reused {counts['reused']}" + (f", taken over {counts['takeovers']}" if counts.get("takeovers") else "")
+        + f" · results in {experiment}"
     )
 
 

@@ -154,3 +154,30 @@ def test_resources_no_node_can_hold_are_refused(capsys, tmp_path):
         assert not (tmp_path / "s" / "smoke").exists()
     finally:
         ray.shutdown()
+
+
+def test_shared_dense_phase_survives_a_stopped_and_a_killed_computing_trial_under_asha(tmp_path):
+    """Three concurrent trials share one dense phase under ASHA. The first trial to claim it stops at once without a
+    word to the cache (as one the scheduler stops), the next is killed (its process exits); each time the lease
+    expires and a waiting trial takes the dense phase over. The sweep finishes, θ1 is computed once, and a waiter
+    gets θ1 while the computing trial is still running (published at the end of the dense phase)."""
+    needs_data()
+    storage, hooks = tmp_path / "tune", tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "actions").write_text("stop\nkill\n")
+    args = ("--trials", "3", "--max-concurrent", "3", "--storage", str(storage), "--no-track",
+            "--set", "tune.dense_lease_s=4", "--set", "tune.report_every=5", "--set", "tune.cpus_per_worker=0.5")
+    proc = subprocess.run(tune_cmd(*args), capture_output=True, text=True, cwd=REPO, timeout=900,
+                          env={**ENV, "RAYSFT_TEST_DENSE_HOOK": str(hooks)})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (hooks / "done").read_text().split() == ["stop", "kill"]
+    assert "taken over" in proc.stdout and "3 trials" in proc.stdout
+    assert len(list((storage / "dense").glob("*/theta1.safetensors"))) == 1
+    results = {t: r for t, r in trial_results(storage / "smoke").items() if r}
+    assert len(results) == 2  # the stopped trial reported nothing; the other two ran to the end or were stopped by ASHA
+    computing = [r for r in results.values() if r[-1].get("dense_cache") == "computed" or
+                 not any(x.get("dense_cache") == "reused" for x in r)]
+    waiting = [r for r in results.values() if r is not computing[0]]
+    assert len(computing) >= 1 and len(waiting) == 1
+    assert computing[0][-1]["phase"] == "final"
+    assert waiting[0][0]["dense_ready_at"] < computing[0][-1]["timestamp"]

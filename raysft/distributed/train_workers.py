@@ -118,6 +118,7 @@ class LoopConfig(BaseModel):
     # written (waiting trials start their sparse phase then, not when this trial ends).
     theta1_actor: str | None = None
     theta1_key: str | None = None
+    dense_ready_at: float | None = None  # a sweep: when (time.time()) this trial's dense phase was settled (θ1 ready or ours to compute)
     report_dev: bool = False  # each sparse checkpoint also reports the targets' average dev score ("objective")
 
 
@@ -604,6 +605,8 @@ class _Worker:
         metrics = {"phase": "sparse", "sparse_step": done, "loss": sparse_losses[-1], "k": info["selection"]["k"]}
         if self.loop.report_dev:
             metrics["objective"] = self.dev_objective(handles["updater"])
+        if self.loop.dense_ready_at is not None:
+            metrics["dense_ready_at"] = self.loop.dense_ready_at
         if self.rank == 0:
             with tempfile.TemporaryDirectory(prefix="raysft-ckpt-") as d:
                 save_sparse_state(
@@ -658,6 +661,8 @@ class _Worker:
             "phase": "final", "resumed_from_step": dist_info["resumed_from_step"], "k": sel["k"],
             "objective": metrics["avg"].get("dev", float("nan")), "dense_cache": dist_info.get("dense_cache", "none"),
         }
+        if self.loop.dense_ready_at is not None:
+            summary["dense_ready_at"] = self.loop.dense_ready_at
         for split in metrics["avg"]:
             summary[f"avg/{split}"] = metrics["avg"][split]
             for lang, vals in metrics[split].items():

@@ -48,7 +48,10 @@ def run_trial(config: dict, base: dict, storage: str) -> None:
             # Renewed until θ1 is published; the rank-0 worker publishes it (done) as soon as it is written.
             lease = Lease(cache, key, trial_id, cfg.tune.dense_lease_s)
             extra.update(theta1_key=key, theta1_actor=ACTOR_NAME)
-            _test_hook_kill_computing()
+            if _test_hook_computing():
+                lease.stop()
+                return
+        extra["dense_ready_at"] = time.time()
     try:
         fit_trial(
             cfg, cfg.method, num_workers=workers, cpus_per_worker=cfg.tune.cpus_per_worker,
@@ -68,13 +71,23 @@ def run_trial(config: dict, base: dict, storage: str) -> None:
         ray.get(cache.done.remote(key, trial_id))
 
 
-def _test_hook_kill_computing() -> None:
-    """Tests only: with ``RAYSFT_TEST_KILL_COMPUTING=<marker file>``, the first trial that claims a dense phase dies
-    on the spot (its process exits, as on a lost node) once, leaving its lease to expire."""
-    marker = os.environ.get("RAYSFT_TEST_KILL_COMPUTING")
-    if marker and not os.path.exists(marker):
-        Path(marker).write_text(str(os.getpid()))
+def _test_hook_computing() -> bool:
+    """Tests only. ``RAYSFT_TEST_DENSE_HOOK=<folder>`` whose ``actions`` file lists, one per line, what the next trials
+    that claim a dense phase do: ``stop`` (end at once without a word to the cache, as a trial that the scheduler
+    stops: True is returned) or ``kill`` (the process exits, as on a lost node)."""
+    folder = os.environ.get("RAYSFT_TEST_DENSE_HOOK")
+    if not folder:
+        return False
+    actions = Path(folder) / "actions"
+    todo = actions.read_text().split() if actions.exists() else []
+    if not todo:
+        return False
+    actions.write_text("\n".join(todo[1:]))
+    with open(Path(folder) / "done", "a") as f:
+        f.write(todo[0] + "\n")
+    if todo[0] == "kill":
         os._exit(1)
+    return True
 
 
 def describe(sampled: dict) -> str:
@@ -283,6 +296,7 @@ def run_sweep(
     tracking_uri: str | None = None,
     experiment_name: str | None = None,
     track: bool = True,
+    preflight: bool = True,
 ):
     """Run (or resume) the sweep; returns the Tune ResultGrid, the dense-cache counts, the experiment path and the
     wall time. With ``track``, a parent MLflow run for this invocation (the same one on --resume) and a child run per
@@ -294,11 +308,21 @@ def run_sweep(
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
+    from raysft.sweep.preflight import check_model_and_spaces, check_not_exhausted, make_sampler
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     trials = trials if trials is not None else cfg.tune.trials
     if trials < 1:
         raise RaysftError(f"--trials {trials}: a sweep needs at least 1 trial")
     spaces = {m: cfg.method_space(m) for m in cfg.tune.methods}
+    if not resume:
+        check_not_exhausted(cfg, trials)
+    if preflight:  # what every trial would load and check, once, here: a bad model fails now, not in N trials
+        if console is not None:
+            with console.status("checking model, data and search spaces"):
+                check_model_and_spaces(cfg)
+        else:
+            check_model_and_spaces(cfg)
     connect(address, verbose)
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     check_resources(cfg, nodes + autoscaling_node_types())
@@ -343,9 +367,7 @@ def run_sweep(
         mode: Any = "max"
         if cfg.tune.multi_objective:
             metric, mode = [OBJECTIVE, "k"], ["max", "min"]
-            sampler = optuna.samplers.NSGAIISampler(seed=cfg.tune.seed)
-        else:
-            sampler = optuna.samplers.TPESampler(seed=cfg.tune.seed, constant_liar=True)
+        sampler = make_sampler(cfg)  # the dry run draws from the same one
         searcher = OptunaSearch(
             space=functools.partial(define_by_run, methods=cfg.tune.methods, spaces=spaces),
             metric=metric, mode=mode, sampler=sampler,
