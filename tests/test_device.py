@@ -184,3 +184,28 @@ def test_bf16_mask_phase_runs_and_keeps_fp32_scores():
 def test_precision_is_validated():
     with pytest.raises(ValueError, match="precision"):
         PhaseConfig(precision="fp16")
+
+
+# ------------------------------------------------------------------------------------------ presets ask for GPUs
+def _node(cpu: float, gpu: float = 0) -> dict:
+    return {"NodeManagerAddress": "10.0.0.1", "Resources": {"CPU": cpu, **({"GPU": gpu} if gpu else {})}}
+
+
+def test_paper_presets_ask_for_gpus_and_doctor_says_when_the_cluster_cannot_give_them():
+    from raysft.cluster.doctor import gpu_check
+    from raysft.config import load_config
+
+    for space in ("nli", "sa"):
+        cfg = load_config(space)
+        assert cfg.lang.gpus_per_job == 1  # each language SFT job on one GPU worker
+        no_gpu = gpu_check(cfg, [_node(8)], [])
+        assert no_gpu.ok is False and "lang.gpus_per_job=1" in no_gpu.detail and "--set" in no_gpu.detail
+        # the autoscaler may start a GPU worker (cluster.yaml's gpu_worker): that fits
+        scaled = gpu_check(cfg, [_node(8)], [{"NodeManagerAddress": "autoscaled gpu_worker", "Resources": {"CPU": 4, "GPU": 1}}])
+        assert scaled.ok is True
+        assert gpu_check(cfg, [_node(8), _node(4, gpu=1)], []).ok is True
+    cpu = load_config("smoke")
+    quiet = gpu_check(cpu, [_node(8)], [])
+    assert quiet.ok is True and "note" not in quiet.detail
+    idle = gpu_check(cpu, [_node(8), _node(4, gpu=1)], [])
+    assert idle.ok is True and "GPUs stay idle" in idle.detail

@@ -29,6 +29,7 @@ from raysft.tasks import Task, TaskData, get_task
 from raysft.train.device import resolve_device
 from raysft.train.loop import (
     Reporter,
+    model_device,
     SilentReporter,
     predict,
     restore,
@@ -323,6 +324,8 @@ def run_training(run: Run, reporter: Reporter = SilentReporter()) -> tuple[Spars
 
     metrics = {
         "method": run.method.name,
+        "device": str(model_device(model)),
+        "precision": {"dense": cfg.dense.precision, "mask": cfg.mask_phase.precision, "sparse": cfg.sparse.precision},
         "k": selection.k,
         "n": space.n,
         "task": cfg.task,
