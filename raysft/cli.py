@@ -18,6 +18,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Sweeps of co
 # Not a terminal (a log, CI): wide enough for a per-language table.
 console = Console(width=None if sys.stdout.isatty() else 200)
 err_console = Console(stderr=True)
+DEVICE_HELP = "where the run's tensors live: auto (CUDA when there is one), cpu, cuda or cuda:N"
 
 
 def _quiet_libraries() -> None:
@@ -95,15 +96,18 @@ def train(
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow store (default $MLFLOW_TRACKING_URI, else sqlite:///runs/mlflow.db)")] = None,
     experiment: Annotated[str | None, typer.Option(help="MLflow experiment (default: the space's name)")] = None,
     track: Annotated[bool, typer.Option(help="log the run to MLflow")] = True,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
 ) -> None:
     """Train one SFT in this process: dense → select → sparse → composed evaluation on every target language; the run
     is logged to MLflow."""
     from raysft.config import load_config
     from raysft.train.loop import SilentReporter
+    from raysft.train.device import resolve_device
     from raysft.train.recipe import check_out, prepare, run_training, write_outputs
 
     _quiet_libraries()
     cfg = load_config(space, set_ or [])
+    where = resolve_device(device)  # a --device this machine cannot give is refused before anything loads
     if method is not None:
         cfg = cfg.model_copy(update={"method": method})
         from raysft.sft.methods import method_class
@@ -118,14 +122,16 @@ def train(
 
         uri = resolve_uri(tracking_uri)
     with console.status("loading model and data"):
-        run = prepare(cfg, name)
+        run = prepare(cfg, name, device=where)
     if uri is not None:
         from raysft.tracking.store import connect
 
         connect(uri)  # an unreachable store is reported now, not after training
     console.print(
         f"[bold]{cfg.name}[/]: {name} on {cfg.model}, K = {run.k:,} of {run.space.n:,} maskable entries "
-        f"({run.k / run.space.n:.2%}); targets {', '.join(run.target_langs)}"
+        f"({run.k / run.space.n:.2%}); targets {', '.join(run.target_langs)}; on {where}"
+        + ("" if {cfg.dense.precision, cfg.sparse.precision} == {"fp32"} else
+           f" (dense {cfg.dense.precision}, sparse {cfg.sparse.precision})")
     )
     if quiet:
         delta, metrics = run_training(run, SilentReporter())
@@ -197,15 +203,18 @@ def eval_(
     lang_sfts: Annotated[str | None, typer.Option(help="language SFTs: a folder of <lang>.safetensors, 'store', or hub:<repo with {lang}> (default: the space's lang_sfts)")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="override a config key: --set data.max_eval_examples=100")] = None,
     out: Annotated[Path | None, typer.Option(help="also write the results as JSON here")] = None,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
 ) -> None:
     """Evaluate a task SFT on every target language alone (θ0 + task) and composed with each language's SFT
     (θ0 + task + lang), and print both with their difference."""
     from raysft.config import load_config, pin_lang_sfts
     from raysft.sft.delta import SparseDelta
+    from raysft.train.device import resolve_device
     from raysft.train.recipe import eval_loaders, evaluate, evaluation_metrics, prepare
 
     _quiet_libraries()
     cfg = load_config(space, set_ or [])
+    where = resolve_device(device)
     if lang_sfts is not None:
         cfg = cfg.model_copy(update={"lang_sfts": pin_lang_sfts(lang_sfts, cfg.model)})
     if not cfg.lang_sfts:
@@ -213,7 +222,7 @@ def eval_(
     if out is not None and out.exists():
         raise RaysftError(f"{out} exists: choose another --out")
     with console.status("loading model, data and SFTs"):
-        run = prepare(cfg)
+        run = prepare(cfg, device=where)
         delta = SparseDelta.load(task_sft, run.space, check_abs=False)  # the head is checked when it is applied
         kind = delta.meta.get("kind")
         if kind == "lang":
@@ -247,6 +256,8 @@ def lang(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show Ray's logs")] = False,
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow store (default $MLFLOW_TRACKING_URI, else sqlite:///runs/mlflow.db)")] = None,
     track: Annotated[bool, typer.Option(help="log one MLflow run per language")] = True,
+    device: Annotated[str | None, typer.Option(help="each job's device: auto, cpu, cuda (default: cuda when the "
+                                               "space gives each job a GPU, lang.gpus_per_job > 0, else cpu)")] = None,
 ) -> None:
     """Train one language SFT per language by masked-language modelling on its unlabeled text (one Ray job per
     language, in parallel as far as resources allow) into the store runs/sfts/lang/<model>/<lang>.safetensors."""
@@ -275,6 +286,11 @@ def lang(
     if method is not None:
         method_class(method)
         cfg = cfg.model_copy(update={"lang": cfg.lang.model_copy(update={"method": method})})
+    if device is not None and device.strip().lower().startswith("cuda") and cfg.lang.gpus_per_job == 0:
+        raise RaysftError(f"--device {device}: a language job gets a GPU only when it asks for one: add "
+                          "--set lang.gpus_per_job=1 (or use --device cpu)")
+    if device is not None and device.strip().lower() not in ("auto", "cpu") and not device.strip().lower().startswith("cuda"):
+        raise RaysftError(f"--device {device!r} is not one of auto, cpu, cuda")
     wanted = list(dict.fromkeys(x.strip() for x in langs.split(",") if x.strip()))
     if not wanted:
         raise RaysftError(f"--langs {langs!r} names no language: give e.g. --langs gn,quy")
@@ -324,7 +340,7 @@ def lang(
 
     from raysft.distributed.lang_jobs import train_languages
 
-    results = train_languages(cfg, wanted, paths, address=address, verbose=verbose, on_done=done)
+    results = train_languages(cfg, wanted, paths, address=address, verbose=verbose, on_done=done, device=device)
     table = Table(title=f"language SFTs ({cfg.lang.method}, held-out MLM loss)")
     for col in ("lang", "train lines", "before", "head only", "after", "Δ (after − before)", "file"):
         table.add_column(col, justify="left" if col in ("lang", "file") else "right")
@@ -497,12 +513,13 @@ def apply(
     sft: Annotated[list[Path], typer.Option(help="an SFT file; repeat: the task SFT and language SFTs")],
     out: Annotated[Path, typer.Option(help="the Hugging Face model folder to write")],
     force: Annotated[bool, typer.Option(help="replace a non-empty --out")] = False,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
 ) -> None:
     """Compose SFTs into the base model and save a folder that AutoModelForSequenceClassification loads."""
     from raysft.export import apply_sfts
 
     _quiet_libraries()
-    info = apply_sfts(base, sft, out, force=force)
+    info = apply_sfts(base, sft, out, force=force, device=device)
     console.print(
         f"wrote {out}: {info['base_model']} + {len(info['sfts'])} SFT(s) ({', '.join(info['kinds'])}), "
         f"{info['num_labels']} labels · load it with AutoModelForSequenceClassification.from_pretrained('{out}')",

@@ -58,6 +58,9 @@ class PhaseConfig(_Strict):
     l1: float = Field(0.0, ge=0)  # sparse phase: L1 toward θ0
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
     head_lr: float | None = Field(None, gt=0)  # None: lr
+    # bf16: forward and backward under torch.autocast(bfloat16) on the run's device; the weights, gradients, the
+    # sparse δ and every optimizer state stay float32, so a saved delta still reproduces the model bitwise.
+    precision: Literal["fp32", "bf16"] = "fp32"
 
 
 class EvalConfig(_Strict):

@@ -347,9 +347,10 @@ def model_card(run, metrics: dict, folder: Path, info: dict) -> str:
 
 
 # ------------------------------------------------------------------------------------------------------------- apply
-def apply_sfts(base: str, sfts: list[Path], out: Path, force: bool = False) -> dict:
+def apply_sfts(base: str, sfts: list[Path], out: Path, force: bool = False, device: str = "cpu") -> dict:
     """Base model + SFTs → a Hugging Face folder that AutoModelForSequenceClassification loads. Task SFTs (the ones
-    with a head) are applied first, then the others without abs tensors: the order the composed evaluation uses."""
+    with a head) are applied first, then the others without abs tensors: the order the composed evaluation uses.
+    The SFTs are applied on ``device`` (auto, cpu, cuda); the saved weights are the same bytes on any device."""
     import torch
 
     from raysft.models import load_for_classification, load_tokenizer, model_id
@@ -384,7 +385,9 @@ def apply_sfts(base: str, sfts: list[Path], out: Path, force: bool = False) -> d
         except ValueError:
             return False
 
-    model = load_for_classification(base, num_labels)
+    from raysft.train.device import resolve_device
+
+    model = load_for_classification(base, num_labels).to(resolve_device(device))
     space = ParamSpace(model, freeze_embeddings=any(frozen_embeddings(d) for d in loose))
     deltas = [SparseDelta.load(p, space) for p in sfts]  # refuses a delta made for another base, by name
     order = heads + [i for i in range(len(deltas)) if i not in heads]

@@ -21,24 +21,25 @@ PHASE = PhaseConfig(epochs=1, lr=5e-3, batch_size=8)
 K = 600
 
 
-def run_method(name: str):
-    model = tiny_classifier(seed=0)
+def run_method(name: str, device: str = "cpu", phase: PhaseConfig = PHASE):
+    """The contract run (also on CUDA by tests/test_gpu.py: the model moves there, batches follow it)."""
+    model = tiny_classifier(seed=0).to(device)
     space = ParamSpace(model)
     method = make_method(name, SETTINGS.get(name))
     batches = random_batches(6, seed=1)
     theta0, head0 = space.snapshot(), space.head_snapshot()
     ctx = SelectionContext(space, K if method.uses_k else space.n, theta0, seed=0)
     if method.first_phase == "dense":
-        train_dense(model, space, batches, 6, PHASE)
+        train_dense(model, space, batches, 6, phase)
         ctx.theta1 = space.snapshot()
     elif method.first_phase == "mask":
         s = method.settings
-        ctx.scores = train_mask_scores(model, space, batches, 6, PHASE, score_init=s.score_init, score_lr=s.score_lr)
+        ctx.scores = train_mask_scores(model, space, batches, 6, phase, score_init=s.score_init, score_lr=s.score_lr)
     selection = method.select(ctx)
     updater = None
     if method.sparse_phase:
         restore(space, theta0, head0)
-        updater, _ = train_sparse(model, space, selection.mask, batches, 6, PHASE)
+        updater, _ = train_sparse(model, space, selection.mask, batches, 6, phase)
         delta = SparseDelta(
             diffs={n: (updater.mask()[n], v) for n, v in updater.values().items()}, abs=space.head_snapshot(),
             meta={"kind": "task", "method": name, "base_fingerprint": space.fingerprint()},

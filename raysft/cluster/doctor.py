@@ -5,6 +5,9 @@ Rows (each PASS, FAIL or SKIP with the nodes' details):
 - **ray**: the cluster answers; its nodes and machines.
 - **resources**: CPUs and GPUs per node, the head's ``raysft_driver``; some node (or a node type the autoscaler may
   start) holds one Train worker of the space.
+- **gpus**: the GPUs the space asks for (``tune.gpus_per_worker`` per Train worker, ``lang.gpus_per_job`` per
+  language job) against the GPUs the cluster has or its autoscaler may start; a space that asks for GPUs the cluster
+  cannot give fails, one that asks for none on a cluster with GPUs gets a note.
 - **versions**: Python, Ray, raysft, torch, transformers, MLflow and pyarrow are the same on every node.
 - **storage**: every node writes a probe file under the sweep's storage and every node reads every other node's
   probe (pyarrow, as Ray resolves ``storage_path``); a folder on one machine's local disk is refused on a cluster
@@ -252,6 +255,28 @@ def resources_check(cfg, nodes: list[dict], autoscaled: list[dict], label) -> Ch
     return Check("resources", True, f"{detail}; {need}: fits", lines)
 
 
+def gpu_check(cfg, nodes: list[dict], autoscaled: list[dict]) -> Check:
+    """Does the cluster have (or may its autoscaler start) a node with the GPUs one Train worker and one language
+    job of the space ask for?"""
+    asks = {"tune.gpus_per_worker": cfg.tune.gpus_per_worker, "lang.gpus_per_job": cfg.lang.gpus_per_job}
+    alive = sum(n.get("Resources", {}).get("GPU", 0) for n in nodes)
+    most = max([n.get("Resources", {}).get("GPU", 0) for n in nodes + autoscaled] or [0])
+    scaled = [t for t in autoscaled if t.get("Resources", {}).get("GPU", 0) > 0]
+    have = f"{alive:g} GPUs on live nodes" + (f", up to {most:g} per node the autoscaler may start" if scaled else "")
+    lines = [f"{k}: {v:g}" for k, v in asks.items()]
+    if not any(asks.values()):
+        note = (f"; note: the space asks for no GPU, so the cluster's GPUs stay idle (set tune.gpus_per_worker: 1 and "
+                "lang.gpus_per_job: 1, as the nli and sa presets do)") if alive or scaled else ""
+        return Check("gpus", True, f"the space asks for no GPU ({have}){note}", lines)
+    short = {k: v for k, v in asks.items() if v > most}
+    if short:
+        want = ", ".join(f"{k}={v:g}" for k, v in short.items())
+        return Check("gpus", False, f"{cfg.name} asks for GPUs the cluster cannot give ({want}; {have}): start GPU "
+                     "workers (cluster.yaml's gpu_worker), or use a CPU space (nli-cpu, sa-cpu) or --set "
+                     + " ".join(f"{k}=0" for k in short), lines)
+    return Check("gpus", True, f"{', '.join(f'{k}={v:g}' for k, v in asks.items())}: fits ({have})", lines)
+
+
 def versions_check(reports: dict[str, Any], label) -> Check:
     answered = {nid: r["versions"] for nid, r in reports.items() if isinstance(r, dict)}
     if not answered:
@@ -363,7 +388,10 @@ def run_checks(cfg=None, *, address: str | None = None, storage: str | None = No
     where = address or os.environ.get("RAY_ADDRESS") or "a local Ray"
     checks = [Check("ray", True, f"{where}: {len(nodes)} nodes on {len(hosts)} machine(s) ({', '.join(hosts)})",
                     [label(n) for n in nodes])]
-    checks.append(resources_check(cfg, nodes, autoscaling_node_types(), label))
+    autoscaled = autoscaling_node_types()
+    checks.append(resources_check(cfg, nodes, autoscaled, label))
+    if cfg is not None:
+        checks.append(gpu_check(cfg, nodes, autoscaled))
 
     # The storage as the sweep resolves it (flag, RAYSFT_STORAGE, default), without its refusal: reported below.
     source = "--storage" if storage else (STORAGE_ENV if os.environ.get(STORAGE_ENV, "").strip() else "default")

@@ -16,12 +16,13 @@ from raysft.config import Config
 from raysft.errors import RaysftError
 
 
-def train_one_language(cfg_json: str, lang: str, method: str | None) -> tuple[bytes, dict]:
-    """Inside a Ray worker: train one language SFT; returns (the delta file's bytes, its metrics)."""
+def train_one_language(cfg_json: str, lang: str, method: str | None, device: str | None = None) -> tuple[bytes, dict]:
+    """Inside a Ray worker: train one language SFT; returns (the delta file's bytes, its metrics). ``device`` None:
+    CUDA when the job was given a GPU (``lang.gpus_per_job > 0``: Ray sets CUDA_VISIBLE_DEVICES), else the CPU."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from raysft.train.lang import prepare_lang, train_lang_sft
 
-    run = prepare_lang(Config.model_validate_json(cfg_json), lang, method)
+    run = prepare_lang(Config.model_validate_json(cfg_json), lang, method, device=device)
     delta, metrics = train_lang_sft(run)
     with tempfile.TemporaryDirectory(prefix="raysft-lang-") as d:
         path = Path(d) / f"{lang}.safetensors"
@@ -52,6 +53,7 @@ def train_languages(
     address: str | None = None,
     verbose: bool = False,
     on_done: Callable[[str, dict | None, str | None], None] = lambda lang, metrics, error: None,
+    device: str | None = None,
 ) -> dict[str, dict | str]:
     """Run one Ray job per language; each finished SFT is written to ``paths[lang]`` at once. Returns, per language,
     its metrics or the one-line reason it failed (a failure does not stop the other languages)."""
@@ -64,7 +66,7 @@ def train_languages(
         num_cpus=cfg.lang.cpus_per_job, num_gpus=cfg.lang.gpus_per_job, max_retries=1, retry_exceptions=False,
     )
     cfg_json = cfg.model_dump_json()
-    pending = {job.remote(cfg_json, lang, method): lang for lang in langs}
+    pending = {job.remote(cfg_json, lang, method, device): lang for lang in langs}
     results: dict[str, dict | str] = {}
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1)

@@ -418,7 +418,8 @@ class _Worker:
         if isinstance(state, dict):  # the run had already finished: hand its result back
             return state if self.rank == 0 else None
         cfg, rank = self.cfg, self.rank
-        run = self.run = prepare(cfg, self.method_name)
+        self.device = ray.train.torch.get_device()  # the trial's device: every tensor of this worker lives there
+        run = self.run = prepare(cfg, self.method_name, device=self.device)
         if self.loop.no_dropout:
             _no_dropout(run.model)
         # Rank 0 fills the tokenised-data cache first; the others then read it rather than racing to write it.
@@ -427,8 +428,6 @@ class _Worker:
         train_ds = run.task.tokenize(run.task.load_train(run.data), run.tokenizer, cfg.data.max_seq_len)
         if rank == 0:
             dist.barrier()
-        self.device = ray.train.torch.get_device()
-        run.model.to(self.device)
         space, model = run.space, run.model
         theta0, base = training_base(run)  # base = θ0 + the source language's SFT when there is one
         self.theta0, self.base = theta0, base

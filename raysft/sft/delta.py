@@ -107,6 +107,8 @@ class SparseDelta:
 
         ``mask`` maps base-relative names to flat row-major indices (or a bool mask); ``mask=None`` or an entry
         ``None`` gives a dense diff of that parameter; parameters with no entry or no index are left out.
+        The differences are taken on the parameters' device; the delta itself is kept in host memory (host copies:
+        a delta is what gets saved, composed and shipped between processes, and apply moves it to any device).
         """
         names = [p.name for p in space.maskable]
         if mask is not None:
@@ -126,12 +128,12 @@ class SparseDelta:
                 idx = None if mask is None else mask[name]
                 if idx is None:
                     val = cur.float() - t0.to(cur.device).float()
-                    diffs[name] = (None, val.to(dtype).cpu())
+                    diffs[name] = (None, val.to(dtype).cpu())  # host: see the docstring
                     continue
                 idx = idx.detach().reshape(-1)
                 if idx.dtype == torch.bool:
                     idx = idx.nonzero().squeeze(1)
-                idx = idx.to(device="cpu", dtype=torch.int64)
+                idx = idx.to(device="cpu", dtype=torch.int64)  # host: see the docstring
                 if idx.numel() == 0:
                     continue
                 if not _strictly_increasing(idx):
@@ -139,8 +141,8 @@ class SparseDelta:
                 if int(idx[0]) < 0 or int(idx[-1]) >= cur.numel():
                     raise ValueError(f"mask[{name!r}] has indices outside [0, {cur.numel()})")
                 val = cur[idx.to(cur.device)].float() - t0[idx.to(t0.device)].to(cur.device).float()
-                diffs[name] = (idx, val.to(dtype).cpu())
-            abs_ = {n: space.param(n).detach().cpu().clone() for n in space.head} if with_head else {}
+                diffs[name] = (idx, val.to(dtype).cpu())  # host: see the docstring
+            abs_ = {n: space.param(n).detach().cpu().clone() for n in space.head} if with_head else {}  # host
         out = cls(diffs, abs_, meta)
         out.meta.update(base_metadata(space))
         out.meta["k"] = str(out.nnz())
@@ -265,20 +267,21 @@ class SparseDelta:
                 numel = dense[0].numel()
                 if any(v.numel() != numel for v in dense):
                     raise ValueError(f"dense diffs of {name!r} differ in length")
-                acc = torch.zeros(numel, dtype=acc_dtype)
+                acc = torch.zeros(numel, dtype=acc_dtype, device=dense[0].device)
                 for i, v in parts:
                     if i is None:
-                        acc += v.to(acc_dtype)
+                        acc += v.to(acc.device, acc_dtype)
                     else:
                         if i.numel() and int(i[-1]) >= numel:
                             raise ValueError(f"{name}: index {int(i[-1])} outside the dense diff's {numel} entries")
-                        acc.index_add_(0, i.to(torch.int64), v.to(acc_dtype))
+                        acc.index_add_(0, i.to(acc.device, torch.int64), v.to(acc.device, acc_dtype))
                 diffs[name] = (None, acc.to(out_dtype))
             else:
-                cat_idx = torch.cat([i.to(torch.int64) for i, _ in parts])
-                cat_val = torch.cat([v.to(acc_dtype) for _, v in parts])
+                where = parts[0][1].device
+                cat_idx = torch.cat([i.to(where, torch.int64) for i, _ in parts])
+                cat_val = torch.cat([v.to(where, acc_dtype) for _, v in parts])
                 uniq, inverse = torch.unique(cat_idx, sorted=True, return_inverse=True)
-                acc = torch.zeros(uniq.numel(), dtype=acc_dtype).index_add_(0, inverse, cat_val)
+                acc = torch.zeros(uniq.numel(), dtype=acc_dtype, device=where).index_add_(0, inverse, cat_val)
                 diffs[name] = (uniq, acc.to(out_dtype))
         abs_: dict[str, Tensor] = {}
         for d in deltas:
@@ -312,10 +315,10 @@ class SparseDelta:
         for name, (idx, val) in self.diffs.items():
             if idx is not None:
                 small = idx.numel() == 0 or int(idx[-1]) < _INT32_LIMIT
-                tensors[f"{name}/idx"] = idx.detach().to("cpu", torch.int32 if small else torch.int64).contiguous()
-            tensors[f"{name}/val"] = val.detach().cpu().contiguous()
+                tensors[f"{name}/idx"] = idx.detach().to("cpu", torch.int32 if small else torch.int64).contiguous()  # host
+            tensors[f"{name}/val"] = val.detach().cpu().contiguous()  # host: a file is written from host memory
         for name, t in self.abs.items():
-            tensors[f"{name}/abs"] = t.detach().cpu().contiguous()
+            tensors[f"{name}/abs"] = t.detach().cpu().contiguous()  # host: a file is written from host memory
         meta = {**self.meta, **{k: str(v) for k, v in (metadata or {}).items()}, "format": FORMAT}
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -513,7 +516,7 @@ def _safe_torch_load(path: Path):
     not_diff = "only composable-sft diff files (pytorch_diff.bin) are accepted"
     try:
         with torch.serialization.safe_globals(_numpy_safe_globals()):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True)  # host: a file read
     except pickle.UnpicklingError as e:
         msg = str(e)
         m = re.search(r"GLOBAL (\S+)", msg)
@@ -545,7 +548,7 @@ def _steps_tensor(steps, path, name) -> Tensor:
         return s.to(torch.int64)
     if isinstance(steps, (list, tuple)):
         if len(steps) == 0:
-            return torch.zeros(0, dtype=torch.int64)
+            return torch.zeros(0, dtype=torch.int64)  # host: read from a file
         arr = np.asarray(steps)
         if arr.ndim != 1 or arr.dtype.kind not in "iu":
             raise RaysftError(

@@ -40,7 +40,7 @@ class SparseUpdater:
             idx = mask.get(info.name)
             param = space.param(info.name)
             if idx is None and info.name in mask:
-                idx = torch.arange(info.numel)
+                idx = torch.arange(info.numel, device=param.device)
             if idx is None or idx.numel() == 0:
                 param.requires_grad_(False)  # no entry of it trains: skip its gradient altogether
                 continue
@@ -51,7 +51,9 @@ class SparseUpdater:
             self.slices.append(slice(offset, offset + idx.numel()))
             offset += idx.numel()
         self.k = offset
-        device = space.param(self.names[0]).device if self.names else torch.device("cpu")
+        # Everything the updater keeps (indices, θ0 reference, δ, its gradient, AdamW's moments) lives on the
+        # parameters' device; an updater with nothing to train sits on the model's device.
+        device = space.param(self.names[0]).device if self.names else next(space.model.parameters()).device
         self.reference = torch.empty(self.k, dtype=torch.float32, device=device)  # θ0 at the masked entries
         for name, idx, sl in zip(self.names, self.indices, self.slices):
             self.reference[sl] = space.param(name).detach().reshape(-1)[idx].float()
@@ -106,11 +108,12 @@ class SparseUpdater:
         return sum(i.numel() * i.element_size() for i in self.indices) + 3 * self.k * 4
 
     def mask(self) -> Mask:
-        return dict(zip(self.names, (i.cpu() for i in self.indices)))
+        """host: the mask as saved in a delta file and broadcast to other ranks (K indices, copied once at the end)."""
+        return dict(zip(self.names, (i.cpu() for i in self.indices)))  # host: see above
 
     def values(self) -> dict[str, torch.Tensor]:
-        """The trained delta per parameter (aligned with ``mask()``)."""
-        d = self.delta.detach().cpu()
+        """The trained delta per parameter (aligned with ``mask()``); host: a delta is a file's content."""
+        d = self.delta.detach().cpu()  # host: see above
         return {name: d[sl].clone() for name, sl in zip(self.names, self.slices)}
 
     def close(self) -> None:

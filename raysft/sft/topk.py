@@ -58,25 +58,28 @@ def topk_select(scores: Mapping[str, torch.Tensor], k: int, order: Sequence[str]
     if k == 0:
         return TopKResult({}, float("inf"), 0)
     keys = {name: sortable_keys(scores[name]) for name in names}
+    # Selection runs where the scores live: the histograms sit on the scores' device (the first tensor's; a tensor
+    # elsewhere adds its counts across), and so do the selected indices.
+    device = keys[names[0]].device
 
     # Pass 1: histogram of the high 16 bits (shifted to 0..65535).
-    hist_hi = torch.zeros(_BINS, dtype=torch.int64)
+    hist_hi = torch.zeros(_BINS, dtype=torch.int64, device=device)
     for key in keys.values():
         for c in _chunks(key):
-            hist_hi += torch.bincount((c >> 16) + 32768, minlength=_BINS)
+            hist_hi += torch.bincount((c >> 16) + 32768, minlength=_BINS).to(device)
     above = hist_hi.flip(0).cumsum(0).flip(0)  # above[b] = count with high bin >= b
     # The threshold bin b: count(>= b) >= k and count(>= b+1) < k.
     b = int(torch.nonzero(above >= k).max())
     count_above_bin = int(above[b + 1]) if b + 1 < _BINS else 0
 
     # Pass 2: inside bin b, histogram of the low 16 bits.
-    hist_lo = torch.zeros(_BINS, dtype=torch.int64)
+    hist_lo = torch.zeros(_BINS, dtype=torch.int64, device=device)
     hi_value = b - 32768
     for key in keys.values():
         for c in _chunks(key):
             inside = c[(c >> 16) == hi_value]
             if inside.numel():
-                hist_lo += torch.bincount(inside & 0xFFFF, minlength=_BINS)
+                hist_lo += torch.bincount(inside & 0xFFFF, minlength=_BINS).to(device)
     above_lo = hist_lo.flip(0).cumsum(0).flip(0)
     need = k - count_above_bin
     lo = int(torch.nonzero(above_lo >= need).max())
@@ -105,7 +108,7 @@ def topk_select(scores: Mapping[str, torch.Tensor], k: int, order: Sequence[str]
             offset += c.numel()
         if parts:
             out[name] = torch.cat(parts) if len(parts) > 1 else parts[0]
-    t_bits = torch.tensor([t_key], dtype=torch.int32)
+    t_bits = torch.tensor([t_key], dtype=torch.int32)  # host: one scalar turned back into a Python float
     if t_key < 0:
         t_bits = t_bits ^ 0x7FFFFFFF
     threshold = float(t_bits.view(torch.float32)[0])

@@ -35,8 +35,10 @@ from raysft.sft.mask import entries_per_group
 from raysft.sft.methods import Method, SelectionContext, make_method
 from raysft.tasks.base import TaskData, take_first, take_shuffled
 from raysft.tasks.mlm import corpus_of, load_text, mlm_collator, tokenize_for_mlm
+from raysft.train.device import resolve_device
 from raysft.train.loop import (
     Reporter,
+    model_device,
     SilentReporter,
     restore,
     train_dense,
@@ -83,7 +85,7 @@ def untie_output_embeddings(model: nn.Module) -> str:
 def heldout_loss(model: nn.Module, batches: list[dict]) -> float:
     """Mean MLM loss per masked token over fixed (pre-masked) batches."""
     model.eval()
-    device = next(model.parameters()).device
+    device = model_device(model)
     total, count = 0.0, 0
     for batch in batches:
         batch = {k: v.to(device) for k, v in batch.items()}
@@ -115,8 +117,11 @@ class LangRun:
     corpus_lines: int
 
 
-def prepare_lang(cfg: Config, lang: str, method_name: str | None = None) -> LangRun:
-    """Resolve and check everything (text, model, method, K) before any training."""
+def prepare_lang(
+    cfg: Config, lang: str, method_name: str | None = None, device: str | torch.device | None = None
+) -> LangRun:
+    """Resolve and check everything (text, model, method, K) before any training. ``device`` None: CUDA when the
+    space gives each language job a GPU (``lang.gpus_per_job > 0``) and there is one, else the CPU."""
     lc = cfg.lang
     method_name = method_name or lc.method
     method = make_method(method_name, cfg.method_settings(method_name))
@@ -127,6 +132,9 @@ def prepare_lang(cfg: Config, lang: str, method_name: str | None = None) -> Lang
     tokenizer = load_tokenizer(cfg.model)
     model, head_fresh = load_for_mlm(cfg.model, with_info=True)
     decoder = untie_output_embeddings(model)
+    if device is None:
+        device = "auto" if cfg.lang.gpus_per_job > 0 else "cpu"  # host: a job Ray gave no GPU
+    model.to(resolve_device(device))
     space = ParamSpace(model, freeze_embeddings=cfg.sft.freeze_embeddings, freeze=[decoder])
     k = lc.resolve_k(cfg.sft, space.n) if method.uses_k else space.n
     method.validate(space, k)
@@ -150,8 +158,6 @@ def lang_delta_meta(run: LangRun, k: int, losses: dict[str, float]) -> dict[str,
 def train_lang_sft(run: LangRun, reporter: Reporter = SilentReporter()) -> tuple[SparseDelta, dict]:
     """Head warm-up (fresh head only) → first phase → select → rewind → sparse phase; returns (delta, metrics)."""
     cfg, lc, space, model = run.cfg, run.cfg.lang, run.space, run.model
-    device = torch.device("cuda" if torch.cuda.is_available() and lc.gpus_per_job > 0 else "cpu")
-    model.to(device)
     train_ds = tokenize_for_mlm(run.train_text, run.tokenizer, lc.max_seq_len)
     heldout = fixed_batches(
         tokenize_for_mlm(run.heldout_text, run.tokenizer, lc.max_seq_len),
@@ -169,7 +175,7 @@ def train_lang_sft(run: LangRun, reporter: Reporter = SilentReporter()) -> tuple
     if run.head_fresh and lc.head_warmup_steps:
         losses["head"] = train_head(
             model, space, loader(lc.sparse.batch_size, cfg.seed + 3), lc.head_warmup_steps, lc.head_warmup_lr,
-            reporter=reporter, loss_fn=mlm_loss,
+            reporter=reporter, loss_fn=mlm_loss, precision=lc.dense.precision,
         )
     timings["head_s"] = time.perf_counter() - t
     theta0, head0 = space.snapshot(), space.head_snapshot()
@@ -222,4 +228,4 @@ def train_lang_sft(run: LangRun, reporter: Reporter = SilentReporter()) -> tuple
         "delta_bytes": delta.nbytes(),
         "losses": {phase: [round(x, 5) for x in v] for phase, v in losses.items()},
     }
-    return delta.to(device="cpu"), metrics
+    return delta.to(device="cpu"), metrics  # host: the delta is saved by the caller

@@ -84,6 +84,22 @@ def _to(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device) for k, v in batch.items()}
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """Where a phase runs: the device of the model's parameters (the one rule; batches follow the model)."""
+    return next(model.parameters()).device
+
+
+def autocast(device: torch.device, precision: str = "fp32"):
+    """The forward (and so the backward) of a step under bf16 autocast when ``precision == "bf16"``.
+
+    Only the matmul-heavy ops run in bfloat16; the parameters stay float32 master weights and their gradients come
+    back float32 (autocast casts copies), so optimizer states, the sparse δ and saved deltas are float32 as before.
+    """
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision {precision!r}: use fp32 or bf16")
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 def _run_steps(
     batches: Iterable[dict],
     steps: int,
@@ -93,13 +109,15 @@ def _run_steps(
     phase: str,
     device: torch.device,
     on_step: Callable[[int, float], None] | None = None,
+    precision: str = "fp32",
 ) -> list[float]:
     losses = []
     reporter.start(phase, steps)
     it = iter(batches)
     for step in range(steps):
-        loss = loss_fn(_to(next(it), device))
-        loss.backward()
+        with autocast(device, precision):
+            loss = loss_fn(_to(next(it), device))
+        loss.float().backward()  # backward outside the autocast region, as torch recommends
         update()
         value = float(loss.detach())
         if not math.isfinite(value):
@@ -143,8 +161,10 @@ def train_dense(
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
 
-    device = next(model.parameters()).device
-    return _run_steps(cycle(loader), steps, lambda b: loss_fn(model, b), update, reporter, "dense", device)
+    device = model_device(model)
+    return _run_steps(
+        cycle(loader), steps, lambda b: loss_fn(model, b), update, reporter, "dense", device, precision=cfg.precision
+    )
 
 
 def train_head(
@@ -156,6 +176,7 @@ def train_head(
     *,
     reporter: Reporter = SilentReporter(),
     loss_fn: Callable[[nn.Module, dict], torch.Tensor] = _loss,
+    precision: str = "fp32",
 ) -> list[float]:
     """Only the head trains (the encoder stays at its current weights): fits a freshly initialised head."""
     set_trainable(space, maskable=False)
@@ -166,8 +187,10 @@ def train_head(
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    device = next(model.parameters()).device
-    return _run_steps(cycle(loader), steps, lambda b: loss_fn(model, b), update, reporter, "head", device)
+    device = model_device(model)
+    return _run_steps(
+        cycle(loader), steps, lambda b: loss_fn(model, b), update, reporter, "head", device, precision=precision
+    )
 
 
 def train_mask_scores(
@@ -202,8 +225,11 @@ def train_mask_scores(
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
 
-    device = next(model.parameters()).device
-    _run_steps(cycle(loader), steps, lambda b: scores(model, **b).loss, update, reporter, "mask", device)
+    device = model_device(model)
+    _run_steps(
+        cycle(loader), steps, lambda b: scores(model, **b).loss, update, reporter, "mask", device,
+        precision=cfg.precision,
+    )
     return scores.learned()
 
 
@@ -250,7 +276,7 @@ def train_sparse(
         for s in schedules:
             s.step()
 
-    device = next(model.parameters()).device
+    device = model_device(model)
     try:
         if on_start is not None:
             on_start(updater, head_opt, schedules)
@@ -259,7 +285,8 @@ def train_sparse(
             next(batches)
         step_cb = (lambda i, v: on_step(start_step + i, v)) if on_step and start_step else on_step
         losses = _run_steps(
-            batches, max(0, steps - start_step), lambda b: loss_fn(model, b), update, reporter, "sparse", device, step_cb
+            batches, max(0, steps - start_step), lambda b: loss_fn(model, b), update, reporter, "sparse", device, step_cb,
+            precision=cfg.precision,
         )
     finally:
         updater.close()
@@ -269,13 +296,14 @@ def train_sparse(
 @torch.no_grad()
 def predict(model: nn.Module, loader: DataLoader) -> tuple[torch.Tensor, torch.Tensor]:
     model.eval()
-    device = next(model.parameters()).device
+    device = model_device(model)
     preds, labels = [], []
     for batch in loader:
         batch = _to(batch, device)
         gold = batch.pop("labels")
-        preds.append(model(**batch).logits.argmax(-1).cpu())
-        labels.append(gold.cpu())
+        # host: predictions and labels are a few ints per example, gathered for the metrics (and across ranks)
+        preds.append(model(**batch).logits.argmax(-1).cpu())  # host: see above
+        labels.append(gold.cpu())  # host: see above
     return torch.cat(preds), torch.cat(labels)
 
 

@@ -26,8 +26,10 @@ from raysft.sft.groups import ParamSpace
 from raysft.sft.mask import entries_per_group
 from raysft.sft.methods import Method, SelectionContext, make_method
 from raysft.tasks import Task, TaskData, get_task
+from raysft.train.device import resolve_device
 from raysft.train.loop import (
     Reporter,
+    model_device,
     SilentReporter,
     predict,
     restore,
@@ -68,8 +70,13 @@ def task_data(cfg: Config) -> TaskData:
     )
 
 
-def prepare(cfg: Config, method_name: str | None = None) -> Run:
-    """Resolve and validate everything (task, data, model, method, K, language SFTs) before training."""
+def prepare(
+    cfg: Config,
+    method_name: str | None = None,
+    device: str | torch.device | None = "cpu",  # host: the library default; the CLI passes --device
+) -> Run:
+    """Resolve and validate everything (task, data, model, method, K, language SFTs) before training; the model is
+    moved to ``device`` (``auto``: CUDA when there is one), where every phase of the run then takes place."""
     method_name = method_name or cfg.method
     method = make_method(method_name, cfg.method_settings(method_name))
     task = get_task(cfg.task)
@@ -80,7 +87,7 @@ def prepare(cfg: Config, method_name: str | None = None) -> Run:
     eval_langs = targets + ([source] if source and source not in targets else [])
     torch.manual_seed(cfg.seed)
     tokenizer = load_tokenizer(cfg.model)
-    model = load_for_classification(cfg.model, task.num_labels)
+    model = load_for_classification(cfg.model, task.num_labels).to(resolve_device(device))
     space = ParamSpace(model, freeze_embeddings=cfg.sft.freeze_embeddings)
     k = cfg.sft.resolve_k(space.n) if method.uses_k else space.n
     method.validate(space, k)
@@ -321,6 +328,8 @@ def run_training(run: Run, reporter: Reporter = SilentReporter()) -> tuple[Spars
 
     metrics = {
         "method": run.method.name,
+        "device": str(model_device(model)),
+        "precision": {"dense": cfg.dense.precision, "mask": cfg.mask_phase.precision, "sparse": cfg.sparse.precision},
         "k": selection.k,
         "n": space.n,
         "task": cfg.task,

@@ -11,5 +11,9 @@ class BitFit(Method):
     uses_k = False
 
     def select(self, ctx: SelectionContext) -> Selection:
-        mask = {p.name: torch.arange(p.numel) for p in ctx.space.maskable if p.name.endswith(".bias")}
+        mask = {
+            p.name: torch.arange(p.numel, device=ctx.space.param(p.name).device)
+            for p in ctx.space.maskable
+            if p.name.endswith(".bias")
+        }
         return Selection(mask, sum(int(i.numel()) for i in mask.values()))

@@ -35,7 +35,7 @@ def energy_rank(singular_values: torch.Tensor, energy: float) -> int:
         return 1
     cum = power.cumsum(0)
     # Tolerance: energy=1 must reach full rank despite rounding of the cumulative sum.
-    r = int(torch.searchsorted(cum, torch.tensor([energy * total * (1 - 1e-12)], dtype=torch.float64))[0]) + 1
+    r = int(torch.searchsorted(cum, torch.tensor([energy * total * (1 - 1e-12)], dtype=torch.float64, device=cum.device))[0]) + 1
     return min(r, singular_values.numel())
 
 

@@ -21,6 +21,12 @@ class RandomSFT(Method):
     first_phase = "none"
 
     def select(self, ctx: SelectionContext) -> Selection:
+        # host: the uniform scores are drawn by a CPU generator, so one seed selects the same entries on every device
+        # (CUDA's generator draws another stream); each tensor then moves to its parameter's device, where the
+        # selection runs. Only one parameter's scores exist on the host at a time.
         gen = torch.Generator().manual_seed(ctx.seed)
-        scores = {p.name: torch.rand(p.numel, generator=gen) for p in ctx.space.maskable}
+        scores = {
+            p.name: torch.rand(p.numel, generator=gen).to(ctx.space.param(p.name).device)  # host: see above
+            for p in ctx.space.maskable
+        }
         return top_k(ctx, scores, budget=self.settings.budget)
