@@ -425,11 +425,15 @@ def tune(
     )
     from raysft.tasks import get_task
 
+    from raysft.sweep.tune import outcome_of
+
     console.print(sweep_table(grid, get_task(cfg.task).metric))
     if cfg.tune.multi_objective:
         from raysft.sweep.tune import pareto_lines
 
         console.print("\n".join(pareto_lines(grid)), highlight=False)
+    else:
+        console.print(outcome_of(list(grid)).line(), highlight=False)
     errors = sum(1 for r in grid if r.error)
     console.print(
         f"{len(grid)} trials ({errors} failed) in {wall:.0f}s · dense phases computed {counts['computed']}, "

@@ -82,8 +82,41 @@ class FixedBudget(_Dist):
     choices: dict[str, dict[str, float]] = Field(min_length=1)  # name -> budget vector
 
 
+class BudgetFamilies(_Dist):
+    """A budget vector from several families at once: a categorical `<name>/family` picks `dirichlet`, `shape` or
+    one of the named `fixed` vectors (e.g. the seeds' best), then that family's own parameters are sampled."""
+
+    dist: Literal["budget"]
+    layers: int = Field(ge=1)
+    families: list[Literal["dirichlet", "shape"]] = Field(default_factory=lambda: ["dirichlet", "shape"])
+    fixed: dict[str, dict[str, float]] = {}  # name -> budget vector (group or layer-range keys)
+    max_embeddings: float = Field(0.1, ge=0, lt=1)  # the shape family's cap on the embeddings' share
+
+    @model_validator(mode="after")
+    def _names(self):
+        clash = set(self.fixed) & {"dirichlet", "shape"}
+        if clash:
+            raise ValueError(f"fixed vector name(s) {', '.join(sorted(clash))} clash with a family name: rename them")
+        if not self.families and not self.fixed:
+            raise ValueError("a budget needs at least one family or one fixed vector")
+        return self
+
+    def choices(self) -> list[str]:
+        return list(self.families) + list(self.fixed)
+
+
+class Candidates(_Dist):
+    """Named candidates that each set several keys at once (method settings, or dotted config paths such as
+    `sft.k`, `sft.freeze_embeddings`, `sparse.lr`), e.g. a report's variants. A later key of the space can depend on
+    the choice with `when: {<this key>: <name>}`."""
+
+    dist: Literal["candidates"]
+    choices: dict[str, dict[str, Any]] = Field(min_length=1)  # name -> {key: value}
+
+
 Distribution = Annotated[
-    Union[FloatDist, IntDist, CategoricalDist, DirichletBudget, ShapeBudget, FixedBudget], Field(discriminator="dist")
+    Union[FloatDist, IntDist, CategoricalDist, DirichletBudget, ShapeBudget, FixedBudget, BudgetFamilies, Candidates],
+    Field(discriminator="dist"),
 ]
 _SPACE = TypeAdapter(dict[str, Distribution])
 
@@ -97,6 +130,11 @@ class TuneConfig(BaseModel):
     max_concurrent: int | None = Field(None, ge=1)  # None: what the cluster's resources allow
     seed: int = 0
     multi_objective: bool = False  # (objective ↑, K ↓): a Pareto front when K is searched
+    # TPE's random start-up: the default trials, then this many random ones, then TPE (Optuna's own default, 10,
+    # would make every sweep of 10 trials or fewer a random search). None: about a third of the searched trials.
+    n_startup_trials: int | None = Field(None, ge=0)
+    time_budget_s: float | None = Field(None, gt=0)  # stop starting trials (and stop running ones) after this long
+    run_defaults: bool = True  # the first trials: every swept method at its space's defaults (labelled "default")
     scheduler: Literal["asha", "none"] = "asha"
     grace_period: int = Field(1, ge=1)  # ASHA: reports before a trial may be stopped
     reduction_factor: int = Field(2, ge=2)

@@ -1,7 +1,6 @@
 """`raysft tune` refuses, in its driver and before Ray starts, what would fail or repeat in every trial; `--dry-run`
 prints what the sweep would run, with the searcher's own draws, and starts nothing."""
 
-import functools
 
 import pytest
 
@@ -78,10 +77,8 @@ def test_tune_metric_is_gone(capsys, tmp_path):
 
 def test_dry_run_prints_the_searchers_first_draws_and_resources_and_starts_nothing(capsys, tmp_path):
     import ray
-    from ray.tune.search.optuna import OptunaSearch
 
-    from raysft.sweep.preflight import make_sampler
-    from raysft.sweep.tune import define_by_run, describe
+    from raysft.sweep.tune import describe, make_searcher
 
     needs_data()
     main(["tune", "smoke", "--dry-run", "--storage", str(tmp_path / "s")])
@@ -92,8 +89,7 @@ def test_dry_run_prints_the_searchers_first_draws_and_resources_and_starts_nothi
     # The trials it lists are those the sweep's OptunaSearch suggests first (same sampler, same seed).
     cfg = load_config("smoke")
     spaces = {m: cfg.method_space(m) for m in cfg.tune.methods}
-    searcher = OptunaSearch(space=functools.partial(define_by_run, methods=cfg.tune.methods, spaces=spaces),
-                            metric="objective", mode="max", sampler=make_sampler(cfg))
+    searcher = make_searcher(cfg, spaces, cfg.tune.trials)[0]
     expected = [searcher.suggest(f"t{i}")["sample"] for i in range(4)]
     assert first_samples(cfg, 4) == expected
     listed = [line.split(maxsplit=1)[1] for line in out.splitlines() if line.startswith("    ") and "sc-sft" in line]

@@ -170,16 +170,7 @@ def check_model_and_spaces(cfg: Config, strict: bool = True) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------------- the searcher
-def make_sampler(cfg: Config):
-    """The Optuna sampler the sweep's OptunaSearch uses (the dry run draws from the same one)."""
-    import optuna
-
-    if cfg.tune.multi_objective:
-        return optuna.samplers.NSGAIISampler(seed=cfg.tune.seed)
-    return optuna.samplers.TPESampler(seed=cfg.tune.seed, constant_liar=True)
-
-
-def first_samples(cfg: Config, n: int) -> list[dict]:
+def first_samples(cfg: Config, n: int, trials: int | None = None) -> list[dict]:
     """The first ``n`` trials' sampled configurations as the sweep's searcher draws them before any result is back
     (an in-process Optuna study with the same sampler and seed, asked as OptunaSearch asks)."""
     import optuna
@@ -187,9 +178,10 @@ def first_samples(cfg: Config, n: int) -> list[dict]:
     from raysft.sweep.space import sample
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    directions = ["maximize", "minimize"] if cfg.tune.multi_objective else ["maximize"]
-    study = optuna.create_study(directions=directions, sampler=make_sampler(cfg))
+    from raysft.sweep.tune import make_study
+
     spaces = {m: cfg.method_space(m) for m in cfg.tune.methods}
+    study = make_study(cfg, spaces, trials if trials is not None else cfg.tune.trials)[0]
     return [sample(study.ask(), cfg.tune.methods, spaces) for _ in range(n)]
 
 
@@ -224,6 +216,6 @@ def dry_run_lines(cfg: Config, trials: int, max_concurrent: int | None = None, s
     )
     n = min(trials, show)
     out.append(f"first {n} trial(s), as the sweep's searcher draws them:")
-    for i, sampled in enumerate(first_samples(cfg, n), 1):
+    for i, sampled in enumerate(first_samples(cfg, n, trials), 1):
         out.append(f"  {i:>3}  {describe(sampled)}")
     return out

@@ -14,9 +14,77 @@ from raysft.cluster.storage import DRIVER_RESOURCE, STORAGE_ENV, is_remote_uri, 
 from raysft.config import Config, trial_config  # noqa: F401 (trial_config: re-exported)
 from raysft.errors import RaysftError
 from raysft.storage import join as storage_join
-from raysft.sweep.space import sample
+from raysft.sweep.space import DEFAULT_ATTR, default_params, sample
 
 OBJECTIVE = "objective"
+STUDY = "raysft"
+
+
+def default_lookup(cfg: Config, method: str):
+    """key -> the value a trial of `method` runs with when the sweep samples nothing for it (a method setting, or a
+    dotted config path such as ``sparse.lr``)."""
+    base = cfg.model_dump(mode="json")
+    settings = cfg.method_settings(method).model_dump(mode="json")
+
+    def get(key: str):
+        if "." not in key:
+            return settings.get(key)
+        node: Any = base
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return None
+            node = node[part]
+        return node
+
+    return get
+
+
+def startup_trials(cfg: Config, trials: int) -> tuple[int, int]:
+    """(default trials, TPE's n_startup_trials): the defaults, then a few random trials (tune.n_startup_trials, or
+    about a third of the searched trials, 1 to 10), then TPE. Optuna counts the default trials as start-up trials."""
+    n_defaults = min(trials, len(cfg.tune.methods)) if cfg.tune.run_defaults else 0
+    searched = max(0, trials - n_defaults)
+    random = cfg.tune.n_startup_trials
+    if random is None:
+        random = max(1, min(10, math.ceil(searched / 3)))
+    return n_defaults, n_defaults + random
+
+
+def make_study(cfg: Config, spaces: dict, trials: int):
+    """The sweep's Optuna study (in memory) and sampler: the swept methods at their spaces' defaults enqueued first
+    (``enqueue_trial`` with the user attribute ``raysft.default``), then random start-up trials, then TPE (NSGA-II
+    when multi-objective). The dry run asks the same study. Returns (study, storage, sampler, n_defaults, n_startup)."""
+    import optuna
+
+    n_defaults, n_startup = startup_trials(cfg, trials)
+    if cfg.tune.multi_objective:
+        sampler = optuna.samplers.NSGAIISampler(seed=cfg.tune.seed)
+        directions = {"directions": ["maximize", "minimize"]}
+    else:
+        sampler = optuna.samplers.TPESampler(seed=cfg.tune.seed, constant_liar=True, n_startup_trials=n_startup)
+        directions = {"direction": "maximize"}
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(storage=storage, study_name=STUDY, sampler=sampler, **directions)
+    several = len(cfg.tune.methods) > 1
+    for method in cfg.tune.methods[:n_defaults]:
+        params = default_params(method, spaces.get(method, {}), default_lookup(cfg, method), several)
+        study.enqueue_trial(params, user_attrs={DEFAULT_ATTR: method})
+    return study, storage, sampler, n_defaults, n_startup
+
+
+def make_searcher(cfg: Config, spaces: dict, trials: int):
+    """OptunaSearch over the define-by-run space, on a study whose first trials are the swept methods at their
+    spaces' defaults (``enqueue_trial`` with the user attribute ``raysft.default``: :func:`sample` sees it and runs
+    the config as it is), then random start-up trials, then TPE."""
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    study, storage, sampler, n_defaults, n_startup = make_study(cfg, spaces, trials)
+    metric, mode = ([OBJECTIVE, "k"], ["max", "min"]) if cfg.tune.multi_objective else (OBJECTIVE, "max")
+    return OptunaSearch(
+        space=functools.partial(define_by_run, methods=cfg.tune.methods, spaces=spaces),
+        metric=metric, mode=mode, sampler=sampler, study_name=STUDY, storage=storage,
+    ), n_defaults, n_startup
 
 
 def define_by_run(trial, methods: list[str], spaces: dict) -> dict:
@@ -92,6 +160,8 @@ def _test_hook_computing() -> bool:
 
 def describe(sampled: dict) -> str:
     parts = [sampled["method"]]
+    if sampled.get("default"):
+        parts.append("(default)")
     for key, value in {**sampled["settings"], **sampled["overrides"]}.items():
         if key == "budget":
             top = sorted(value.items(), key=lambda kv: -kv[1])[:3]
@@ -138,9 +208,11 @@ def trial_lines_callback():
             score = r.get(OBJECTIVE, float("nan"))
             stopped = "" if r.get("phase") == "final" else ", stopped early"
             reused = ", dense reused" if r.get("dense_cache") == "reused" else ""
+            test = r.get("avg/test")
+            test = f" test {test:.4f}" if isinstance(test, (int, float)) else ""
             Console().print(
-                f"trial {trial.trial_id}: {describe(trial.config['sample'])} → dev {score:.4f} "
-                f"({r.get('time_total_s', 0):.0f}s{reused}{stopped})",
+                f"trial {trial.trial_id}: {describe(trial.config['sample'])} → dev {score:.4f}{test} "
+                f"({r.get('time_total_s', 0):.0f}s{reused}{stopped}) · {outcome_of(trials).line()}",
                 highlight=False,
             )
 
@@ -148,6 +220,13 @@ def trial_lines_callback():
             Console().print(f"trial {trial.trial_id}: {describe(trial.config['sample'])} failed", style="red")
 
     return TrialLines()
+
+
+def outcome_of(items):
+    """Best searched trial vs default over Tune trials or results (:mod:`raysft.outcome`)."""
+    from raysft.outcome import outcome_of as _outcome_of
+
+    return _outcome_of(items)
 
 
 def driver_resources(cluster: dict[str, float]) -> dict[str, float]:
@@ -306,9 +385,8 @@ def run_sweep(
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
 
-    from raysft.sweep.preflight import check_model_and_spaces, check_not_exhausted, make_sampler
+    from raysft.sweep.preflight import check_model_and_spaces, check_not_exhausted
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     trials = trials if trials is not None else cfg.tune.trials
@@ -363,15 +441,15 @@ def run_sweep(
         if local is not None:
             local.get_run_config().callbacks = callbacks
     else:
-        metric: Any = OBJECTIVE
-        mode: Any = "max"
-        if cfg.tune.multi_objective:
-            metric, mode = [OBJECTIVE, "k"], ["max", "min"]
-        sampler = make_sampler(cfg)  # the dry run draws from the same one
-        searcher = OptunaSearch(
-            space=functools.partial(define_by_run, methods=cfg.tune.methods, spaces=spaces),
-            metric=metric, mode=mode, sampler=sampler,
-        )
+        searcher, n_defaults, n_startup = make_searcher(cfg, spaces, trials)
+        if console is not None:
+            console.print(
+                f"{trials} trials: {n_defaults} at the defaults ({', '.join(cfg.tune.methods[:n_defaults]) or 'none'}), "
+                f"{max(0, n_startup - n_defaults)} random, then TPE"
+                + (f"; ASHA stops weak trials after {cfg.tune.grace_period} report(s)"
+                   if cfg.tune.scheduler == "asha" and not cfg.tune.multi_objective else ""),
+                highlight=False,
+            )
         scheduler = None
         if cfg.tune.scheduler == "asha" and not cfg.tune.multi_objective:
             scheduler = ASHAScheduler(
@@ -383,6 +461,7 @@ def run_sweep(
             tune_config=tune.TuneConfig(
                 search_alg=ConcurrencyLimiter(searcher, max_concurrent=concurrent),
                 scheduler=scheduler, num_samples=trials, max_concurrent_trials=concurrent,
+                time_budget_s=cfg.tune.time_budget_s,
             ),
             run_config=tune.RunConfig(
                 name=cfg.name, storage_path=root, callbacks=callbacks,

@@ -76,7 +76,7 @@ class TrackingCallback(Callback):
         return trial_config(self.base, trial.config["sample"])
 
     # ------------------------------------------------------------------------------------------------ operations
-    def _op_open(self, c, trial_id: str, params: dict[str, str]) -> None:
+    def _op_open(self, c, trial_id: str, params: dict[str, str], tags: dict[str, str] | None = None) -> None:
         found = [
             r for r in all_runs(c, self.experiment_id, f"tags.trial_id = '{trial_id}'")
             if r.data.tags.get("mlflow.parentRunId") == self.parent_run_id
@@ -91,7 +91,7 @@ class TrackingCallback(Callback):
                 tags={"mlflow.parentRunId": self.parent_run_id, "trial_id": trial_id, "raysft.kind": "trial"},
             )
         self.runs[trial_id] = run.info.run_id
-        _log_batch(c, run.info.run_id, params)
+        _log_batch(c, run.info.run_id, params, None, tags)
 
     def _op(self, fn: Callable) -> Callable:
         """An operation on a trial's run: the run id is looked up when the write happens."""
@@ -110,7 +110,9 @@ class TrackingCallback(Callback):
         self.opened.add(tid)
         sampled = trial.config["sample"]
         params = record.config_params(self._cfg(trial), sampled["method"], sampled)
-        self._writer().submit(f"run of trial {tid}", self._op_open, tid, params)
+        tags = {"raysft.default": "true"} if sampled.get("default") else {}
+        tags.update({f"raysft.{k}": str(v) for k, v in (trial.config.get("confirm") or {}).items()})
+        self._writer().submit(f"run of trial {tid}", self._op_open, tid, params, tags)
 
     def _intermediate(self, trial, result: dict) -> None:
         self._open(trial)

@@ -199,6 +199,17 @@ def _write_state(experiment_dir: str, state: dict) -> None:
     storage.write_atomic(storage.join(experiment_dir, STATE_FILE), json.dumps(state, indent=2).encode())
 
 
+def sweep_outcome(results):
+    """Best searched trial vs default (:func:`raysft.outcome.versus_default`) from a Tune result grid."""
+    try:
+        from raysft.outcome import outcome_of
+
+        return outcome_of(results)
+    except Exception as e:
+        _warn(f"best vs default: {type(e).__name__}: {_first_line(e)}")
+        return None
+
+
 class SweepTracking:
     """The parent run of one `raysft tune` invocation (the same one again on --resume) and its trial callback."""
 
@@ -273,7 +284,7 @@ class SweepTracking:
                status: str | None = None) -> None:
         """End the parent run: FINISHED when every trial ended, KILLED when interrupted, FAILED on an error."""
         metrics: list[tuple[str, float, int]] = []
-        best = None
+        best, outcome = None, None
         if grid is not None:
             results = [r for r in grid]
             finals = [r.metrics for r in results if (r.metrics or {}).get("phase") == "final"]
@@ -285,6 +296,9 @@ class SweepTracking:
                 metrics.append(("best/objective", float(best["objective"]), 0))
                 if isinstance(best.get("avg/test"), (int, float)):
                     metrics.append(("best/avg_test", float(best["avg/test"]), 0))
+            outcome = sweep_outcome(results)
+            if outcome is not None:
+                metrics += [(k, v, 0) for k, v in outcome.metrics().items()]
         for key, v in (counts or {}).items():
             metrics.append((f"dense_{key}", float(v), 0))
         if wall_s is not None:
@@ -293,6 +307,10 @@ class SweepTracking:
         if status is None:
             status = "KILLED" if cb is not None and cb.interrupted else "FINISHED"
         tags = {"raysft.best_trial": str(best.get("trial_id"))} if best and best.get("trial_id") else {}
+        if grid is not None and outcome is not None:
+            tags["raysft.best_vs_default"] = outcome.line()
+            if outcome.default is not None:
+                tags["raysft.default_trial"] = outcome.default.id
         writer = cb._writer() if cb is not None else Writer(self.uri.uri)
         writer.submit("sweep summary", _log_batch, self.parent_run_id, None,
                       [(k, v, 0) for k, v, _ in metrics if v == v], tags)
