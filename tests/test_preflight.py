@@ -48,7 +48,8 @@ def test_a_range_the_model_cannot_take_is_refused_before_any_trial(capsys, tmp_p
 
 def test_a_sweep_with_nothing_to_sample_is_refused(capsys, tmp_path):
     needs_data()
-    code, err = run_tune(capsys, tmp_path, "--set", "tune.methods=[lt-sft]", "--trials", "3")
+    code, err = run_tune(capsys, tmp_path, "--set", "tune.methods=[lt-sft]", "--set", "methods.lt-sft.space={}",
+                         "--trials", "3")
     assert code == 2 and "method lt-sft has no `space:` to search" in err and "--trials 1" in err, err
     assert len(err.strip().splitlines()) == 1
     two = "methods.deft-x.space={rank_strategy: {dist: categorical, choices: [energy, uniform]}}"

@@ -22,6 +22,8 @@ from pydantic import ValidationError
 from raysft.config import Config, trial_config
 from raysft.errors import RaysftError
 from raysft.space_schema import (
+    BudgetFamilies,
+    Candidates,
     CategoricalDist,
     DirichletBudget,
     FixedBudget,
@@ -38,8 +40,10 @@ def _choices(dist) -> list[Any] | None:
     """The finite set of values a distribution can take, or None when it is continuous."""
     if isinstance(dist, CategoricalDist):
         return list(dist.choices)
-    if isinstance(dist, FixedBudget):
+    if isinstance(dist, (FixedBudget, Candidates)):
         return list(dist.choices)
+    if isinstance(dist, BudgetFamilies):
+        return None if dist.families else list(dist.fixed)
     if isinstance(dist, IntDist):
         return list(range(dist.low, dist.high + 1)) if dist.high - dist.low < 1_000_000 else None
     return None  # float, dirichlet, shape: continuous
@@ -97,6 +101,16 @@ def _extremes(dist) -> list[Any]:
     if isinstance(dist, ShapeBudget):
         share = (1 - dist.max_embeddings) / dist.layers
         return [{"embeddings": dist.max_embeddings, **{f"layer.{i}": share for i in range(dist.layers)}}]
+    if isinstance(dist, BudgetFamilies):
+        out = [dict(v) for v in dist.fixed.values()]
+        if "dirichlet" in dist.families:
+            out.append({g: 1 / (dist.layers + 1) for g in ["embeddings"] + [f"layer.{i}" for i in range(dist.layers)]})
+        if "shape" in dist.families:
+            share = (1 - dist.max_embeddings) / dist.layers
+            out.append({"embeddings": dist.max_embeddings, **{f"layer.{i}": share for i in range(dist.layers)}})
+        return out
+    if isinstance(dist, Candidates):
+        return list(dist.choices)
     raise TypeError(dist)
 
 
@@ -105,7 +119,11 @@ def space_corners(method: str, space: dict[str, Any]) -> Iterator[tuple[str, Any
     the earlier choices its ``when`` needs; ``sampled`` is shaped like :func:`raysft.sweep.space.sample`'s result."""
     for key, dist in space.items():
         for value in _extremes(dist):
-            picked = {**(dist.when or {}), key: value}
+            # a named candidate sets its keys (as raysft.sweep.space.sample expands it)
+            picked: dict[str, Any] = {}
+            for k, v in {**(dist.when or {}), key: value}.items():
+                cand = space.get(k)
+                picked.update(cand.choices[v] if isinstance(cand, Candidates) else {k: v})
             settings = {k: v for k, v in picked.items() if "." not in k}
             overrides = {k: v for k, v in picked.items() if "." in k}
             yield key, value, {"method": method, "settings": settings, "overrides": overrides}
