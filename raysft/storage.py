@@ -37,6 +37,15 @@ def join(root: str, *parts: str) -> str:
     return f"{u.scheme}://{u.netloc}{path}" + (f"?{u.query}" if u.query else "")
 
 
+def sibling(uri: str, name: str) -> str:
+    """The file ``name`` in the folder of ``uri`` (a path or a URI, whose query stays at the end)."""
+    if not _scheme(uri):
+        return str(Path(uri).with_name(name))
+    u = urlsplit(uri)
+    path = posixpath.join(posixpath.dirname(u.path), name)
+    return f"{u.scheme}://{u.netloc}{path}" + (f"?{u.query}" if u.query else "")
+
+
 def resolve(uri: str, filesystem: pafs.FileSystem | None = None) -> tuple[pafs.FileSystem, str]:
     """The pyarrow filesystem and the path on it, as Ray resolves its storage_path."""
     if filesystem is not None:

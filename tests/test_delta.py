@@ -12,7 +12,7 @@ import torch
 import transformers
 
 from raysft.errors import RaysftError
-from raysft.sft.delta import SparseDelta, import_composable_sft
+from raysft.sft.delta import SparseDelta, import_composable_sft, read_metadata
 from raysft.sft.groups import ParamSpace
 
 
@@ -205,12 +205,13 @@ def test_save_load_round_trip(space, tmp_path):
     loaded = SparseDelta.load(path, space)
     assert_delta_equal(delta, loaded)
     with safe_open(str(path), framework="pt") as f:
-        assert f.metadata()["format"] == "raysft.sft/1"
+        assert f.metadata()["format"] == "raysft.sft/2"
         keys = set(f.keys())
-        name = next(n for n, (i, _) in delta.diffs.items() if i is not None)
-        assert f.get_tensor(f"{name}/idx").dtype == torch.int32
+        for name, (idx, _) in delta.diffs.items():
+            if idx is not None:  # indices encoded as gaps (uint8 here: a tiny model) or a bitmap, never int32/64
+                assert (f"{name}/gap" in keys) != (f"{name}/bits" in keys) and f"{name}/idx" not in keys, name
         assert "encoder.layer.1.output.dense.bias/val" in keys
-        assert "encoder.layer.1.output.dense.bias/idx" not in keys
+        assert not any(k.startswith("encoder.layer.1.output.dense.bias/") and not k.endswith("/val") for k in keys)
         assert "classifier.out_proj.weight/abs" in keys
     assert delta.nbytes() == sum(t.numel() * t.element_size() for t in _all_tensors(path))
 
@@ -221,6 +222,90 @@ def test_save_load_round_trip(space, tmp_path):
     back.meta.pop("note")
     assert_delta_equal(small, back)
     assert all(v.dtype == torch.bfloat16 for _, v in back.diffs.values())
+
+
+def _save_v1_as_before(delta: SparseDelta, path) -> None:
+    """A raysft.sft/1 file written exactly as raysft wrote it before format 2 (int32 idx), not through save()."""
+    from safetensors.torch import save_file
+
+    tensors = {}
+    for name, (idx, val) in delta.diffs.items():
+        if idx is not None:
+            tensors[f"{name}/idx"] = idx.to(torch.int32).contiguous()
+        tensors[f"{name}/val"] = val.contiguous()
+    for name, t in delta.abs.items():
+        tensors[f"{name}/abs"] = t.contiguous()
+    save_file(tensors, str(path), metadata={**delta.meta, "format": "raysft.sft/1"})
+
+
+def test_format_1_files_still_load_and_apply_revert_compose_bitwise(space, tmp_path):
+    task = make_delta(space, seed=20, frac=0.3, dense=("encoder.layer.1.output.dense.bias",))
+    lang = make_delta(space, seed=21, frac=0.05, with_head=False)
+    for d in (task, lang):
+        d.meta["base_model"] = "tiny"
+    _save_v1_as_before(task, tmp_path / "old.safetensors")
+    task.save(tmp_path / "same_v1.safetensors", version=1)
+    task.save(tmp_path / "new.safetensors")
+    lang.save(tmp_path / "lang.safetensors")
+    assert read_metadata(tmp_path / "same_v1.safetensors")["format"] == "raysft.sft/1"
+    assert_delta_equal(task, SparseDelta.load(tmp_path / "same_v1.safetensors", space))
+    old = SparseDelta.load(tmp_path / "old.safetensors", space)
+    new = SparseDelta.load(tmp_path / "new.safetensors", space)
+    assert_delta_equal(task, old)
+    assert_delta_equal(task, new)
+    assert (tmp_path / "new.safetensors").stat().st_size < (tmp_path / "old.safetensors").stat().st_size
+
+    # apply / revert from either file give the same weights bitwise, and revert restores θ0 bitwise
+    before = {p.name: space.param(p.name).detach().clone() for p in space.maskable}
+    after = {}
+    for d in (old, new):
+        with d.apply(space):
+            after[id(d)] = {n: space.param(n).detach().clone() for n in before}
+        for n, t in before.items():
+            assert torch.equal(space.param(n), t), n
+    for n in before:
+        assert torch.equal(after[id(old)][n], after[id(new)][n]), n
+    # compose of loaded deltas = compose of the originals, bitwise, and survives its own round trip
+    lang_back = SparseDelta.load(tmp_path / "lang.safetensors", space, check_abs=False)
+    want = SparseDelta.compose(task, lang)
+    got = SparseDelta.compose(old, lang_back)
+    assert_delta_equal(want, got)
+    got.save(tmp_path / "composed.safetensors")
+    assert_delta_equal(want, SparseDelta.load(tmp_path / "composed.safetensors", space))
+
+
+def test_index_encoding_round_trips_exactly_with_escapes_and_bitmaps():
+    from raysft.sft.delta import decode_indices, encode_indices
+
+    def round_trip(idx, numel=None):
+        idx = torch.tensor(idx, dtype=torch.int64)
+        enc = encode_indices(idx, numel)
+        back = decode_indices(enc)
+        assert back.dtype == torch.int64 and torch.equal(back, idx), (idx[:10], enc.keys())
+        return enc
+
+    enc = round_trip([0, 1, 2, 254, 255, 510, 766, 767])  # gaps 0,0,0,251,0,254,255 (escaped),0
+    assert enc["gap"].dtype == torch.uint8 and enc["esc"].tolist() == [255]
+    assert enc["gap"].tolist() == [0, 0, 0, 251, 0, 254, 255, 0]
+    enc = round_trip([3, 5, 7])
+    assert enc["gap"].dtype == torch.uint8 and "esc" not in enc and enc["gap"].tolist() == [3, 1, 1]
+    # mostly large gaps: uint16 beats uint8 + an 8-byte escape per entry
+    enc = round_trip(list(range(0, 300 * 1000, 300)))
+    assert enc["gap"].dtype == torch.uint16 and "esc" not in enc
+    # indices past 2**32 (int64 territory): escapes hold the big gaps exactly
+    enc = round_trip([5, 2**33, 2**33 + 1, 2**40 + 7])
+    assert enc["esc"].dtype == torch.int64 and len(enc["esc"]) >= 2
+    # dense selections: a bitmap (1 bit per entry of the parameter) is smaller than a byte per index
+    g = torch.Generator().manual_seed(0)
+    dense = torch.sort(torch.randperm(10_000, generator=g)[:4000]).values.tolist()
+    enc = round_trip(dense, numel=10_003)
+    assert set(enc) == {"bits"} and enc["bits"].numel() == (10_003 + 7) // 8
+    assert set(round_trip(dense)) == {"gap"}  # without the parameter's size: gaps
+    sparse = torch.sort(torch.randperm(10_000, generator=g)[:100]).values.tolist()
+    assert "gap" in round_trip(sparse, numel=10_000)
+    assert set(round_trip([], numel=50)) == {"gap"}
+    with pytest.raises(ValueError, match="sorted"):
+        encode_indices(torch.tensor([4, 2]))
 
 
 def _all_tensors(path):
@@ -261,9 +346,26 @@ def test_load_errors(space, tmp_path):
 
     bad = tmp_path / "unsorted.safetensors"
     name, (idx, val) = next((n, d) for n, d in delta.diffs.items() if d[1].numel() > 1)
-    SparseDelta({name: (idx.flip(0), val)}, {}, delta.meta).save(bad)
+    SparseDelta({name: (idx.flip(0), val)}, {}, delta.meta).save(bad, version=1)
     with pytest.raises(RaysftError, match="not sorted"):
         SparseDelta.load(bad)
+
+    # format 2: an escape code without its escaped gap, or an index count that disagrees with the values
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(good))
+    gap_key = next(k for k in tensors if k.endswith("/gap"))
+    gap = tensors[gap_key].clone()
+    gap[0] = torch.iinfo(gap.dtype).max
+    broken = tmp_path / "escape.safetensors"
+    save_file({**tensors, gap_key: gap}, str(broken), metadata={**delta.meta, "format": "raysft.sft/2"})
+    with pytest.raises(RaysftError, match="escaped gaps") as e:
+        SparseDelta.load(broken)
+    assert "\n" not in str(e.value) and "export the delta again" in str(e.value)
+    short = tmp_path / "short.safetensors"
+    save_file({**tensors, gap_key: tensors[gap_key][:-1].clone()}, str(short), metadata={**delta.meta, "format": "raysft.sft/2"})
+    with pytest.raises(RaysftError, match="encoded indices but"):
+        SparseDelta.load(short)
 
 
 def test_load_refuses_delta_of_another_base_naming_first_differing_tensor(space, tmp_path):

@@ -231,3 +231,55 @@ def test_singular_basis_matches_svd_for_tall_and_wide_matrices():
             v = basis[:, :r]
             approx = (delta @ v) @ v.T if right else v @ (v.T @ delta)
             torch.testing.assert_close(approx, (u[:, :r] * s[:r]) @ vh[:r], rtol=1e-4, atol=1e-4)
+
+
+def test_deft_x_rank_sweep_factors_each_matrix_once_per_theta1(tmp_path, monkeypatch):
+    """Trials of a rank sweep share θ1 (dense-phase cache) and build fresh selection contexts: the SVD factors kept
+    beside θ1 make the whole sweep run one eigh per matrix, and each trial selects exactly what it would alone."""
+    from raysft.distributed.train_workers import select_with_shared_cache, selection_cache_path
+
+    model = tiny_classifier(hidden=16)
+    g = torch.Generator().manual_seed(5)
+    base = _ctx_with_delta(model, 60, lambda n, t: torch.randn(t.shape, generator=g))
+    settings = [
+        {"rank_strategy": "uniform", "rank": 2},
+        {"rank_strategy": "uniform", "rank": 5},
+        {"rank_strategy": "energy", "energy": 0.5},
+        {"rank_strategy": "energy", "energy": 0.95, "residual_top_p": 0.1},
+    ]
+    # Reference: each trial alone, its own fresh context, no shared cache.
+    alone = [make_method("deft-x", s).select(SelectionContext(base.space, 60, base.theta0, theta1=base.theta1))
+             for s in settings]
+
+    real_eigh, calls = torch.linalg.eigh, []
+
+    def counting_eigh(a, *args, **kwargs):
+        calls.append(a)
+        return real_eigh(a, *args, **kwargs)
+
+    monkeypatch.setattr(torch.linalg, "eigh", counting_eigh)
+    uri = selection_cache_path(str(tmp_path / "dense" / "key" / "theta1.safetensors"), "deft-x")
+    n_matrices = len(make_method("deft-x").svd_params(base.space))
+    assert n_matrices >= 12
+    statuses = []
+    for s, want in zip(settings, alone):
+        ctx = SelectionContext(base.space, 60, base.theta0, theta1=base.theta1)  # a fresh trial
+        sel = select_with_shared_cache(make_method("deft-x", s), ctx, uri)
+        statuses.append(sel.info["select_cache"])
+        assert set(sel.mask) == set(want.mask)
+        for name, idx in want.mask.items():
+            assert torch.equal(sel.mask[name], idx), name
+    assert len(calls) == n_matrices, f"{len(calls)} eigendecompositions for {n_matrices} matrices"
+    assert statuses == ["computed", "reused", "reused", "reused"]
+    # The Gram matrix is multiplied in float64 (not multiplied in fp32 and then cast).
+    name = "encoder.layer.0.attention.self.query.weight"
+    d = (base.theta1[name] - base.theta0[name]).double()
+    assert any(a.dtype == torch.float64 and torch.equal(a, d.T @ d) for a in calls)
+
+    # svd_embeddings adds matrices: only those are factored, and the file is extended for the next trial.
+    calls.clear()
+    with_emb = {"rank_strategy": "uniform", "rank": 2, "svd_embeddings": True}
+    sel = select_with_shared_cache(make_method("deft-x", with_emb), SelectionContext(base.space, 60, base.theta0,
+                                   theta1=base.theta1), uri)
+    extra = make_method("deft-x", with_emb).svd_params(base.space)
+    assert sel.info["select_cache"] == "extended" and len(calls) == len(extra) - n_matrices > 0

@@ -246,6 +246,36 @@ def load_theta1(uri: str) -> dict[str, torch.Tensor]:
     return safetensors.torch.load(storage.read_bytes(uri))
 
 
+def selection_cache_path(theta1_uri: str, method_name: str) -> str:
+    """Where a method's per-θ1 selection cache (DeFT-X's SVD factors) lives: beside the dense-phase cache's θ1."""
+    return storage.sibling(theta1_uri, f"select-cache-{method_name}.safetensors")
+
+
+def select_with_shared_cache(method, ctx: SelectionContext, cache_uri: str | None):
+    """``method.select(ctx)``, with the method's per-θ1 cache read from ``cache_uri`` first (when a trial sharing
+    this θ1 wrote it) and written back when the selection added to it: a DeFT-X rank sweep factors each matrix once
+    per θ1. ``selection.info["select_cache"]`` says which: "none" | "computed" | "reused" | "extended"."""
+    loaded: set[str] = set()
+    if cache_uri and storage.exists(cache_uri):
+        try:
+            tensors = safetensors.torch.load(storage.read_bytes(cache_uri))
+        except Exception:  # a damaged cache only costs the recomputation
+            tensors = {}
+        if method.load_cache(tensors, ctx.cache):
+            loaded = set(tensors)
+    selection = method.select(ctx)
+    status = "none"
+    if cache_uri:
+        tensors = method.cache_tensors(ctx.cache)
+        if tensors and not set(tensors) <= loaded:
+            storage.write_atomic(cache_uri, safetensors.torch.save(tensors))
+            status = "extended" if loaded else "computed"
+        elif loaded:
+            status = "reused"
+    selection.info["select_cache"] = status
+    return selection
+
+
 def param_hash(model: nn.Module) -> str:
     """sha256 of every parameter's bytes, in model order: equal hashes mean bitwise-identical weights."""
     h = hashlib.sha256()
@@ -463,8 +493,8 @@ class _Worker:
             optimizer_state = 2 * space.n * 4
         timings["sparse_s"] += time.perf_counter() - t
 
-        hashes = _gather(param_hash(model))
-        dist_info["worker_param_hashes"] = hashes
+        if self.loop.verify_sync:  # hashing all N weights on every rank costs seconds: only when asked
+            dist_info["worker_param_hashes"] = _gather(param_hash(model))
         dist_info["sync_checks"] = self.sync_checks
         dist_info["checkpoints_saved"] = dist_info.get("checkpoints_saved", 0) + self.checkpoints
 
@@ -526,7 +556,9 @@ class _Worker:
         t = time.perf_counter()
         payload: list = [None]
         if rank == 0:  # selection runs once; its mask reaches every rank
-            selection = run.method.select(ctx)
+            shared = self.loop.theta1_path if ctx.theta1 is not None else None
+            cache_uri = selection_cache_path(shared, run.method.name) if shared else None
+            selection = select_with_shared_cache(run.method, ctx, cache_uri)
             mask = {n: (None if i is None else i.detach().cpu()) for n, i in selection.mask.items()}
             sel = {
                 "k": selection.k,

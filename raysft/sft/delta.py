@@ -5,10 +5,18 @@ indices and the values to add there; head parameters (full names) are held as ab
 ``idx is None`` marks a dense diff over every entry of the parameter (method ``full``); on disk that is ``<param>/val``
 with no ``<param>/idx``, an extension of the design's format.
 
-File: safetensors with keys ``<param>/idx`` (int32 when every index is < 2**31, else int64), ``<param>/val`` and
-``<param>/abs``; string metadata ``format=raysft.sft/1`` plus the delta's ``meta``. ``meta["base_params"]`` (JSON list
-of the base's maskable ``[name, shape, dtype]`` in model order) lets :meth:`SparseDelta.load` name the first tensor
-that differs when the fingerprint does not match.
+File: safetensors with string metadata ``format`` plus the delta's ``meta``; ``meta["base_params"]`` (JSON list of
+the base's maskable ``[name, shape, dtype]`` in model order) lets :meth:`SparseDelta.load` name the first tensor that
+differs when the fingerprint does not match. Tensor keys ``<param>/val`` (the values, fp32 unless the delta was cast),
+``<param>/abs`` (head), and the indices:
+
+- ``raysft.sft/2`` (written by default): per parameter, the smaller of two exact encodings of its sorted indices:
+  ``<param>/gap``: gap-encoded, g_0 = i_0 and g_j = i_j − i_{j−1} − 1 ≥ 0, in the smallest of uint8, uint16, uint32
+  that gives the smallest file; a gap ≥ the type's maximum is stored as that maximum (the escape) and its true value
+  goes, in order, into ``<param>/esc`` (int64). Or ``<param>/bits``: a bitmap of the parameter's entries (uint8,
+  ``numpy.packbits`` little-endian bit order), when more than about one entry in eight is selected.
+- ``raysft.sft/1`` (still read; written with ``save(..., version=1)``): ``<param>/idx``, int32 when every index is
+  < 2**31, else int64.
 """
 
 from __future__ import annotations
@@ -26,9 +34,88 @@ from torch import Tensor
 
 from raysft.errors import RaysftError
 
-FORMAT = "raysft.sft/1"
+FORMAT_V1 = "raysft.sft/1"
+FORMAT_V2 = "raysft.sft/2"
+FORMAT = FORMAT_V2  # what save() writes by default
+FORMATS = (FORMAT_V1, FORMAT_V2)
 _INT32_LIMIT = 2**31
-_SUFFIXES = ("idx", "val", "abs")
+_SUFFIXES = ("idx", "val", "abs", "gap", "esc", "bits")
+_GAP_TYPES = ((np.uint8, torch.uint8), (np.uint16, torch.uint16), (np.uint32, torch.uint32))
+
+
+def encode_indices(idx: Tensor, numel: int | None = None) -> dict[str, Tensor]:
+    """Sorted unique non-negative flat indices → the smallest exact ``raysft.sft/2`` encoding: ``{"gap": …}``
+    (+ ``"esc"`` when a gap needs it) or, given ``numel``, ``{"bits": …}`` when a bitmap is smaller."""
+    i = idx.detach().cpu().to(torch.int64).numpy()
+    n = i.size
+    if n == 0:
+        return {"gap": torch.zeros(0, dtype=torch.uint8)}
+    gaps = np.empty(n, dtype=np.int64)
+    gaps[0] = i[0]
+    np.subtract(i[1:], i[:-1], out=gaps[1:])
+    gaps[1:] -= 1
+    if gaps.min() < 0:
+        raise ValueError("indices must be sorted, unique and non-negative to be gap-encoded")
+    best: tuple[int, dict] | None = None
+    big = gaps.max()
+    for np_t, torch_t in _GAP_TYPES:
+        esc_code = np.iinfo(np_t).max
+        n_esc = int(np.count_nonzero(gaps >= esc_code)) if big >= esc_code else 0
+        cost = n * np.dtype(np_t).itemsize + 8 * n_esc
+        if best is None or cost < best[0]:
+            best = (cost, {"np_t": np_t, "torch_t": torch_t, "esc_code": esc_code, "n_esc": n_esc})
+        if n_esc == 0:
+            break  # a wider type only costs more
+    cost, choice = best
+    if numel is not None and (numel + 7) // 8 < cost:
+        bitmap = np.zeros(numel, dtype=np.bool_)
+        bitmap[i] = True
+        return {"bits": torch.from_numpy(np.packbits(bitmap, bitorder="little"))}
+    esc_code = choice["esc_code"]
+    out: dict[str, Tensor] = {}
+    if choice["n_esc"]:
+        big_at = gaps >= esc_code
+        out["esc"] = torch.from_numpy(gaps[big_at].copy())
+        gaps[big_at] = esc_code
+    out["gap"] = torch.from_numpy(gaps.astype(choice["np_t"]))
+    return out
+
+
+def encoded_nbytes(enc: dict[str, Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in enc.values())
+
+
+def decode_indices(enc: dict[str, Tensor], path="delta", name: str = "?") -> Tensor:
+    """The int64 indices an :func:`encode_indices` result holds; a damaged encoding raises RaysftError naming the
+    file and the parameter."""
+    damaged = "the file is damaged: export the delta again"
+    where = f"{path}: {name}"
+    if "bits" in enc:
+        bits = enc["bits"]
+        if bits.dtype != torch.uint8 or bits.dim() != 1:
+            raise RaysftError(f"{where}/bits is {bits.dtype} with {bits.dim()} dims, expected 1-D uint8; {damaged}")
+        return torch.from_numpy(np.flatnonzero(np.unpackbits(bits.numpy(), bitorder="little")))
+    gap = enc["gap"]
+    if gap.dtype not in (torch.uint8, torch.uint16, torch.uint32) or gap.dim() != 1:
+        raise RaysftError(f"{where}/gap is {gap.dtype} with {gap.dim()} dims, expected 1-D uint8/16/32; {damaged}")
+    g = gap.numpy()
+    d = g.astype(np.int64)
+    esc = enc.get("esc")
+    at = np.flatnonzero(g == np.iinfo(g.dtype).max)
+    n_esc = 0 if esc is None else esc.numel()
+    if at.size != n_esc or (esc is not None and (esc.dtype != torch.int64 or esc.dim() != 1)):
+        raise RaysftError(
+            f"{where}/gap has {at.size} escaped gaps but {name}/esc holds {n_esc} int64 values; {damaged}"
+        )
+    if n_esc:
+        e = esc.numpy()
+        if e.min() < 0 or e.max() >= 2**62:
+            raise RaysftError(f"{where}/esc holds a gap outside [0, 2**62); {damaged}")
+        d[at] = e
+    d += 1
+    out = np.cumsum(d)
+    out -= 1
+    return torch.from_numpy(out)
 
 
 def _base_params(space) -> str:
@@ -153,14 +240,27 @@ class SparseDelta:
         """Number of entries the delta adds to (dense diffs count every entry; abs tensors not counted)."""
         return sum(int(val.numel()) for _, val in self.diffs.values())
 
-    def nbytes(self) -> int:
-        """Bytes of tensor data as saved (indices int32 where they fit), abs tensors included."""
+    def nbytes(self, version: int = 2) -> int:
+        """Bytes of tensor data as :meth:`save` writes them in format ``version`` (2: encoded indices; 1: int32
+        indices where they fit), abs tensors included. Without the parameter sizes (``meta["base_params"]``) a
+        bitmap is not considered, so the figure may exceed the file's."""
+        numels = self._numels()
         total = 0
-        for idx, val in self.diffs.values():
+        for name, (idx, val) in self.diffs.items():
             total += val.numel() * val.element_size()
             if idx is not None and idx.numel():
-                total += idx.numel() * (4 if int(idx[-1]) < _INT32_LIMIT else 8)
+                if version == 1:
+                    total += idx.numel() * (4 if int(idx[-1]) < _INT32_LIMIT else 8)
+                else:
+                    total += encoded_nbytes(encode_indices(idx, numels.get(name)))
         return total + sum(t.numel() * t.element_size() for t in self.abs.values())
+
+    def _numels(self) -> dict[str, int]:
+        """Entries per maskable parameter of the base model, from ``meta["base_params"]`` ({} without it)."""
+        try:
+            return {n: int(np.prod(s, dtype=np.int64)) for n, s, _ in json.loads(self.meta["base_params"])}
+        except (KeyError, ValueError, TypeError):
+            return {}
 
     def __repr__(self) -> str:
         kind = self.meta.get("kind", "?")
@@ -307,19 +407,31 @@ class SparseDelta:
         return SparseDelta(diffs, abs_, self.meta)
 
     # ------------------------------------------------------------------ files
-    def save(self, path, *, metadata: dict[str, str] | None = None) -> None:
-        """Write the delta as safetensors, atomically (a temp file in the same folder, then os.replace)."""
+    def save(self, path, *, metadata: dict[str, str] | None = None, version: int = 2) -> None:
+        """Write the delta as safetensors, atomically (a temp file in the same folder, then os.replace).
+
+        ``version=2`` (default) encodes indices (gaps or bitmap, see the module's doc); ``version=1`` writes the
+        first format (int32/int64 ``idx``), which older raysft reads. Values are written as the delta holds them:
+        cast with ``.to(torch.bfloat16)`` first for half-size values."""
         from safetensors.torch import save_file
 
+        if version not in (1, 2):
+            raise ValueError(f"delta file format version {version} does not exist: use 1 or 2")
+        numels = self._numels()
         tensors: dict[str, Tensor] = {}
         for name, (idx, val) in self.diffs.items():
             if idx is not None:
-                small = idx.numel() == 0 or int(idx[-1]) < _INT32_LIMIT
-                tensors[f"{name}/idx"] = idx.detach().to("cpu", torch.int32 if small else torch.int64).contiguous()  # host
+                if version == 1:
+                    small = idx.numel() == 0 or int(idx[-1]) < _INT32_LIMIT
+                    tensors[f"{name}/idx"] = idx.detach().to("cpu", torch.int32 if small else torch.int64).contiguous()
+                else:
+                    for suffix, t in encode_indices(idx.detach().cpu(), numels.get(name)).items():  # host: a file is written from host memory
+                        tensors[f"{name}/{suffix}"] = t.contiguous()
             tensors[f"{name}/val"] = val.detach().cpu().contiguous()  # host: a file is written from host memory
         for name, t in self.abs.items():
             tensors[f"{name}/abs"] = t.detach().cpu().contiguous()  # host: a file is written from host memory
-        meta = {**self.meta, **{k: str(v) for k, v in (metadata or {}).items()}, "format": FORMAT}
+        fmt = FORMAT_V2 if version == 2 else FORMAT_V1
+        meta = {**self.meta, **{k: str(v) for k, v in (metadata or {}).items()}, "format": fmt}
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -344,9 +456,10 @@ class SparseDelta:
         header = _read_safetensors_header(path)
         file_meta = dict(header.get("__metadata__") or {})
         fmt = file_meta.pop("format", None)
-        if fmt != FORMAT:
+        if fmt not in FORMATS:
             raise RaysftError(
-                f"{path} is a safetensors file but not a raysft delta (metadata format={fmt!r}, expected {FORMAT!r}); "
+                f"{path} is a safetensors file but not a raysft delta (metadata format={fmt!r}, expected one of "
+                f"{', '.join(FORMATS)}); "
                 "pass a delta saved by raysft, or convert a composable-sft pytorch_diff.bin with import_composable_sft"
             )
         from safetensors.torch import load_file
@@ -363,7 +476,7 @@ class SparseDelta:
             name, _, suffix = key.rpartition("/")
             if not name or suffix not in _SUFFIXES:
                 raise RaysftError(
-                    f"{path}: unexpected tensor key {key!r} (expected <param>/idx, /val or /abs); "
+                    f"{path}: unexpected tensor key {key!r} (expected <param>/val, /abs, /idx, /gap, /esc or /bits); "
                     "the file was not written by raysft: export the delta again"
                 )
             parts.setdefault(name, {})[suffix] = t
@@ -372,15 +485,29 @@ class SparseDelta:
         for name, p in parts.items():
             if "abs" in p:
                 abs_[name] = p["abs"]
+            index_keys = sorted(set(p) & {"idx", "gap", "esc", "bits"})
             if "val" not in p:
-                if "idx" in p:
+                if index_keys:
                     raise RaysftError(
-                        f"{path}: {name}/idx has no {name}/val; the file is damaged: export the delta again"
+                        f"{path}: {name}/{index_keys[0]} has no {name}/val; the file is damaged: export the delta again"
                     )
                 continue
             val = p["val"].reshape(-1)
+            allowed = {"idx"} if fmt == FORMAT_V1 else {"gap", "esc", "bits"}
+            if set(index_keys) - allowed or ("gap" in p and "bits" in p) or ("esc" in p and "gap" not in p):
+                raise RaysftError(
+                    f"{path}: {name} has index tensors {index_keys}, which a {fmt} file does not combine; "
+                    "the file is damaged: export the delta again"
+                )
             idx = p.get("idx")
-            if idx is not None:
+            if fmt == FORMAT_V2 and index_keys:
+                idx = decode_indices(p, path, name)
+                if idx.numel() != val.numel():
+                    raise RaysftError(
+                        f"{path}: {name} has {idx.numel()} encoded indices but {name}/val {val.numel()} values; "
+                        "the file is damaged: export the delta again"
+                    )
+            elif idx is not None:
                 if idx.dtype not in (torch.int32, torch.int64) or idx.dim() != 1:
                     raise RaysftError(
                         f"{path}: {name}/idx is {idx.dtype} with {idx.dim()} dims, expected 1-D int32/int64; "
@@ -409,7 +536,7 @@ def read_metadata(path) -> dict[str, str]:
     """A delta file's metadata, from its header alone (no tensor is read); refuses a file that is not a raysft delta."""
     path = Path(path)
     meta = dict(_read_safetensors_header(path).get("__metadata__") or {})
-    if meta.get("format") != FORMAT:
+    if meta.get("format") not in FORMATS:
         raise RaysftError(f"{path} is not a raysft delta (metadata format={meta.get('format')!r}): remove it or re-export it")
     return meta
 

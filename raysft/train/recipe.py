@@ -5,11 +5,13 @@ The stages are separate functions so that the Ray Train edge can run the same co
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import shutil
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +29,7 @@ from raysft.sft.mask import entries_per_group
 from raysft.sft.methods import Method, SelectionContext, make_method
 from raysft.tasks import Task, TaskData, get_task
 from raysft.train.device import resolve_device
+from raysft.train.spill import SpilledParams
 from raysft.train.loop import (
     Reporter,
     model_device,
@@ -150,16 +153,32 @@ def _hub_lang_sfts(template: str, space: ParamSpace, langs: list[str]) -> dict[s
     return out
 
 
-def training_base(run: Run) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+def training_base(run: Run, spill: bool = True) -> tuple[Mapping[str, torch.Tensor], Mapping[str, torch.Tensor]]:
     """(θ0, the base the task SFT trains from). When the source language has a language SFT, it is applied (without
     its head) and left applied, so the task SFT learns on top of it, as composable-sft does; evaluation starts
-    again from θ0."""
-    theta0 = run.space.snapshot()
+    again from θ0.
+
+    With ``spill`` (and the model on the CPU) the snapshots live in an unlinked temp file (:class:`SpilledParams`)
+    and are read back one tensor at a time, bitwise: θ0 costs no copy of the model in memory."""
+    space = run.space
+    on_cpu = all(space.param(p.name).device.type == "cpu" for p in space.maskable)
+    if spill and on_cpu:
+        def snapshot():
+            return SpilledParams((p.name, space.param(p.name)) for p in space.maskable)
+    else:
+        snapshot = space.snapshot
+    theta0 = snapshot()
     source = run.lang_sfts.get(run.source_lang)
     if source is None:
         return theta0, theta0
-    source.apply(run.space, with_abs=False)
-    return theta0, run.space.snapshot()
+    source.apply(space, with_abs=False)
+    return theta0, snapshot()
+
+
+def live_params(space: ParamSpace) -> dict[str, torch.Tensor]:
+    """The maskable parameters as they are now, as detached views (no copy): θ1 for a selection that runs before the
+    rewind."""
+    return {p.name: space.param(p.name).detach() for p in space.maskable}
 
 
 def loader(ds, tokenizer, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
@@ -277,11 +296,13 @@ def delta_from_updater(updater, space: ParamSpace, meta: dict[str, str]) -> Spar
     return SparseDelta(diffs={n: (mask[n], v) for n, v in updater.values().items()}, abs=space.head_snapshot(), meta=meta)
 
 
-def run_training(run: Run, reporter: Reporter = SilentReporter()) -> tuple[SparseDelta, dict]:
+def run_training(run: Run, reporter: Reporter = SilentReporter(), *, low_memory: bool = True) -> tuple[SparseDelta, dict]:
+    """One run. ``low_memory`` (default) keeps θ0 on disk (:func:`training_base`), selects on the live θ1 (no copy)
+    and frees each phase's optimizer before the next: the same delta, bitwise, for about half the peak memory."""
     cfg, space, model = run.cfg, run.space, run.model
     train_ds = run.task.tokenize(run.task.load_train(run.data), run.tokenizer, cfg.data.max_seq_len)
     loaders = eval_loaders(run)
-    theta0, base = training_base(run)
+    theta0, base = training_base(run, spill=low_memory)
     head0 = space.head_snapshot()
     timings = {"dense_s": 0.0, "select_s": 0.0, "sparse_s": 0.0, "eval_s": 0.0}
     losses: dict[str, list[float]] = {}
@@ -292,7 +313,9 @@ def run_training(run: Run, reporter: Reporter = SilentReporter()) -> tuple[Spars
         steps = steps_for(cfg.dense, len(train_ds))
         train_loader = loader(train_ds, run.tokenizer, cfg.dense.batch_size, True, cfg.seed)
         losses["dense"] = train_dense(model, space, train_loader, steps, cfg.dense, reporter=reporter)
-        ctx.theta1 = space.snapshot()
+        if low_memory:
+            gc.collect()  # the dense AdamW state (2 copies of the model) must not wait for a later collection
+        ctx.theta1 = live_params(space) if low_memory else space.snapshot()
     elif run.method.first_phase == "mask":
         steps = steps_for(cfg.mask_phase, len(train_ds))
         train_loader = loader(train_ds, run.tokenizer, cfg.mask_phase.batch_size, True, cfg.seed)
@@ -307,6 +330,7 @@ def run_training(run: Run, reporter: Reporter = SilentReporter()) -> tuple[Spars
     selection = run.method.select(ctx)
     timings["select_s"] = time.perf_counter() - t
     zero_selected = zero_delta_selected(selection.mask, ctx) if ctx.theta1 is not None else None
+    ctx.theta1 = None  # live views (low_memory) are rewound below; a snapshot is not needed any more
 
     t = time.perf_counter()
     meta = task_delta_meta(run, selection.k)
@@ -317,6 +341,9 @@ def run_training(run: Run, reporter: Reporter = SilentReporter()) -> tuple[Spars
         updater, losses["sparse"] = train_sparse(model, space, selection.mask, train_loader, steps, cfg.sparse, reporter=reporter)
         delta = delta_from_updater(updater, space, meta)
         optimizer_state = updater.state_bytes()
+        del updater
+        if low_memory:
+            gc.collect()
     else:
         delta = SparseDelta.from_params(space, base, selection.mask, meta=meta)
         optimizer_state = 2 * space.n * 4

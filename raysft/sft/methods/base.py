@@ -70,6 +70,14 @@ class Method:
     def select(self, ctx: SelectionContext) -> Selection:
         raise NotImplementedError
 
+    def cache_tensors(self, cache: dict) -> dict[str, torch.Tensor]:
+        """What of ``ctx.cache`` (results that depend on θ1 only) a sweep may keep beside θ1, as named tensors."""
+        return {}
+
+    def load_cache(self, tensors: dict[str, torch.Tensor], cache: dict) -> int:
+        """Fill ``ctx.cache`` from tensors :meth:`cache_tensors` gave; returns how many entries were restored."""
+        return 0
+
 
 def magnitude(ctx: SelectionContext) -> dict[str, torch.Tensor]:
     """|θ1 − θ0| per maskable parameter."""

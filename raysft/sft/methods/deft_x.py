@@ -4,7 +4,9 @@
 top-p magnitude part of the residual Δ − Δ_r; then the global top-K of |Δ'| (1-D parameters, and the embedding
 tables unless ``svd_embeddings``, use |Δ|). Embedding tables are lookup tables whose dense update touches only
 the rows seen in training, so a low-rank view of them is not what the method denoises; they are opt-in.
-SVD factors are cached in ``ctx.cache`` (one cache per θ1) so that rank sweeps do not redo them.
+SVD factors are cached in ``ctx.cache`` (one cache per θ1) so that rank sweeps do not redo them; a sweep keeps them
+beside θ1 on its storage (:meth:`DenoisedSFT.cache_tensors` / :meth:`DenoisedSFT.load_cache`), so trials that share
+θ1 through the dense-phase cache compute them once.
 """
 
 from __future__ import annotations
@@ -44,15 +46,38 @@ def singular_basis(delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, boo
     the small Gram matrix (eigh in float64): about 4x faster than a full SVD on CPU for these shapes, and the top
     components, which carry the energy DeFT-X keeps, are as accurate. Returns (σ, basis, basis_is_right)."""
     right = delta.shape[0] >= delta.shape[1]
-    gram = (delta.T @ delta if right else delta @ delta.T).double()
+    d = delta.double()  # the product itself in float64: small singular values survive (an fp32 product loses them)
+    gram = d.T @ d if right else d @ d.T
     eigvals, eigvecs = torch.linalg.eigh(gram)  # ascending
     sigma = eigvals.flip(0).clamp_min(0).sqrt().float()
     return sigma, eigvecs.flip(1).float(), right
 
 
+SVD_CACHE = "deft-x/svd"
+
+
 class DenoisedSFT(Method):
     name = "deft-x"
     Settings = DeftXSettings
+
+    # ------------------------------------------------------------------ the per-θ1 cache, as tensors
+    def cache_tensors(self, cache: dict) -> dict[str, torch.Tensor]:
+        """The SVD factors in ``cache`` as flat tensors (``<param>/sigma``, ``<param>/basis``, ``<param>/right``),
+        to keep beside θ1; :meth:`load_cache` reads them back bitwise."""
+        out: dict[str, torch.Tensor] = {}
+        for name, (sigma, basis, right) in cache.get(SVD_CACHE, {}).items():
+            out[f"{name}/sigma"] = sigma.contiguous()
+            out[f"{name}/basis"] = basis.contiguous()
+            out[f"{name}/right"] = torch.tensor([int(right)], dtype=torch.uint8)
+        return out
+
+    def load_cache(self, tensors: dict[str, torch.Tensor], cache: dict) -> int:
+        """Put factors saved by :meth:`cache_tensors` into ``cache``; returns how many matrices they cover."""
+        svd = cache.setdefault(SVD_CACHE, {})
+        names = {k.rpartition("/")[0] for k in tensors if k.endswith("/basis")}
+        for name in names:
+            svd.setdefault(name, (tensors[f"{name}/sigma"], tensors[f"{name}/basis"], bool(tensors[f"{name}/right"][0])))
+        return len(names)
 
     def svd_params(self, space: ParamSpace) -> list[ParamInfo]:
         return [
@@ -73,7 +98,7 @@ class DenoisedSFT(Method):
     def select(self, ctx: SelectionContext) -> Selection:
         if ctx.theta1 is None:
             raise ValueError("deft-x needs the dense phase's weights")
-        svd_cache = ctx.cache.setdefault("deft-x/svd", {})
+        svd_cache = ctx.cache.setdefault(SVD_CACHE, {})
         svd_names = {p.name for p in self.svd_params(ctx.space)}
         scores, ranks = {}, {}
         for p in ctx.space.maskable:

@@ -1,0 +1,71 @@
+"""Parameter snapshots kept on disk instead of in memory (θ0 during a run).
+
+A run needs θ0 three times (selection's θ1 − θ0, the rewind before the sparse phase, the rewind before evaluation),
+each time one tensor after another. :class:`SpilledParams` writes the tensors once to an unlinked temporary file and
+reads each one back on access (bitwise: raw bytes), so θ0 costs one tensor of memory at a time instead of a copy
+of the whole model; the file's pages live in the page cache, not in the process. Pure torch.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import weakref
+from collections.abc import Iterable, Iterator, Mapping
+
+import torch
+from torch import Tensor
+
+
+def _byte_view(t: Tensor) -> memoryview:
+    return memoryview(t.reshape(-1).view(torch.uint8).numpy())
+
+
+class SpilledParams(Mapping):
+    """A read-only ``name → tensor`` mapping whose tensors live in an unlinked temp file (gone when this object is
+    collected or :meth:`close` d). Each ``[name]`` reads a fresh CPU tensor back, bitwise equal to the one saved."""
+
+    def __init__(self, tensors: Mapping[str, Tensor] | Iterable[tuple[str, Tensor]], dir: str | None = None):  # noqa: A002
+        items = tensors.items() if isinstance(tensors, Mapping) else tensors
+        fd, path = tempfile.mkstemp(prefix="raysft-spill-", dir=dir)
+        os.unlink(path)  # the file lives as long as the descriptor: nothing is left behind, even after a crash
+        self._fd = fd
+        self._finalizer = weakref.finalize(self, os.close, fd)
+        self._index: dict[str, tuple[int, tuple[int, ...], torch.dtype]] = {}
+        offset = 0
+        try:
+            for name, t in items:
+                t = t.detach()
+                if t.device.type != "cpu" or not t.is_contiguous():
+                    t = t.to("cpu").contiguous()
+                view = _byte_view(t)
+                written = 0
+                while written < len(view):
+                    written += os.pwrite(fd, view[written:], offset + written)
+                self._index[name] = (offset, tuple(t.shape), t.dtype)
+                offset += len(view)
+        except BaseException:
+            self.close()
+            raise
+        self.nbytes = offset
+
+    def __getitem__(self, name: str) -> Tensor:
+        offset, shape, dtype = self._index[name]
+        out = torch.empty(shape, dtype=dtype)
+        view = _byte_view(out)
+        got = 0
+        while got < len(view):
+            n = os.preadv(self._fd, [view[got:]], offset + got)
+            if n == 0:
+                raise OSError(f"spilled tensor {name!r} is truncated on disk")
+            got += n
+        return out
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._index)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def close(self) -> None:
+        self._finalizer()
