@@ -46,10 +46,10 @@ _GAP_TYPES = ((np.uint8, torch.uint8), (np.uint16, torch.uint16), (np.uint32, to
 def encode_indices(idx: Tensor, numel: int | None = None) -> dict[str, Tensor]:
     """Sorted unique non-negative flat indices → the smallest exact ``raysft.sft/2`` encoding: ``{"gap": …}``
     (+ ``"esc"`` when a gap needs it) or, given ``numel``, ``{"bits": …}`` when a bitmap is smaller."""
-    i = idx.detach().cpu().to(torch.int64).numpy()
+    i = idx.detach().cpu().to(torch.int64).numpy()  # host: encoded with numpy for the file
     n = i.size
     if n == 0:
-        return {"gap": torch.zeros(0, dtype=torch.uint8)}
+        return {"gap": torch.zeros(0, dtype=torch.uint8, device="cpu")}  # host: file contents
     gaps = np.empty(n, dtype=np.int64)
     gaps[0] = i[0]
     np.subtract(i[1:], i[:-1], out=gaps[1:])
@@ -423,7 +423,8 @@ class SparseDelta:
             if idx is not None:
                 if version == 1:
                     small = idx.numel() == 0 or int(idx[-1]) < _INT32_LIMIT
-                    tensors[f"{name}/idx"] = idx.detach().to("cpu", torch.int32 if small else torch.int64).contiguous()
+                    idx_host = idx.detach().to("cpu", torch.int32 if small else torch.int64)  # host: file contents
+                    tensors[f"{name}/idx"] = idx_host.contiguous()
                 else:
                     for suffix, t in encode_indices(idx.detach().cpu(), numels.get(name)).items():  # host: a file is written from host memory
                         tensors[f"{name}/{suffix}"] = t.contiguous()

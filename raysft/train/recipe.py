@@ -161,7 +161,7 @@ def training_base(run: Run, spill: bool = True) -> tuple[Mapping[str, torch.Tens
     With ``spill`` (and the model on the CPU) the snapshots live in an unlinked temp file (:class:`SpilledParams`)
     and are read back one tensor at a time, bitwise: θ0 costs no copy of the model in memory."""
     space = run.space
-    on_cpu = all(space.param(p.name).device.type == "cpu" for p in space.maskable)
+    on_cpu = all(space.param(p.name).device.type == "cpu" for p in space.maskable)  # host: spill only host models
     if spill and on_cpu:
         def snapshot():
             return SpilledParams((p.name, space.param(p.name)) for p in space.maskable)

@@ -36,8 +36,8 @@ class SpilledParams(Mapping):
         try:
             for name, t in items:
                 t = t.detach()
-                if t.device.type != "cpu" or not t.is_contiguous():
-                    t = t.to("cpu").contiguous()
+                if t.device.type != "cpu" or not t.is_contiguous():  # host: spilled from host memory
+                    t = t.to("cpu").contiguous()  # host: spilled from host memory
                 view = _byte_view(t)
                 written = 0
                 while written < len(view):
@@ -51,7 +51,7 @@ class SpilledParams(Mapping):
 
     def __getitem__(self, name: str) -> Tensor:
         offset, shape, dtype = self._index[name]
-        out = torch.empty(shape, dtype=dtype)
+        out = torch.empty(shape, dtype=dtype, device="cpu")  # host: read back into host memory
         view = _byte_view(out)
         got = 0
         while got < len(view):

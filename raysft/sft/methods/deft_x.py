@@ -68,7 +68,7 @@ class DenoisedSFT(Method):
         for name, (sigma, basis, right) in cache.get(SVD_CACHE, {}).items():
             out[f"{name}/sigma"] = sigma.contiguous()
             out[f"{name}/basis"] = basis.contiguous()
-            out[f"{name}/right"] = torch.tensor([int(right)], dtype=torch.uint8)
+            out[f"{name}/right"] = torch.tensor([int(right)], dtype=torch.uint8, device=sigma.device)
         return out
 
     def load_cache(self, tensors: dict[str, torch.Tensor], cache: dict) -> int:
