@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated
@@ -100,8 +101,9 @@ def train(
     is logged to MLflow."""
     from raysft.config import load_config
     from raysft.train.loop import SilentReporter
-    from raysft.train.recipe import check_out, prepare, run_training, write_outputs
+    from raysft.train.recipe import check_out, peak_memory_bytes, prepare, run_training, write_outputs
 
+    started = time.time()  # the MLflow run's start: this command's, not the moment it is logged
     _quiet_libraries()
     cfg = load_config(space, set_ or [])
     if method is not None:
@@ -132,6 +134,8 @@ def train(
     else:
         with RichReporter(console) as reporter:
             delta, metrics = run_training(run, reporter)
+    metrics["peak_memory_bytes"] = peak_memory_bytes()
+    ended = time.time()
     write_outputs(out, delta, metrics, force=force)
     console.print(results_table(metrics))
     if metrics.get("lang_sft_source"):
@@ -145,7 +149,7 @@ def train(
         from raysft.tracking.runs import log_train_run
 
         try:
-            _, run_id = log_train_run(uri, experiment or cfg.name, cfg, name, metrics, out)
+            _, run_id = log_train_run(uri, experiment or cfg.name, cfg, name, metrics, out, started=started, ended=ended)
             console.print(f"logged run {run_id} (experiment '{experiment or cfg.name}') to {uri}", highlight=False)
         except Exception as e:  # the outputs are written: a tracking failure does not undo the run
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
@@ -446,10 +450,27 @@ def compare(
     metric: Annotated[str | None, typer.Option(help="rank by this metric (default objective: the targets' average dev score)")] = None,
     top: Annotated[int, typer.Option(min=1, help="rows to show")] = 10,
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow store (default $MLFLOW_TRACKING_URI, else sqlite:///runs/mlflow.db)")] = None,
+    pareto: Annotated[str | None, typer.Option(help="X,Y: plot the runs on two of score (or f1/acc), k, bytes, time, memory (or any metric) and mark the Pareto front")] = None,
+    plot: Annotated[Path | None, typer.Option(help="with --pareto: the PNG to write (default runs/compare/<experiment>-pareto-<x>-<y>.png)")] = None,
 ) -> None:
-    """The top trials of an experiment with per-language scores, read back from MLflow."""
+    """The top trials of an experiment with per-language scores, read back from MLflow; with --pareto, the trade-off
+    between two metrics as a plot with its Pareto front."""
     from raysft.export import rank
 
+    if plot is not None and pareto is None:
+        raise RaysftError("--plot needs --pareto X,Y: e.g. --pareto score,bytes --plot front.png")
+    if pareto is not None:
+        from raysft.export import pareto as pareto_of
+
+        p = pareto_of(tracking_uri, experiment, pareto, plot)
+        table = Table(title=f"{experiment}: Pareto front of {p.y} against {p.x} ({len(p.front)} of {len(p.rows)} runs)")
+        for col in ("run", "method", p.x, p.y):
+            table.add_column(col, justify="left" if col in ("run", "method") else "right", no_wrap=True)
+        for r in p.front:
+            table.add_row(r.name or r.run_id[:8], r.method, f"{r.metrics[p.x]:,.4g}", f"{r.metrics[p.y]:,.4g}")
+        console.print(table)
+        console.print(f"wrote {p.plot}", highlight=False)
+        return
     ranking = rank(tracking_uri, experiment, metric, top)
     console.print(compare_table(ranking))
     console.print(f"{len(ranking.rows)} runs shown · {ranking.uri} · raysft export {ranking.experiment.name} --run-id RUN "
@@ -612,7 +633,7 @@ def _wanted(error: dict) -> str:
               "less_than_equal": ("at most", "le"), "less_than": ("less than", "lt")}
     if kind in bounds:
         word, key = bounds[kind]
-        return f"a number {word} {ctx.get(key)}"
+        return f"a number {word} {ctx.get(key)}"  # e.g. "a number at least 1"
     if kind.startswith("int"):
         return "a whole number"
     if kind.startswith(("float", "decimal")):
@@ -636,7 +657,7 @@ def usage_error_line(e: Exception) -> str:
         name = opts[0] if is_option else (param.name or "argument").upper()
         want = _wanted(error)
         if error.get("type", "").startswith(("greater", "less")):
-            return f"{name} {error.get('input')!r} is out of range: give {want} ({see})"
+            return f"{name} {error.get('input')} is out of range: give {want} ({see})"
         example = param.default if isinstance(param.default, (int, float)) and not isinstance(param.default, bool) else None
         fix = f"give e.g. {name} {example}" if is_option and example is not None else f"give {want}"
         return f"{name} {error.get('input')!r} is not {want}: {fix} ({see})"
