@@ -413,6 +413,11 @@ def tune(
     )
 
 
+def _number(v: float) -> str:
+    """A metric for a table: whole numbers (bytes, K) with separators, scores with 4 decimals."""
+    return f"{int(v):,}" if float(v).is_integer() and abs(v) >= 1000 else f"{v:.4g}" if abs(v) >= 1 else f"{v:.4f}"
+
+
 def compare_table(ranking) -> Table:
     from raysft.export import lower_is_better
 
@@ -467,7 +472,7 @@ def compare(
         for col in ("run", "method", p.x, p.y):
             table.add_column(col, justify="left" if col in ("run", "method") else "right", no_wrap=True)
         for r in p.front:
-            table.add_row(r.name or r.run_id[:8], r.method, f"{r.metrics[p.x]:,.4g}", f"{r.metrics[p.y]:,.4g}")
+            table.add_row(r.name or r.run_id[:8], r.method, *(_number(r.metrics[m]) for m in (p.x, p.y)))
         console.print(table)
         console.print(f"wrote {p.plot}", highlight=False)
         return

@@ -210,10 +210,13 @@ def _slug(name: str) -> str:
 
 def pareto_plot(rows: list[RunRow], front: set[int], x: str, y: str, path: Path, title: str) -> Path:
     """Every run as a point coloured by method, the front's points ringed and joined by a step line, each front point
-    labelled with its run name; written atomically (PNG)."""
+    labelled with its run name; a cost (lower is better) on the horizontal axis and a score on the vertical one when
+    the pair is one of each; a log scale for an axis spanning more than 100x; written atomically (PNG)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    if not lower_is_better(x) and lower_is_better(y):
+        x, y = y, x
     fig = Figure(figsize=(7.5, 4.8), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
@@ -228,9 +231,9 @@ def pareto_plot(rows: list[RunRow], front: set[int], x: str, y: str, path: Path,
     ax.plot([p[0] for p in pts], [p[1] for p in pts], color="black", linewidth=1, drawstyle="steps-post", zorder=1)
     for px, py, name in pts:
         ax.annotate(name, (px, py), textcoords="offset points", xytext=(5, 5), fontsize=7)
-    xs = [r.metrics[x] for r in rows]
-    if min(xs) > 0 and max(xs) / min(xs) > 100:
-        ax.set_xscale("log")
+    for values, scale in (([r.metrics[x] for r in rows], ax.set_xscale), ([r.metrics[y] for r in rows], ax.set_yscale)):
+        if min(values) > 0 and max(values) / min(values) > 100:
+            scale("log")
     ax.set_xlabel(PARETO_LABELS.get(x, x) + (" ↓" if lower_is_better(x) else " ↑"))
     ax.set_ylabel(PARETO_LABELS.get(y, y) + (" ↓" if lower_is_better(y) else " ↑"))
     ax.set_title(title, fontsize=10)

@@ -585,7 +585,8 @@ class _Worker:
             "checkpoints_saved": info["distributed"].get("checkpoints_saved", 0) + self.checkpoints,
         }
         info = {**info, "losses": {**info["losses"], "sparse": sparse_losses}, "distributed": dist_info}
-        metrics = {"phase": "sparse", "sparse_step": done, "loss": sparse_losses[-1]}
+        metrics = {"phase": "sparse", "sparse_step": done, "loss": sparse_losses[-1], "k": handles["updater"].k,
+                   "peak_memory_bytes": max(_gather(peak_memory_bytes()))}
         if self.loop.report_dev:
             metrics["objective"] = self.dev_objective()
             self.progress.note(dev=metrics["objective"])

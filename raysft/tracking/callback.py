@@ -148,6 +148,12 @@ class TrackingCallback(Callback):
                 metrics = [(k, float(v), 0) for k, v in r.items()
                            if isinstance(v, (int, float)) and "/" in k and not isinstance(v, bool)]
         else:
+            # What the last report knows (a stopped trial never wrote its delta): its K, wall time and peak memory.
+            metrics = [(name, float(r[key]), 0) for key, name in (("time_total_s", "time/total_s"), ("k", "trained_entries"),
+                                                                  ("peak_memory_bytes", "peak_memory_bytes"))
+                       if isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool)]
+            if isinstance(r.get("k"), int):
+                params = {"k": str(r["k"])}
             if status == "KILLED":
                 tags["raysft.stopped"] = "early (scheduler)" if trial.status == "TERMINATED" else "sweep interrupted"
             if status == "FAILED":
