@@ -493,3 +493,25 @@ def test_compare_pareto_plots_the_front_of_logged_runs(tmp_path, monkeypatch, ca
         main(["compare", "pareto", "--tracking-uri", uri, "--pareto", "f1,nosuchmetric"])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and "has the metric 'nosuchmetric'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_lang_run_carries_the_jobs_real_start_and_end(tmp_path):
+    """`raysft lang` logs each language's run after its job ended: the run shows the job's own start and end."""
+    from mlflow import MlflowClient
+
+    from raysft.config import load_config
+    from raysft.tracking.runs import log_lang_run
+    from raysft.tracking.store import resolve_uri
+
+    sft = tmp_path / "jav.safetensors"
+    sft.write_bytes(b"0" * 64)
+    now = time.time()
+    metrics = {"language": "jav", "method": "lt-sft", "k": 10, "n": 100, "corpus": "nusax_mt", "corpus_lines": 50,
+               "train_lines": 45, "head_fresh": True, "mlm_loss": {"before": 5.0, "head_only": 4.0, "after": 3.5},
+               "timings": {"dense_s": 30.0, "sparse_s": 20.0}, "losses": {"dense": [5.0, 4.0]}, "delta_bytes": 81,
+               "started_at": now - 600.0, "ended_at": now - 60.0, "peak_memory_bytes": 123_000_000}
+    uri = resolve_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    _, run_id = log_lang_run(uri, "smoke-lang", load_config("smoke"), metrics, sft)
+    r = MlflowClient(uri.uri).get_run(run_id)
+    assert r.info.start_time == int((now - 600.0) * 1000) and r.info.end_time == int((now - 60.0) * 1000)
+    assert r.data.metrics["time/total_s"] == 540.0 and r.data.metrics["peak_memory_bytes"] == 123_000_000

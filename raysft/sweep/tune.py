@@ -409,5 +409,6 @@ def run_sweep(
     cache_counts = ray.get(cache.stats.remote())
     wall = time.perf_counter() - started
     if tracking is not None:
-        tracking.finish(grid, cache_counts, wall)
+        # sections: more markdown for the parent run's description (best vs default, issue 10, goes here)
+        tracking.finish(grid, cache_counts, wall, sections=[])
     return grid, cache_counts, experiment, wall
