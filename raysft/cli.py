@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated
@@ -103,8 +104,9 @@ def train(
     from raysft.config import load_config
     from raysft.train.loop import SilentReporter
     from raysft.train.device import resolve_device
-    from raysft.train.recipe import check_out, prepare, run_training, write_outputs
+    from raysft.train.recipe import check_out, peak_memory_bytes, prepare, run_training, write_outputs
 
+    started = time.time()  # the MLflow run's start: this command's, not the moment it is logged
     _quiet_libraries()
     cfg = load_config(space, set_ or [])
     where = resolve_device(device)  # a --device this machine cannot give is refused before anything loads
@@ -138,6 +140,8 @@ def train(
     else:
         with RichReporter(console) as reporter:
             delta, metrics = run_training(run, reporter)
+    metrics["peak_memory_bytes"] = peak_memory_bytes()
+    ended = time.time()
     write_outputs(out, delta, metrics, force=force)
     console.print(results_table(metrics))
     if metrics.get("lang_sft_source"):
@@ -151,7 +155,7 @@ def train(
         from raysft.tracking.runs import log_train_run
 
         try:
-            _, run_id = log_train_run(uri, experiment or cfg.name, cfg, name, metrics, out)
+            _, run_id = log_train_run(uri, experiment or cfg.name, cfg, name, metrics, out, started=started, ended=ended)
             console.print(f"logged run {run_id} (experiment '{experiment or cfg.name}') to {uri}", highlight=False)
         except Exception as e:  # the outputs are written: a tracking failure does not undo the run
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
@@ -276,13 +280,15 @@ def lang(
         console.print(table)
         console.print(f"{len(rows)} language SFTs", highlight=False)
         return
-    if space is None or not langs:
+    if space is None:
         raise RaysftError("give a space and --langs, e.g. raysft lang nli-cpu --langs gn,quy (or --list)")
     from raysft.config import load_config
     from raysft.sft.methods import method_class
     from raysft.tasks.mlm import load_text
 
     cfg = load_config(space, set_ or [])
+    if not langs:
+        raise RaysftError("give --langs, e.g. raysft lang nli-cpu --langs gn,quy (or --list)")
     if method is not None:
         method_class(method)
         cfg = cfg.model_copy(update={"lang": cfg.lang.model_copy(update={"method": method})})
@@ -390,8 +396,8 @@ def sweep_table(grid, metric_name: str, top: int = 10) -> Table:
 @app.command()
 def tune(
     space: Annotated[str, typer.Argument(help="a space under search_spaces/ or a YAML path")],
-    trials: Annotated[int | None, typer.Option(help="trials to run (default: the space's tune.trials)")] = None,
-    max_concurrent: Annotated[int | None, typer.Option(help="trials at once (default: what the cluster holds)")] = None,
+    trials: Annotated[int | None, typer.Option(min=1, help="trials to run (default: the space's tune.trials)")] = None,
+    max_concurrent: Annotated[int | None, typer.Option(min=1, help="trials at once (default: what the cluster holds)")] = None,
     address: Annotated[str | None, typer.Option(help="a Ray cluster to join (default: a local Ray)")] = None,
     storage: Annotated[str | None, typer.Option(help="where trials, checkpoints and θ1 live (default runs/tune)")] = None,
     resume: Annotated[bool, typer.Option(help="finish an interrupted sweep")] = False,
@@ -442,6 +448,11 @@ def tune(
     )
 
 
+def _number(v: float) -> str:
+    """A metric for a table: whole numbers (bytes, K) with separators, scores with 4 decimals."""
+    return f"{int(v):,}" if float(v).is_integer() and abs(v) >= 1000 else f"{v:.4g}" if abs(v) >= 1 else f"{v:.4f}"
+
+
 def compare_table(ranking) -> Table:
     from raysft.export import lower_is_better
 
@@ -477,12 +488,29 @@ def compare_table(ranking) -> Table:
 def compare(
     experiment: Annotated[str, typer.Argument(help="an MLflow experiment (a space's name: smoke, sa-cpu, …)")],
     metric: Annotated[str | None, typer.Option(help="rank by this metric (default objective: the targets' average dev score)")] = None,
-    top: Annotated[int, typer.Option(help="rows to show")] = 10,
+    top: Annotated[int, typer.Option(min=1, help="rows to show")] = 10,
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow store (default $MLFLOW_TRACKING_URI, else sqlite:///runs/mlflow.db)")] = None,
+    pareto: Annotated[str | None, typer.Option(help="X,Y: plot the runs on two of score (or f1/acc), k, bytes, time, memory (or any metric) and mark the Pareto front")] = None,
+    plot: Annotated[Path | None, typer.Option(help="with --pareto: the PNG to write (default runs/compare/<experiment>-pareto-<x>-<y>.png)")] = None,
 ) -> None:
-    """The top trials of an experiment with per-language scores, read back from MLflow."""
+    """The top trials of an experiment with per-language scores, read back from MLflow; with --pareto, the trade-off
+    between two metrics as a plot with its Pareto front."""
     from raysft.export import rank
 
+    if plot is not None and pareto is None:
+        raise RaysftError("--plot needs --pareto X,Y: e.g. --pareto score,bytes --plot front.png")
+    if pareto is not None:
+        from raysft.export import pareto as pareto_of
+
+        p = pareto_of(tracking_uri, experiment, pareto, plot)
+        table = Table(title=f"{experiment}: Pareto front of {p.y} against {p.x} ({len(p.front)} of {len(p.rows)} runs)")
+        for col in ("run", "method", p.x, p.y):
+            table.add_column(col, justify="left" if col in ("run", "method") else "right", no_wrap=True)
+        for r in p.front:
+            table.add_row(r.name or r.run_id[:8], r.method, *(_number(r.metrics[m]) for m in (p.x, p.y)))
+        console.print(table)
+        console.print(f"wrote {p.plot}", highlight=False)
+        return
     ranking = rank(tracking_uri, experiment, metric, top)
     console.print(compare_table(ranking))
     console.print(f"{len(ranking.rows)} runs shown · {ranking.uri} · raysft export {ranking.experiment.name} --run-id RUN "
@@ -534,7 +562,7 @@ def apply(
 @app.command()
 def ui(
     host: Annotated[str, typer.Option(help="interface to bind (loopback by default)")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="port")] = 5000,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="port")] = 5000,
     tracking_uri: Annotated[str | None, typer.Option(help="a sqlite store (default $MLFLOW_TRACKING_URI, else sqlite:///runs/mlflow.db)")] = None,
 ) -> None:
     """Serve the MLflow UI on the local store (until Ctrl-C)."""
@@ -562,7 +590,7 @@ def import_sft(
     out: Annotated[Path, typer.Option(help="the .safetensors file to write")],
     kind: Annotated[str | None, typer.Option(help="task or lang (default: task when it carries a head)")] = None,
     language: Annotated[str | None, typer.Option(help="its language code, for a language SFT")] = None,
-    num_labels: Annotated[int, typer.Option(help="the task head's labels when importing a task SFT")] = 3,
+    num_labels: Annotated[int, typer.Option(min=2, help="the task head's labels when importing a task SFT")] = 3,
 ) -> None:
     """Convert a composable-sft SFT (a tensors-only pickle, loaded safely) into raysft's safetensors format."""
     from raysft.models import load_for_classification, model_id
@@ -592,7 +620,7 @@ def doctor(
     storage: Annotated[str | None, typer.Option(help="the sweep's storage (default $RAYSFT_STORAGE, else runs/tune)")] = None,
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow store (default $MLFLOW_TRACKING_URI, else sqlite:///runs/mlflow.db)")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="override a config key of the space")] = None,
-    timeout: Annotated[float, typer.Option(help="seconds to wait for each node's answer")] = 60.0,
+    timeout: Annotated[float, typer.Option(min=1.0, help="seconds to wait for each node's answer")] = 60.0,
 ) -> None:
     """Check what a sweep needs before it starts: Ray reachable, GPUs per node, storage shared by every node, the
     tracking server reachable from every node, model and data, versions equal across nodes. Exit 1 on a failure."""
@@ -624,9 +652,64 @@ def doctor(
         raise typer.Exit(1)
 
 
+def _click_classes(name: str) -> tuple[type, ...]:
+    """`name` from typer's own click (typer >= 0.26 carries one) and from click itself, whichever are installed."""
+    import importlib
+
+    found = []
+    for module in ("typer._click.exceptions", "typer.exceptions", "click.exceptions"):
+        try:
+            cls = getattr(importlib.import_module(module), name, None)
+        except ImportError:
+            continue
+        if isinstance(cls, type) and cls not in found:
+            found.append(cls)
+    return tuple(found)
+
+
+def _wanted(error: dict) -> str:
+    """What a value should have been, from pydantic's error (typer validates option values with pydantic)."""
+    kind, ctx = error.get("type", ""), error.get("ctx") or {}
+    bounds = {"greater_than_equal": ("at least", "ge"), "greater_than": ("more than", "gt"),
+              "less_than_equal": ("at most", "le"), "less_than": ("less than", "lt")}
+    if kind in bounds:
+        word, key = bounds[kind]
+        return f"a number {word} {ctx.get(key)}"  # e.g. "a number at least 1"
+    if kind.startswith("int"):
+        return "a whole number"
+    if kind.startswith(("float", "decimal")):
+        return "a number"
+    if kind.startswith("bool"):
+        return "true or false"
+    return error.get("msg", "another value").removeprefix("Value error, ")
+
+
+def usage_error_line(e: Exception) -> str:
+    """A click/typer usage error (a word where a number belongs, an unknown option, a missing argument) as one line
+    that names the problem and the fix, in the shape of every other raysft error."""
+    ctx = getattr(e, "ctx", None)
+    see = f"see '{ctx.command_path} --help'" if ctx is not None else "see 'raysft --help'"
+    param, cause = getattr(e, "param", None), e.__cause__
+    errors = getattr(cause, "errors", None)
+    if param is not None and callable(errors) and errors():
+        error = errors()[0]
+        opts = getattr(param, "opts", None) or [param.name]
+        is_option = opts[0].startswith("-")
+        name = opts[0] if is_option else (param.name or "argument").upper()
+        want = _wanted(error)
+        if error.get("type", "").startswith(("greater", "less")):
+            return f"{name} {error.get('input')} is out of range: give {want} ({see})"
+        example = param.default if isinstance(param.default, (int, float)) and not isinstance(param.default, bool) else None
+        fix = f"give e.g. {name} {example}" if is_option and example is not None else f"give {want}"
+        return f"{name} {error.get('input')!r} is not {want}: {fix} ({see})"
+    message = " ".join(e.format_message().split()).rstrip(".")
+    return f"{message}: {see}"
+
+
 def main(argv: list[str] | None = None) -> None:
+    usage_errors = _click_classes("ClickException")
     try:
-        code = app(args=argv, standalone_mode=False)
+        code = app(args=argv, prog_name="raysft", standalone_mode=False)
         if isinstance(code, int) and code:  # typer.Exit(n) comes back as a return value without standalone mode
             sys.exit(code)
     except RaysftError as e:
@@ -635,17 +718,16 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         err_console.print("interrupted")
         sys.exit(130)
-    except Exception as e:  # click's usage errors
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
+    except usage_errors as e:  # wrong type, unknown option, missing argument: one line, exit 2
+        if type(e).__name__ == "NoArgsIsHelpError":  # `raysft` alone: the help
             e.show()
             sys.exit(2)
-        if isinstance(e, click.exceptions.Exit):
-            sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
-            sys.exit(1)
-        raise
+        err_console.print(f"[bold red]error:[/] {usage_error_line(e)}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except _click_classes("Exit") as e:
+        sys.exit(e.exit_code)
+    except _click_classes("Abort"):
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -204,9 +204,17 @@ def _one_line(err: ValidationError) -> str:
 def load_config(space: str, overrides: list[str] | None = None) -> Config:
     path = find_space(space)
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_bytes().decode("utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise RaysftError(f"{path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}): "
+                          "save it as UTF-8 YAML, or give another space") from None
+    except OSError as e:
+        raise RaysftError(f"cannot read {path} ({e.strerror or e}): check that it is a readable file") from None
     except yaml.YAMLError as e:
         raise RaysftError(f"{path} is not valid YAML ({str(e).splitlines()[0]}): fix the file") from None
+    if not isinstance(raw, dict):
+        raise RaysftError(f"{path} holds a YAML {type(raw).__name__}, not a mapping of config keys: write it as "
+                          "'key: value' lines, like search_spaces/smoke.yaml")
     raw = apply_overrides(raw, overrides or [])
     try:
         return pin_paths(Config.model_validate(raw))

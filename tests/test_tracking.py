@@ -270,13 +270,22 @@ def test_sweep_one_parent_three_ended_children_with_metrics_and_artifacts(server
             for name in ("acc", "f1"):
                 assert 0.0 <= m[f"{name}/dev/{lang}"] <= 1.0 and 0.0 <= m[f"{name}/test/{lang}"] <= 1.0
         for key in ("f1/dev/avg", "f1/test/avg", "objective", "trained_entries", "delta_bytes", "time/dense_s",
-                    "time/sparse_s", "dense_cache_hit"):
+                    "time/sparse_s", "dense_cache_hit", "time/total_s", "peak_memory_bytes"):
             assert key in m, key
+        assert m["peak_memory_bytes"] > 50e6  # a worker process holding torch and a model
+        # the run spans the trial: created when Tune started it, ended when it completed
+        assert r.info.end_time - r.info.start_time >= 1000 * m["time/total_s"] * 0.9
         assert len(c.get_metric_history(r.info.run_id, "loss/sparse")) > 1
         assert p["method"] == "sc-sft" and int(p["k"]) == m["trained_entries"] and "sparse.lr" in p and p["seed"] == "0"
         assert {"budget/embeddings", "budget/layer.0", "budget/layer.1"} <= set(p)
         assert ARTIFACTS <= _artifacts(c, r.info.run_id)
     assert sorted(r.data.metrics["dense_cache_hit"] for r in children) == [0.0, 1.0, 1.0]
+    pm = parent.data.metrics  # the sweep's summary, from the resumed invocation's grid (every trial)
+    assert pm["trials"] == 3 and pm["trials_final"] == 3 and pm["method/sc-sft/trials"] == 3
+    assert pm["dense_computed"] + pm["dense_reused"] >= 1 and pm["best/objective"] == max(r.data.metrics["objective"] for r in children)
+    note = parent.data.tags["mlflow.note.content"]
+    assert note.startswith("### Sweep `smoke`: sc-sft") and "**3 trials**: 3 evaluated in full" in note
+    assert parent.data.tags["raysft.best_trial"] in {r.data.tags["trial_id"] for r in children}
 
 
 @pytest.mark.slow
@@ -351,6 +360,12 @@ def test_train_logs_one_run(server, tmp_path, capsys):
     assert len(runs) == 1
     r = runs[0]
     assert r.info.status == "FINISHED" and r.data.tags["raysft.kind"] == "train" and r.data.params["method"] == "bitfit"
+    # its real start and end: the run spans the training (metrics.json is written when training ends, before the run
+    # is logged)
+    written = (tmp_path / "out" / "metrics.json").stat().st_mtime * 1000
+    assert r.info.start_time < written and r.info.end_time <= written + 1000
+    assert r.data.metrics["time/total_s"] * 1000 == pytest.approx(r.info.end_time - r.info.start_time, abs=5)
+    assert r.data.metrics["peak_memory_bytes"] > 50e6
     assert all(f"f1/{s}/{lang}" in r.data.metrics for s in ("dev", "test") for lang in LANGS)
     assert ARTIFACTS <= _artifacts(_client(server), r.info.run_id)
 
@@ -413,3 +428,90 @@ def test_sweep_goes_on_when_the_tracking_server_goes_away_and_resume_logs_what_w
             assert ARTIFACTS <= _artifacts(c, r.info.run_id)
     finally:
         srv.stop()
+
+
+def test_sweep_summary_counts_methods_dense_reuse_and_describes_the_best():
+    from raysft.tracking import record
+
+    trials = [
+        {"trial_id": "a", "method": "sc-sft", "state": "final", "objective": 0.41, "avg/test": 0.39},
+        {"trial_id": "b", "method": "sc-sft", "state": "stopped", "objective": 0.55},  # stopped: never the best
+        {"trial_id": "c", "method": "lt-sft", "state": "final", "objective": 0.47, "avg/test": 0.40},
+        {"trial_id": "d", "method": "lt-sft", "state": "failed"},
+    ]
+    metrics, tags, note = record.sweep_summary(trials, {"computed": 1, "reused": 3}, 600.0, "sa-cpu", "f1",
+                                               sections=["#### Best vs default\n\nthe place for issue 10"])
+    m = {k: v for k, v, _ in metrics}
+    assert (m["trials"], m["trials_final"], m["trials_stopped"], m["trials_failed"]) == (4, 2, 1, 1)
+    assert m["dense_computed"] == 1 and m["dense_reused"] == 3 and m["dense_reuse_rate"] == 0.75
+    assert m["method/sc-sft/trials"] == 2 and m["method/sc-sft/best_objective"] == 0.41
+    assert m["method/lt-sft/best_objective"] == 0.47 and m["best/objective"] == 0.47 and m["best/avg_test"] == 0.40
+    assert tags == {"raysft.best_trial": "c", "raysft.best_method": "lt-sft"}
+    assert note.startswith("### Sweep `sa-cpu`: lt-sft, sc-sft")
+    assert "**4 trials**: 2 evaluated in full, 1 stopped early, 1 failed · 10.0 min · dense phases computed 1, reused 3" in note
+    assert "trial `c` (lt-sft), dev f1 **0.4700**, test 0.4000" in note
+    assert "| lt-sft | 2 | 1 | 0.4700 |" in note and "| sc-sft | 2 | 1 | 0.4100 |" in note
+    assert "#### Best vs default\n\nthe place for issue 10" in note and "--pareto" in note
+
+
+def test_pareto_front_and_axis_names():
+    from raysft.export import pareto_front, pareto_metric
+
+    # (delta bytes ↓, score ↑): c is dominated by a (smaller and better), e ties a and is not strictly better
+    points = [(100, 0.5), (1000, 0.7), (400, 0.45), (5000, 0.69), (100, 0.5)]
+    assert pareto_front(points, (False, True)) == [0, 1, 4]
+    assert pareto_front([(1, 1), (2, 2), (3, 3)], (True, True)) == [2]
+    assert [pareto_metric(a, "f1") for a in ("f1", "score", "acc", "k", "bytes", "time", "memory", "loss/dense")] == [
+        "objective", "objective", "acc/dev/avg", "trained_entries", "delta_bytes", "time/total_s", "peak_memory_bytes",
+        "loss/dense"]
+
+
+def test_compare_pareto_plots_the_front_of_logged_runs(tmp_path, monkeypatch, capsys):
+    """Runs logged into a fresh store (as a sweep's trials are): the front printed, the PNG written."""
+    from mlflow import MlflowClient
+
+    from raysft.cli import main
+    from raysft.tracking import record
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    c = MlflowClient(uri)
+    exp = c.create_experiment("pareto")
+    runs = {"trial-a": ("lt-sft", 0.50, 1000), "trial-b": ("sc-sft", 0.60, 4000), "trial-c": ("rand-sft", 0.40, 4000),
+            "trial-d": ("full", 0.61, 90000)}
+    for name, (method, score, size) in runs.items():
+        run_id = c.create_run(exp, run_name=name, tags={"raysft.kind": "trial"}).info.run_id
+        for ms, ps, tg in record.as_entities({"method": method, "metric": "f1"},
+                                             [("objective", score, 0), ("delta_bytes", float(size), 0)]):
+            c.log_batch(run_id, metrics=ms, params=ps, tags=tg)
+        c.set_terminated(run_id, "FINISHED")
+    plot = tmp_path / "front.png"
+    main(["compare", "pareto", "--tracking-uri", uri, "--pareto", "f1,delta_bytes", "--plot", str(plot)])
+    out = capsys.readouterr().out
+    assert "3 of 4 runs" in out and "trial-a" in out and "trial-b" in out and "trial-d" in out and "trial-c" not in out
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 10_000
+    with pytest.raises(SystemExit) as exc:
+        main(["compare", "pareto", "--tracking-uri", uri, "--pareto", "f1,nosuchmetric"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "has the metric 'nosuchmetric'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_lang_run_carries_the_jobs_real_start_and_end(tmp_path):
+    """`raysft lang` logs each language's run after its job ended: the run shows the job's own start and end."""
+    from mlflow import MlflowClient
+
+    from raysft.config import load_config
+    from raysft.tracking.runs import log_lang_run
+    from raysft.tracking.store import resolve_uri
+
+    sft = tmp_path / "jav.safetensors"
+    sft.write_bytes(b"0" * 64)
+    now = time.time()
+    metrics = {"language": "jav", "method": "lt-sft", "k": 10, "n": 100, "corpus": "nusax_mt", "corpus_lines": 50,
+               "train_lines": 45, "head_fresh": True, "mlm_loss": {"before": 5.0, "head_only": 4.0, "after": 3.5},
+               "timings": {"dense_s": 30.0, "sparse_s": 20.0}, "losses": {"dense": [5.0, 4.0]}, "delta_bytes": 81,
+               "started_at": now - 600.0, "ended_at": now - 60.0, "peak_memory_bytes": 123_000_000}
+    uri = resolve_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    _, run_id = log_lang_run(uri, "smoke-lang", load_config("smoke"), metrics, sft)
+    r = MlflowClient(uri.uri).get_run(run_id)
+    assert r.info.start_time == int((now - 600.0) * 1000) and r.info.end_time == int((now - 60.0) * 1000)
+    assert r.data.metrics["time/total_s"] == 540.0 and r.data.metrics["peak_memory_bytes"] == 123_000_000

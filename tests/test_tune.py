@@ -3,6 +3,7 @@ dense phase, resume after the driver is killed, and the bad inputs refused befor
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -78,6 +79,13 @@ def test_sweep_finishes_with_per_language_dev_scores(sweep):
             assert 0.0 <= final[f"f1/dev/{lang}"] <= 1.0
         assert 0.0 <= final["objective"] <= 1.0
     assert stdout.count("trial ") >= 3 and "top trials" in stdout
+    # captured (not a terminal): one line per phase change of every trial, as it happens, with the time left
+    phases = [line for line in stdout.splitlines() if line.startswith("[") and " sc-sft: " in line]
+    for phase in ("starting", "workers", "loading", "sparse (", "eval (", "final, dev"):
+        assert sum(f"sc-sft: {phase}" in line for line in phases) == 3, (phase, stdout[-3000:])
+    assert sum(bool(re.search(r"sc-sft: dense \(\d+ steps\)", line)) for line in phases) == 1  # computed once
+    assert sum("sc-sft: dense (reused)" in line for line in phases) == 2
+    assert phases[0].split(" sc-sft: ")[1].startswith("starting") and "of 3" not in phases[0] and "0/3 done" in phases[0]
 
 
 def test_trials_score_task_only_and_composed_in_their_workers(sweep):

@@ -19,11 +19,17 @@ from raysft.errors import RaysftError
 def train_one_language(cfg_json: str, lang: str, method: str | None, device: str | None = None) -> tuple[bytes, dict]:
     """Inside a Ray worker: train one language SFT; returns (the delta file's bytes, its metrics). ``device`` None:
     CUDA when the job was given a GPU (``lang.gpus_per_job > 0``: Ray sets CUDA_VISIBLE_DEVICES), else the CPU."""
+    import time
+
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from raysft.train.lang import prepare_lang, train_lang_sft
+    from raysft.train.recipe import peak_memory_bytes
 
+    started = time.time()
     run = prepare_lang(Config.model_validate_json(cfg_json), lang, method, device=device)
     delta, metrics = train_lang_sft(run)
+    # The job's real start and end (its MLflow run is written by the driver afterwards) and this process's peak memory.
+    metrics.update(started_at=started, ended_at=time.time(), peak_memory_bytes=peak_memory_bytes())
     with tempfile.TemporaryDirectory(prefix="raysft-lang-") as d:
         path = Path(d) / f"{lang}.safetensors"
         delta.save(path)

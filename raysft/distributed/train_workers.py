@@ -44,6 +44,7 @@ from transformers import DataCollatorWithPadding
 
 from raysft import storage
 from raysft.config import Config, steps_for
+from raysft.distributed.progress import BoardReporter, NullReporter, find_board
 from raysft.errors import RaysftError
 import safetensors.torch
 
@@ -60,6 +61,7 @@ from raysft.train.recipe import (
     evaluate,
     evaluation_metrics,
     merge_results,
+    peak_memory_bytes,
     prepare,
     task_delta_meta,
     training_base,
@@ -120,6 +122,9 @@ class LoopConfig(BaseModel):
     theta1_key: str | None = None
     dense_ready_at: float | None = None  # a sweep: when (time.time()) this trial's dense phase was settled (θ1 ready or ours to compute)
     report_dev: bool = False  # each sparse checkpoint also reports the targets' average dev score ("objective")
+    # A sweep's trial: rank 0 tells the sweep's progress board (raysft.distributed.progress) its phase and step.
+    trial_id: str | None = None
+    progress: bool = False
 
 
 def workers_from_dict(raw: dict | None) -> WorkersConfig:
@@ -439,6 +444,11 @@ class _Worker:
         self.method_name = loop.method or self.cfg.method
         self.sync_checks = 0
         self.checkpoints = 0
+        self.progress = NullReporter()
+        if loop.progress and loop.trial_id and rank == 0:
+            board = find_board()
+            if board is not None:
+                self.progress = BoardReporter(board, loop.trial_id)
 
     # ----------------------------------------------------------------------------------------------- entry
     def run(self, checkpoint) -> dict | None:
@@ -448,6 +458,7 @@ class _Worker:
         if isinstance(state, dict):  # the run had already finished: hand its result back
             return state if self.rank == 0 else None
         cfg, rank = self.cfg, self.rank
+        self.progress.note(phase="loading")
         self.device = ray.train.torch.get_device()  # the trial's device: every tensor of this worker lives there
         run = self.run = prepare(cfg, self.method_name, device=self.device)
         if self.loop.no_dropout:
@@ -458,6 +469,11 @@ class _Worker:
         train_ds = run.task.tokenize(run.task.load_train(run.data), run.tokenizer, cfg.data.max_seq_len)
         if rank == 0:
             dist.barrier()
+        first = {"dense": cfg.dense, "mask": cfg.mask_phase}.get(run.method.first_phase)
+        plan = {"sparse": steps_for(cfg.sparse, len(train_ds)) if run.method.sparse_phase else 0}
+        if first is not None and state is None and self.loop.theta1_mode != "load":
+            plan[run.method.first_phase] = steps_for(first, len(train_ds))
+        self.progress.note(plan=plan, method=self.method_name)
         space, model = run.space, run.model
         theta0, base = training_base(run)  # base = θ0 + the source language's SFT when there is one
         self.theta0, self.base = theta0, base
@@ -499,6 +515,7 @@ class _Worker:
         dist_info["checkpoints_saved"] = dist_info.get("checkpoints_saved", 0) + self.checkpoints
 
         t = time.perf_counter()
+        self.progress.note(phase="eval", total=len(run.eval_langs))
         mine = run.eval_langs[rank :: self.world]
         sub = dataclasses.replace(run, eval_langs=mine)
         results = evaluate(sub, delta, theta0, eval_loaders(sub))
@@ -516,6 +533,7 @@ class _Worker:
             theta1 = load_theta1(self.loop.theta1_path)  # the cache's θ1: no dense phase to run
             restore(space, {p.name: theta1[p.name] for p in space.maskable}, {n: theta1[n] for n in space.head})
             dist_info["dense_cache"] = "reused"
+            self.progress.note(phase="dense (reused)")
             if rank == 0:
                 ctx.theta1 = space.snapshot()
         elif run.method.first_phase == "dense":
@@ -531,7 +549,7 @@ class _Worker:
                 loss = m(**batch).loss
                 return loss * sampler.scale if sampler.scale != 1.0 else loss
 
-            local = train_dense(ddp, space, loader, steps, cfg.dense, loss_fn=loss_fn)
+            local = train_dense(ddp, space, loader, steps, cfg.dense, loss_fn=loss_fn, reporter=self.progress)
             del ddp  # the sparse phase runs on the unwrapped module, without DDP's hooks
             losses["dense"] = _mean_losses(_gather(local))
             dist_info["dense_allreduce_bytes_per_step"] = counter["bytes"] // max(1, steps)
@@ -548,12 +566,13 @@ class _Worker:
             s = run.method.settings
             ctx.scores = train_mask_scores(
                 model, space, loader, steps, cfg.mask_phase,
-                score_init=s.score_init, score_lr=s.score_lr, grad_sync=sync,
+                score_init=s.score_init, score_lr=s.score_lr, grad_sync=sync, reporter=self.progress,
             )
             dist_info["mask_allreduce_bytes_per_step"] = sync.per_step()
         timings["dense_s"] = time.perf_counter() - t
 
         t = time.perf_counter()
+        self.progress.note(phase="select")
         payload: list = [None]
         if rank == 0:  # selection runs once; its mask reaches every rank
             shared = self.loop.theta1_path if ctx.theta1 is not None else None
@@ -610,7 +629,7 @@ class _Worker:
 
         updater, _ = train_sparse(
             model, space, mask, loader, steps, cfg.sparse,
-            grad_sync=sync, on_step=on_step, on_start=on_start, start_step=start,
+            grad_sync=sync, on_step=on_step, on_start=on_start, start_step=start, reporter=self.progress,
         )
         losses["sparse"] = prior + _mean_losses(_gather(local))
         if sync.calls:
@@ -633,9 +652,11 @@ class _Worker:
         }
         info = {**info, "losses": {**info["losses"], "sparse": sparse_losses}, "distributed": dist_info}
         # K too: a multi-objective sweep's metrics are (objective, k), and Tune wants every report to carry both.
-        metrics = {"phase": "sparse", "sparse_step": done, "loss": sparse_losses[-1], "k": info["selection"]["k"]}
+        metrics = {"phase": "sparse", "sparse_step": done, "loss": sparse_losses[-1], "k": info["selection"]["k"],
+                   "peak_memory_bytes": max(_gather(peak_memory_bytes()))}
         if self.loop.report_dev:
             metrics["objective"] = self.dev_objective(handles["updater"])
+            self.progress.note(dev=metrics["objective"])
         if self.loop.dense_ready_at is not None:
             metrics["dense_ready_at"] = self.loop.dense_ready_at
         if self.rank == 0:
@@ -672,6 +693,7 @@ class _Worker:
         cfg = self.cfg
         evaluation = evaluation_metrics(run, merge_results(per_rank, run.eval_langs))
         metric = run.task.metric
+        peak = max(_gather(peak_memory_bytes()))  # the largest worker's
         metrics = {
             "method": run.method.name,
             "k": sel["k"],
@@ -683,6 +705,7 @@ class _Worker:
             "selection": {k: v for k, v in sel.items() if k != "k"},
             "optimizer_state_bytes": optimizer_state,
             "delta_bytes": delta.nbytes(),
+            "peak_memory_bytes": peak,
             "losses": {phase: [round(x, 5) for x in v] for phase, v in losses.items()},
             "source_lang_sft": run.source_lang in run.lang_sfts,
             "target_langs": run.target_langs,
@@ -691,6 +714,7 @@ class _Worker:
         summary = {
             "phase": "final", "resumed_from_step": dist_info["resumed_from_step"], "k": sel["k"],
             "objective": metrics["avg"].get("dev", float("nan")), "dense_cache": dist_info.get("dense_cache", "none"),
+            "delta_bytes": metrics["delta_bytes"], "peak_memory_bytes": peak,
         }
         if self.loop.dense_ready_at is not None:
             summary["dense_ready_at"] = self.loop.dense_ready_at
@@ -701,6 +725,7 @@ class _Worker:
         if self.rank != 0:
             ray.train.report(summary)
             return None
+        self.progress.note(phase="final", dev=summary["objective"])
         if self.loop.out_dir:
             write_outputs(Path(self.loop.out_dir), delta, metrics, force=True)
         with tempfile.TemporaryDirectory(prefix="raysft-final-") as d:

@@ -126,13 +126,19 @@ def get_cache(storage_root: str):
     return DenseCache.options(name=ACTOR_NAME, get_if_exists=True).remote(storage.join(storage_root, "dense"))
 
 
-def acquire(cache, key: str, trial_id: str, poll_s: float = 2.0, lease_s: float | None = None) -> tuple[str, str]:
-    """Block until this trial may compute the dense phase ("compute") or reuse a published one ("ready"). It never
-    waits on a dead trial: a computing trial that stops renewing its lease loses it to the next claim."""
+def acquire(cache, key: str, trial_id: str, poll_s: float = 2.0, lease_s: float | None = None,
+            on_wait=None) -> tuple[str, str]:
+    """Block until this trial may compute the dense phase ("compute") or reuse a published one ("ready"); ``on_wait()``
+    is called once if it has to wait. It never waits on a dead trial: a computing trial that stops renewing its lease
+    loses it to the next claim."""
+    waited = False
     while True:
         status, path = ray.get(cache.claim.remote(key, trial_id, lease_s))
         if status != "wait":
             return status, path
+        if on_wait is not None and not waited:
+            on_wait()
+        waited = True
         time.sleep(poll_s)
 
 

@@ -98,19 +98,23 @@ def run_trial(config: dict, base: dict, storage: str) -> None:
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    from raysft.distributed.progress import find_board, push
     from raysft.distributed.train_workers import fit_trial
     from raysft.sft.methods import method_class
     from raysft.sweep.dense_cache import ACTOR_NAME, Lease, acquire, dense_key, get_cache
 
     sampled = config["sample"]
-    cfg = trial_config(base, sampled)
     trial_id = tune.get_context().get_trial_id()
-    extra: dict[str, Any] = {"report_dev": True}
+    board = find_board()
+    push(board, trial_id, phase="starting", method=sampled["method"], desc=describe(sampled))
+    cfg = trial_config(base, sampled)
+    extra: dict[str, Any] = {"report_dev": True, "trial_id": trial_id, "progress": board is not None}
     cache, key, lease = None, None, None
     workers = cfg.tune.num_workers
     if cfg.tune.dense_cache and method_class(cfg.method).first_phase == "dense":
         cache, key = get_cache(storage), dense_key(cfg, workers)
-        status, path = acquire(cache, key, trial_id, lease_s=cfg.tune.dense_lease_s)
+        status, path = acquire(cache, key, trial_id, lease_s=cfg.tune.dense_lease_s,
+                               on_wait=lambda: push(board, trial_id, phase="waiting for θ1"))
         extra.update(theta1_path=path, theta1_mode="save" if status == "compute" else "load")
         if status == "compute":
             # Renewed until θ1 is published; the rank-0 worker publishes it (done) as soon as it is written.
@@ -120,6 +124,7 @@ def run_trial(config: dict, base: dict, storage: str) -> None:
                 lease.stop()
                 return
         extra["dense_ready_at"] = time.time()
+    push(board, trial_id, phase="workers")
     try:
         fit_trial(
             cfg, cfg.method, num_workers=workers, cpus_per_worker=cfg.tune.cpus_per_worker,
@@ -197,27 +202,30 @@ def pareto_lines(grid) -> list[str]:
 
 
 def trial_lines_callback():
-    """A Tune callback: one line per finished trial (method, key parameters, dev score, time). It holds no console
-    (Tune pickles its callbacks); each line goes through a fresh rich Console."""
+    """A Tune callback: one line per finished trial (method, key parameters, dev score, time), handed to the sweep's
+    progress board, whose watcher prints it (:mod:`raysft.sweep.watch`). It holds no console or actor handle (Tune
+    pickles its callbacks); the board is found by name."""
     from ray.tune import Callback
-    from rich.console import Console
+
+    from raysft.distributed.progress import find_board, push
 
     class TrialLines(Callback):
         def on_trial_complete(self, iteration, trials, trial, **info):
             r = trial.last_result or {}
             score = r.get(OBJECTIVE, float("nan"))
-            stopped = "" if r.get("phase") == "final" else ", stopped early"
+            final = r.get("phase") == "final"
+            stopped = "" if final else ", stopped early"
             reused = ", dense reused" if r.get("dense_cache") == "reused" else ""
             test = r.get("avg/test")
             test = f" test {test:.4f}" if isinstance(test, (int, float)) else ""
-            Console().print(
-                f"trial {trial.trial_id}: {describe(trial.config['sample'])} → dev {score:.4f}{test} "
-                f"({r.get('time_total_s', 0):.0f}s{reused}{stopped}) · {outcome_of(trials).line()}",
-                highlight=False,
-            )
+            line = (f"trial {trial.trial_id}: {describe(trial.config['sample'])} → dev {score:.4f}{test} "
+                    f"({r.get('time_total_s', 0):.0f}s{reused}{stopped}) · {outcome_of(trials).line()}")
+            push(find_board(), trial.trial_id, phase="done" if final else "stopped", line=line, ended=time.time(),
+                 method=trial.config["sample"]["method"])
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            Console().print(f"trial {trial.trial_id}: {describe(trial.config['sample'])} failed", style="red")
+            push(find_board(), trial.trial_id, phase="failed", ended=time.time(),
+                 line=f"trial {trial.trial_id}: {describe(trial.config['sample'])} failed")
 
     return TrialLines()
 
@@ -227,6 +235,44 @@ def outcome_of(items):
     from raysft.outcome import outcome_of as _outcome_of
 
     return _outcome_of(items)
+
+
+def watch_sweep(console, trials: int, concurrent: int, interval_s: float = 1.0):
+    """Start drawing the sweep's progress (a thread reading the progress board every ``interval_s``); returns a
+    function that draws what is left and stops."""
+    import threading
+
+    import ray
+
+    from raysft.distributed.progress import get_board
+    from raysft.sweep.watch import SweepWatch
+
+    board = get_board()  # created here: it lives as long as this driver; trials find it by name
+    watch = SweepWatch(console, trials, concurrent).__enter__()
+    stop = threading.Event()
+    cursor = [0]
+
+    def read() -> None:
+        try:
+            states, events, cursor[0] = ray.get(board.read.remote(cursor[0]), timeout=30)
+        except Exception:  # a slow or lost read only delays the display
+            return
+        watch.update(states, events)
+
+    def loop() -> None:
+        while not stop.wait(interval_s):
+            read()
+
+    thread = threading.Thread(target=loop, name="raysft-watch", daemon=True)
+    thread.start()
+
+    def finish() -> None:
+        stop.set()
+        thread.join(timeout=interval_s + 30)
+        read()
+        watch.__exit__(None, None, None)
+
+    return finish
 
 
 def driver_resources(cluster: dict[str, float]) -> dict[str, float]:
@@ -475,14 +521,20 @@ def run_sweep(
     # trial drivers find it by name.
     cache = get_cache(root)
     started = time.perf_counter()
+    stop_watch = watch_sweep(console, trials, concurrent) if console is not None else None
     try:
         grid = tuner.fit()
     except BaseException as e:
+        if stop_watch is not None:
+            stop_watch()
         if tracking is not None:
             tracking.finish(status="KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
         raise
+    if stop_watch is not None:
+        stop_watch()
     cache_counts = ray.get(cache.stats.remote())
     wall = time.perf_counter() - started
     if tracking is not None:
-        tracking.finish(grid, cache_counts, wall)
+        # sections: more markdown for the parent run's description (best vs default, issue 10, goes here)
+        tracking.finish(grid, cache_counts, wall, sections=[])
     return grid, cache_counts, experiment, wall

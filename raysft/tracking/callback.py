@@ -76,7 +76,8 @@ class TrackingCallback(Callback):
         return trial_config(self.base, trial.config["sample"])
 
     # ------------------------------------------------------------------------------------------------ operations
-    def _op_open(self, c, trial_id: str, params: dict[str, str], tags: dict[str, str] | None = None) -> None:
+    def _op_open(self, c, trial_id: str, params: dict[str, str], tags: dict[str, str] | None = None,
+                 started_ms: int | None = None) -> None:
         found = [
             r for r in all_runs(c, self.experiment_id, f"tags.trial_id = '{trial_id}'")
             if r.data.tags.get("mlflow.parentRunId") == self.parent_run_id
@@ -86,8 +87,8 @@ class TrackingCallback(Callback):
             if run.info.status != "RUNNING":
                 c.update_run(run.info.run_id, status="RUNNING")
         else:
-            run = c.create_run(
-                self.experiment_id, run_name=f"trial-{trial_id}",
+            run = c.create_run(  # started_ms: when Tune started the trial, even if the store answered later
+                self.experiment_id, run_name=f"trial-{trial_id}", start_time=started_ms,
                 tags={"mlflow.parentRunId": self.parent_run_id, "trial_id": trial_id, "raysft.kind": "trial"},
             )
         self.runs[trial_id] = run.info.run_id
@@ -112,7 +113,7 @@ class TrackingCallback(Callback):
         params = record.config_params(self._cfg(trial), sampled["method"], sampled)
         tags = {"raysft.default": "true"} if sampled.get("default") else {}
         tags.update({f"raysft.{k}": str(v) for k, v in (trial.config.get("confirm") or {}).items()})
-        self._writer().submit(f"run of trial {tid}", self._op_open, tid, params, tags)
+        self._writer().submit(f"run of trial {tid}", self._op_open, tid, params, tags, record._now_ms())
 
     def _intermediate(self, trial, result: dict) -> None:
         self._open(trial)
@@ -150,6 +151,12 @@ class TrackingCallback(Callback):
                 metrics = [(k, float(v), 0) for k, v in r.items()
                            if isinstance(v, (int, float)) and "/" in k and not isinstance(v, bool)]
         else:
+            # What the last report knows (a stopped trial never wrote its delta): its K, wall time and peak memory.
+            metrics = [(name, float(r[key]), 0) for key, name in (("time_total_s", "time/total_s"), ("k", "trained_entries"),
+                                                                  ("peak_memory_bytes", "peak_memory_bytes"))
+                       if isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool)]
+            if isinstance(r.get("k"), int):
+                params = {"k": str(r["k"])}
             if status == "KILLED":
                 tags["raysft.stopped"] = "early (scheduler)" if trial.status == "TERMINATED" else "sweep interrupted"
             if status == "FAILED":
@@ -166,9 +173,10 @@ class TrackingCallback(Callback):
         w = self._writer()
         w.submit(f"results of trial {tid}", self._op(_log_batch), tid, params, metrics)
         w.submit(f"artifacts of trial {tid}", self._op(record.log_files), tid, files)
-        w.submit(f"end of trial {tid}", self._op(lambda c, run_id, t, st: (c.set_tag(run_id, "raysft.logged", t),
-                                                                             c.set_terminated(run_id, st))),
-                 tid, tags["raysft.logged"], status)
+        ended = record._now_ms()  # the trial's real end, even if the store answers later
+        w.submit(f"end of trial {tid}", self._op(lambda c, run_id, t, st, at: (c.set_tag(run_id, "raysft.logged", t),
+                                                                                 c.set_terminated(run_id, st, end_time=at))),
+                 tid, tags["raysft.logged"], status, ended)
         extra = {k: v for k, v in tags.items() if k != "raysft.logged"}
         if extra:
             w.submit(f"tags of trial {tid}", self._op(lambda c, run_id, tg: _log_batch(c, run_id, None, None, tg)), tid, extra)

@@ -5,7 +5,7 @@ Names: params ``method``, ``k``, ``seed``, ``dense.lr``, ``sparse.lr``, …, eve
 targets' average dev score in the task's metric: what a sweep maximises), ``avg/dev``, ``avg/test``,
 ``<acc|f1>/<dev|test>/<task_only|composed>/<lang>`` (θ0 + task, θ0 + task + that language's SFT; the plain
 ``<metric>/<split>/<lang>`` is the composed score where the language has an SFT), ``composition/<split>/<task_only|
-composed|gain>`` (averaged over the targets that have a language SFT), ``loss/<phase>`` by step, ``trained_entries``, ``delta_bytes``, ``time/<phase>_s``, ``dense_cache_hit``; artifacts
+composed|gain>`` (averaged over the targets that have a language SFT), ``loss/<phase>`` by step, ``trained_entries``, ``delta_bytes``, ``peak_memory_bytes`` (the largest worker process), ``time/<phase>_s``, ``time/total_s`` (the run's wall time), ``dense_cache_hit``; artifacts
 ``task_sft.safetensors``, ``metrics.json``, ``config.yaml``, ``plots/layers.png``, ``plots/languages.png``.
 """
 
@@ -119,7 +119,7 @@ def final_metrics(metrics: dict, extra: dict | None = None) -> list[tuple[str, f
     out.append(("trained_entries", float(metrics["k"]), 0))
     if metrics.get("n"):
         out.append(("density", metrics["k"] / metrics["n"], 0))
-    for key in ("delta_bytes", "optimizer_state_bytes"):
+    for key in ("delta_bytes", "optimizer_state_bytes", "peak_memory_bytes"):
         if metrics.get(key) is not None:
             out.append((key, float(metrics[key]), 0))
     for key, v in (metrics.get("timings") or {}).items():
@@ -264,3 +264,72 @@ def log_files(c, run_id: str, files: dict[str, Path]) -> None:
     for artifact, local in files.items():
         parent = str(Path(artifact).parent)
         c.log_artifact(run_id, str(local), None if parent == "." else parent)
+
+
+# ------------------------------------------------------------------------------------------------- sweep summary
+def sweep_summary(trials: list[dict], counts: dict | None, wall_s: float | None, space: str, metric: str = "",
+                  sections: list[str] | None = None) -> tuple[list[tuple[str, float, int]], dict[str, str], str]:
+    """The parent run's summary of a sweep: (metrics, tags, markdown description for ``mlflow.note.content``).
+
+    ``trials``: one dict per trial with ``trial_id``, ``method``, ``state`` (final | stopped | failed), and when it
+    has them ``objective``, ``avg/test``, ``k``, ``delta_bytes``. ``sections``: more markdown, appended as given
+    (the place for the best-vs-default comparison of issue 10)."""
+    finals = [t for t in trials if t.get("state") == "final"]
+    stopped = [t for t in trials if t.get("state") == "stopped"]
+    failed = [t for t in trials if t.get("state") == "failed"]
+    metrics: list[tuple[str, float, int]] = [
+        ("trials", float(len(trials)), 0), ("trials_final", float(len(finals)), 0),
+        ("trials_stopped", float(len(stopped)), 0), ("trials_failed", float(len(failed)), 0),
+    ]
+    counts = counts or {}
+    for key, v in counts.items():
+        metrics.append((f"dense_{key}", float(v), 0))
+    if counts.get("computed", 0) + counts.get("reused", 0):
+        metrics.append(("dense_reuse_rate", counts.get("reused", 0) / (counts.get("computed", 0) + counts.get("reused", 0)), 0))
+    if wall_s is not None:
+        metrics.append(("time/sweep_s", float(wall_s), 0))
+
+    def scored(ts):
+        return [t for t in ts if isinstance(t.get("objective"), (int, float)) and math.isfinite(t["objective"])]
+
+    methods = sorted({t.get("method", "?") for t in trials})
+    rows = []
+    for m in methods:
+        mine = [t for t in trials if t.get("method") == m]
+        best_m = max(scored([t for t in mine if t.get("state") == "final"]), key=lambda t: t["objective"], default=None)
+        metrics.append((f"method/{m}/trials", float(len(mine)), 0))
+        if best_m is not None:
+            metrics.append((f"method/{m}/best_objective", float(best_m["objective"]), 0))
+        rows.append((m, len(mine), sum(1 for t in mine if t.get("state") == "final"), best_m))
+    best = max(scored(finals), key=lambda t: t["objective"], default=None)
+    tags: dict[str, str] = {}
+    if best is not None:
+        metrics.append(("best/objective", float(best["objective"]), 0))
+        if isinstance(best.get("avg/test"), (int, float)):
+            metrics.append(("best/avg_test", float(best["avg/test"]), 0))
+        tags.update({"raysft.best_trial": str(best.get("trial_id", "")), "raysft.best_method": str(best.get("method", ""))})
+
+    score = f"dev {metric}" if metric else "dev score"
+    lines = [f"### Sweep `{space}`: {', '.join(methods) or 'no trials'}", ""]
+    parts = [f"**{len(trials)} trials**: {len(finals)} evaluated in full, {len(stopped)} stopped early, {len(failed)} failed"]
+    if wall_s is not None:
+        parts.append(f"{wall_s / 60:.1f} min")
+    if counts:
+        parts.append(f"dense phases computed {counts.get('computed', 0)}, reused {counts.get('reused', 0)}")
+    lines += [" · ".join(parts), ""]
+    if best is not None:
+        test = f", test {best['avg/test']:.4f}" if isinstance(best.get("avg/test"), (int, float)) else ""
+        lines += [f"**Best**: trial `{best.get('trial_id')}` ({best.get('method')}), {score} "
+                  f"**{best['objective']:.4f}**{test}", ""]
+    lines += [f"| method | trials | evaluated in full | best {score} |", "|---|---:|---:|---:|"]
+    for m, n, n_final, b in rows:
+        best_cell = "–" if b is None else f"{b['objective']:.4f}"
+        lines.append(f"| {m} | {n} | {n_final} | {best_cell} |")
+    lines.append("")
+    for section in sections or []:  # e.g. best vs default (issue 10)
+        lines += [section.strip(), ""]
+    lines += ["To compare the trials: this run's child runs in the experiment's **Table** view with the columns "
+              "`objective`, `delta_bytes`, `trained_entries`, `time/total_s`, `peak_memory_bytes`, `method` and the "
+              "searched params; **Chart** view for `objective` against `delta_bytes`; **Parallel coordinates** from "
+              "the searched params to `objective`. `raysft compare " + space + " --pareto score,bytes` draws the front."]
+    return metrics, tags, "\n".join(lines)

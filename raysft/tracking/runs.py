@@ -126,15 +126,22 @@ def _local_checkpoint(path: str | None, storage_root: str, scratch: Path) -> Pat
 
 
 # ------------------------------------------------------------------------------------------------------ raysft train
+def _ms(seconds: float | None) -> int | None:
+    return None if seconds is None else int(seconds * 1000)
+
+
 @contextlib.contextmanager
-def _single_run(uri: TrackingURI, experiment: str, run_name: str, tags: dict[str, str]):
-    """Create a run, yield (client, experiment id, run id); it ends FINISHED, or FAILED if the body raises."""
+def _single_run(uri: TrackingURI, experiment: str, run_name: str, tags: dict[str, str],
+                started: float | None = None, ended: float | None = None):
+    """Create a run, yield (client, experiment id, run id); it ends FINISHED, or FAILED if the body raises.
+    ``started`` / ``ended`` (epoch seconds): the work's real start and end, when the run is written afterwards (else
+    MLflow would show the few seconds of logging as the run's duration)."""
     c = connect(uri)
     exp_id = ensure_experiment(c, uri, experiment)
-    run_id = c.create_run(exp_id, run_name=run_name, tags=tags).info.run_id
+    run_id = c.create_run(exp_id, start_time=_ms(started), run_name=run_name, tags=tags).info.run_id
     try:
         yield c, exp_id, run_id
-        c.set_terminated(run_id, "FINISHED")
+        c.set_terminated(run_id, "FINISHED", end_time=_ms(ended))
     except BaseException:
         try:
             c.set_terminated(run_id, "FAILED")
@@ -143,12 +150,16 @@ def _single_run(uri: TrackingURI, experiment: str, run_name: str, tags: dict[str
         raise
 
 
-def log_train_run(uri: TrackingURI, experiment: str, cfg, method: str, metrics: dict, out: Path) -> tuple[str, str]:
-    """One run for `raysft train` (params, metrics, artifacts); returns (experiment id, run id)."""
+def log_train_run(uri: TrackingURI, experiment: str, cfg, method: str, metrics: dict, out: Path,
+                  started: float | None = None, ended: float | None = None) -> tuple[str, str]:
+    """One run for `raysft train` (params, metrics, artifacts), written after the training with its real start and
+    end (epoch seconds); returns (experiment id, run id)."""
     tags = {"raysft.kind": "train", "raysft.out": str(Path(out).resolve()), "raysft.space": cfg.name}
-    with _single_run(uri, experiment, f"train-{method}-{datetime.now():%Y%m%d-%H%M%S}", tags) as (c, exp_id, run_id):
+    when = datetime.fromtimestamp(started) if started else datetime.now()
+    extra = {"time_total_s": ended - started} if started and ended else None
+    with _single_run(uri, experiment, f"train-{method}-{when:%Y%m%d-%H%M%S}", tags, started, ended) as (c, exp_id, run_id):
         params = {**record.config_params(cfg, method), **record.final_params(metrics)}
-        _log_batch(c, run_id, params, record.final_metrics(metrics))
+        _log_batch(c, run_id, params, record.final_metrics(metrics, extra))
         with tempfile.TemporaryDirectory(prefix="raysft-track-") as d:
             files = record.write_artifacts(Path(d), cfg, metrics, Path(out) / record.DELTA_FILE)
             record.log_files(c, run_id, files)
@@ -162,8 +173,9 @@ def log_lang_run(uri: TrackingURI, experiment: str, cfg, metrics: dict, delta_pa
     step and times; artifacts the delta (unless it is large), metrics.json and config.yaml."""
     lang = metrics["language"]
     tags = {"raysft.kind": "lang", "raysft.language": lang, "raysft.space": cfg.name, "raysft.sft": str(delta_path)}
-    run_name = f"lang-{lang}-{metrics['method']}-{datetime.now():%Y%m%d-%H%M%S}"
-    with _single_run(uri, experiment, run_name, tags) as (c, exp_id, run_id):
+    started, ended = metrics.get("started_at"), metrics.get("ended_at")
+    run_name = f"lang-{lang}-{metrics['method']}-{datetime.fromtimestamp(started) if started else datetime.now():%Y%m%d-%H%M%S}"
+    with _single_run(uri, experiment, run_name, tags, started, ended) as (c, exp_id, run_id):
         params = {"language": lang, "method": metrics["method"], "model": cfg.model, "k": str(metrics["k"]),
                   "n": str(metrics["n"]), "corpus": metrics["corpus"][:6000], "corpus_lines": str(metrics["corpus_lines"]),
                   "train_lines": str(metrics["train_lines"]), "head_fresh": str(metrics["head_fresh"])}
@@ -172,6 +184,10 @@ def log_lang_run(uri: TrackingURI, experiment: str, cfg, metrics: dict, delta_pa
         values += [(f"time/{name}", float(v), 0) for name, v in metrics["timings"].items()]
         values += [(f"loss/{phase}", float(v), i) for phase, vs in metrics["losses"].items() for i, v in enumerate(vs)]
         values += [("trained_entries", float(metrics["k"]), 0), ("delta_bytes", float(metrics["delta_bytes"]), 0)]
+        if metrics.get("peak_memory_bytes"):
+            values.append(("peak_memory_bytes", float(metrics["peak_memory_bytes"]), 0))
+        if started and ended:
+            values.append(("time/total_s", float(ended - started), 0))
         _log_batch(c, run_id, params, values)
         with tempfile.TemporaryDirectory(prefix="raysft-track-") as d:
             files = record.write_artifacts(Path(d), cfg, None, None)
@@ -281,36 +297,44 @@ class SweepTracking:
         return self._callback
 
     def finish(self, grid=None, counts: dict | None = None, wall_s: float | None = None,
-               status: str | None = None) -> None:
-        """End the parent run: FINISHED when every trial ended, KILLED when interrupted, FAILED on an error."""
+               status: str | None = None, sections: list[str] | None = None) -> None:
+        """End the parent run: FINISHED when every trial ended, KILLED when interrupted, FAILED on an error. With the
+        sweep's results, its summary as metrics, tags and a markdown description (``mlflow.note.content``);
+        ``sections`` are more markdown for it (the place for best vs default, issue 10)."""
         metrics: list[tuple[str, float, int]] = []
-        best, outcome = None, None
+        tags: dict[str, str] = {}
         if grid is not None:
-            results = [r for r in grid]
-            finals = [r.metrics for r in results if (r.metrics or {}).get("phase") == "final"]
-            metrics += [("trials", float(len(results)), 0), ("trials_final", float(len(finals)), 0),
-                        ("trials_failed", float(sum(1 for r in results if r.error)), 0)]
-            scored = [m for m in finals if isinstance(m.get("objective"), (int, float))]
-            if scored:
-                best = max(scored, key=lambda m: m["objective"])
-                metrics.append(("best/objective", float(best["objective"]), 0))
-                if isinstance(best.get("avg/test"), (int, float)):
-                    metrics.append(("best/avg_test", float(best["avg/test"]), 0))
-            outcome = sweep_outcome(results)
+            trials = []
+            for r in grid:
+                m = r.metrics or {}
+                sample = (r.config or {}).get("sample") or {}
+                state = "failed" if r.error else "final" if m.get("phase") == "final" else "stopped"
+                trials.append({"trial_id": m.get("trial_id"), "method": sample.get("method", "?"), "state": state,
+                               **{k: m[k] for k in ("objective", "avg/test", "k", "delta_bytes") if k in m}})
+            from raysft.tasks import get_task
+
+            try:
+                metric = get_task(self.base.get("task", "")).metric
+            except Exception:
+                metric = ""
+            outcome = sweep_outcome(list(grid))
             if outcome is not None:
-                metrics += [(k, v, 0) for k, v in outcome.metrics().items()]
-        for key, v in (counts or {}).items():
-            metrics.append((f"dense_{key}", float(v), 0))
-        if wall_s is not None:
-            metrics.append(("time/sweep_s", float(wall_s), 0))
+                sections = [f"**Best vs default:** {outcome.line()}", *(sections or [])]
+            metrics, tags, note = record.sweep_summary(trials, counts, wall_s, self.base.get("name", ""), metric, sections)
+            if outcome is not None:
+                metrics += [(k, float(v), 0) for k, v in outcome.metrics().items()]
+                tags["raysft.best_vs_default"] = outcome.line()
+                if outcome.default is not None:
+                    tags["raysft.default_trial"] = outcome.default.id
+            tags["mlflow.note.content"] = note[:7500]  # MLflow keeps tag values up to 8000 characters
+        else:
+            for key, v in (counts or {}).items():
+                metrics.append((f"dense_{key}", float(v), 0))
+            if wall_s is not None:
+                metrics.append(("time/sweep_s", float(wall_s), 0))
         cb = self._callback
         if status is None:
             status = "KILLED" if cb is not None and cb.interrupted else "FINISHED"
-        tags = {"raysft.best_trial": str(best.get("trial_id"))} if best and best.get("trial_id") else {}
-        if grid is not None and outcome is not None:
-            tags["raysft.best_vs_default"] = outcome.line()
-            if outcome.default is not None:
-                tags["raysft.default_trial"] = outcome.default.id
         writer = cb._writer() if cb is not None else Writer(self.uri.uri)
         writer.submit("sweep summary", _log_batch, self.parent_run_id, None,
                       [(k, v, 0) for k, v, _ in metrics if v == v], tags)

@@ -60,6 +60,18 @@ class Run:
     lang_sfts: dict[str, SparseDelta] = field(default_factory=dict)
 
 
+def peak_memory_bytes() -> int:
+    """This process's peak memory: resident set size (Linux reports KiB, macOS bytes), or the GPU's peak allocation
+    when it is larger."""
+    import resource
+    import sys
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss = rss if sys.platform == "darwin" else rss * 1024
+    gpu = torch.cuda.max_memory_allocated() if torch.cuda.is_available() and torch.cuda.is_initialized() else 0
+    return int(max(rss, gpu))
+
+
 def task_data(cfg: Config) -> TaskData:
     return TaskData(
         data_dir=cfg.data.dir,
