@@ -10,6 +10,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,6 +54,11 @@ class Run:
     eval_langs: list[str]
     source_lang: str | None = None
     lang_sfts: dict[str, SparseDelta] = field(default_factory=dict)
+    lang_sft_warnings: list[str] = field(default_factory=list)  # printed, and logged with the run's metrics
+
+
+class LangSFTWarning(UserWarning):
+    """A language SFT the run expected but goes without (``lang_sfts_optional``), or a missing source-language SFT."""
 
 
 def task_data(cfg: Config) -> TaskData:
@@ -86,15 +92,23 @@ def prepare(cfg: Config, method_name: str | None = None) -> Run:
     method.validate(space, k)
     run = Run(cfg, method, task, data, tokenizer, model, space, k, targets, eval_langs, source)
     if cfg.lang_sfts:
-        run.lang_sfts = load_lang_sfts(cfg.lang_sfts, space, eval_langs)
+        warn: list[str] | None = [] if cfg.lang_sfts_optional else None
+        run.lang_sfts = load_lang_sfts(cfg.lang_sfts, space, eval_langs, warn=warn)
+        run.lang_sft_warnings = (warn or []) + check_source_lang_sft(run, cfg.lang_sfts_optional)
+        for msg in run.lang_sft_warnings:
+            warnings.warn(msg, LangSFTWarning, stacklevel=2)
     return run
 
 
-def load_lang_sfts(source: str, space: ParamSpace, langs: list[str]) -> dict[str, SparseDelta]:
+def load_lang_sfts(
+    source: str, space: ParamSpace, langs: list[str], *, warn: list[str] | None = None
+) -> dict[str, SparseDelta]:
     """The language SFTs of ``langs`` that ``source`` has (a folder of <lang>.safetensors, the store's folder, or
-    ``hub:<repo with {lang}>``); languages it lacks are simply absent (the evaluation reports them as missing)."""
+    ``hub:<repo with {lang}>``). A folder or the store may lack a language (the evaluation reports it as missing);
+    a hub source is looked up through :mod:`raysft.tasks.langcodes`: a language its table says is published but
+    that cannot be found is an error, or, when ``warn`` is a list, a warning appended to it."""
     if source.startswith("hub:"):
-        return _hub_lang_sfts(source.removeprefix("hub:"), space, langs)
+        return _hub_lang_sfts(source.removeprefix("hub:"), space, langs, warn)
     from raysft.store import source_folder
 
     folder = source_folder(source)
@@ -116,27 +130,69 @@ def check_lang_sft(delta: SparseDelta, path) -> SparseDelta:
     return delta
 
 
-def _hub_lang_sfts(template: str, space: ParamSpace, langs: list[str]) -> dict[str, SparseDelta]:
-    """composable-sft's published language SFTs (e.g. cambridgeltl/xlmr-lang-sft-{lang}-small), read through the
-    tensors-only importer."""
+def check_source_lang_sft(run: Run, optional: bool) -> list[str]:
+    """A hub source publishes the source language's SFT (composable-sft trains every task SFT on top of it: `en` for
+    NLI, `id` for SA): not finding it is an error, or with ``lang_sfts_optional`` a warning (returned, to be printed
+    and logged). A folder or the store holds it only if someone trained it: without it the task SFT trains from θ0
+    (``source_lang_sft: false`` in the metrics)."""
+    source = run.cfg.lang_sfts
+    if not source or not run.source_lang or run.source_lang in run.lang_sfts:
+        return []
+    if not source.startswith("hub:"):
+        return []  # metrics.json says so (source_lang_sft: false)
+    from raysft.tasks.langcodes import hub_repo
+
+    template = source.removeprefix("hub:")
+    repo = hub_repo(template, run.source_lang)
+    what = f"{repo} (the source language {run.source_lang}'s SFT)" if repo else (
+        f"a language SFT for the source language {run.source_lang} (its source publishes none)"
+    )
+    msg = f"lang_sfts {source} has no {what}"
+    if not optional:
+        raise RaysftError(f"{msg}: go online or fix lang_sfts, or set lang_sfts_optional: true to train from θ0")
+    return [f"{msg}: the task SFT trains from θ0 (lang_sfts_optional)"]
+
+
+def _fetch_hub_sft(repo: str) -> Path | None:
+    """``pytorch_diff.bin`` of a hub repo, or of a local folder laid out like one; None when it does not exist."""
+    local = Path(repo).expanduser()
+    if local.is_absolute() or repo.startswith("."):
+        path = local / "pytorch_diff.bin"
+        return path if path.is_file() else None
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
 
+    try:
+        return Path(hf_hub_download(repo, "pytorch_diff.bin"))
+    except (RepositoryNotFoundError, EntryNotFoundError):
+        return None
+    except Exception as e:  # offline, or the hub is unreachable
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise RaysftError(
+            f"cannot download the language SFT {repo} ({first}): go online, or train language SFTs with "
+            "`raysft lang` and set lang_sfts: store"
+        ) from None
+
+
+def _hub_lang_sfts(template: str, space: ParamSpace, langs: list[str], warn: list[str] | None) -> dict[str, SparseDelta]:
+    """composable-sft's published language SFTs (e.g. cambridgeltl/xlmr-lang-sft-{lang}-small, ``{lang}`` filled with
+    the source's own code for the language), read through the tensors-only importer. ``template`` may also be a
+    local folder laid out like the hub repos (``/mirror/cambridgeltl/xlmr-lang-sft-{lang}-small/pytorch_diff.bin``)."""
     from raysft.sft.delta import import_composable_sft
+    from raysft.tasks.langcodes import hub_repo
 
     out = {}
     for lang in langs:
-        repo = template.format(lang=lang)
-        try:
-            path = hf_hub_download(repo, "pytorch_diff.bin")
-        except (RepositoryNotFoundError, EntryNotFoundError):
-            continue  # no published SFT for this language
-        except Exception as e:  # offline, or the hub is unreachable
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-            raise RaysftError(
-                f"cannot download the language SFT {repo} ({first}): go online, or train language SFTs with "
-                "`raysft lang` and set lang_sfts: store"
-            ) from None
+        repo = hub_repo(template, lang)
+        if repo is None:
+            continue  # the source publishes none for this language: reported as missing
+        path = _fetch_hub_sft(repo)
+        if path is None:
+            msg = f"the language SFT {repo} for {lang} does not exist"
+            if warn is None:
+                raise RaysftError(f"{msg}: fix lang_sfts or raysft/tasks/langcodes.py, or set lang_sfts_optional: true")
+            warn.append(f"{msg}: {lang} is scored task-only (lang_sfts_optional)")
+            continue
         delta = import_composable_sft(path, space)
         delta.meta.update({"kind": "lang", "language": lang, "base_model": repo})
         out[lang] = delta
@@ -230,6 +286,7 @@ def evaluation_metrics(run: Run, results: dict) -> dict:
         "lang_sfts": sorted(run.lang_sfts),
         "lang_sft_source": run.cfg.lang_sfts,
         "lang_sft_missing": [lang for lang in run.target_langs if lang not in run.lang_sfts] if run.cfg.lang_sfts else [],
+        "lang_sft_warnings": list(run.lang_sft_warnings),
     }
     return out
 
