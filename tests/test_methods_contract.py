@@ -23,8 +23,8 @@ K = 600
 
 def run_method(name: str):
     model = tiny_classifier(seed=0)
-    space = ParamSpace(model)
     method = make_method(name, SETTINGS.get(name))
+    space = ParamSpace(model, **method.space_options())
     batches = random_batches(6, seed=1)
     theta0, head0 = space.snapshot(), space.head_snapshot()
     ctx = SelectionContext(space, K if method.uses_k else space.n, theta0, seed=0)
@@ -84,9 +84,9 @@ def test_unmasked_entries_bitwise_equal_and_masked_moved(trained):
             keep[idx] = False
             moved += int((now[idx] != before[idx]).sum())
         assert torch.equal(now[keep], before[keep]), f"{name}: unmasked entries of {info.name} changed"
-    for n in space.frozen:  # LayerNorms never train
-        p = dict(model.named_parameters())[n]
-        assert p.requires_grad is False
+    params = dict(model.named_parameters())
+    for n in space.frozen:  # LayerNorms never train (BitFit's LayerNorm biases are maskable, not frozen)
+        assert params[n].requires_grad is False
     assert moved >= 0.5 * selection.k, f"{name}: only {moved} of {selection.k} masked entries moved"
 
 
@@ -145,3 +145,38 @@ def test_compose_equals_sequential_application(trained):
         composed = space.snapshot()
     for n in sequential:
         torch.testing.assert_close(composed[n], sequential[n], rtol=0, atol=1e-6)
+
+
+def test_bitfit_trains_every_bias_layer_norm_biases_included(trained):
+    """BitFit's paper trains all biases, LayerNorm's too: K counts them, they move, LayerNorm gains stay bitwise."""
+    name, (model, space, method, selection, updater, delta, theta0) = trained
+    if name != "bitfit":
+        pytest.skip("BitFit only")
+    params = dict(model.named_parameters())
+    biases = [n for n in params if n.startswith(space.prefix + ".") and n.endswith(".bias")]
+    ln_biases = [n for n in biases if "LayerNorm" in n]
+    assert ln_biases and sorted(space.strip_prefix(n) for n in ln_biases) == sorted(space.layer_norm_biases)
+    assert selection.k == sum(params[n].numel() for n in biases)
+    for n in ln_biases:  # every LayerNorm bias trained (the fixture's model is back at θ0 by now: read the delta)
+        rel = space.strip_prefix(n)
+        idx, val = delta.diffs[rel]
+        assert torch.equal(idx, torch.arange(params[n].numel())) and bool(val.ne(0).all()), n
+    assert not any("LayerNorm.weight" in n for n in selection.mask)  # gains stay frozen
+    # the base's fingerprint ignores the extra maskable LayerNorm biases: the delta applies to a standard space
+    fresh = tiny_classifier(seed=0)
+    standard = ParamSpace(fresh)
+    assert space.fingerprint() == standard.fingerprint() and "embeddings.LayerNorm.bias" not in {
+        p.name for p in standard.maskable}
+    fresh_params = dict(fresh.named_parameters())
+    with delta.apply(standard):
+        for n in ln_biases:
+            want = theta0[space.strip_prefix(n)] + delta.diffs[space.strip_prefix(n)][1]
+            assert torch.equal(fresh_params[n].detach(), want), n
+
+
+def test_bitfit_without_layer_norm_biases():
+    method = make_method("bitfit", {"layer_norm_bias": False})
+    space = ParamSpace(tiny_classifier(seed=0), **method.space_options())
+    selection = method.select(SelectionContext(space, space.n, space.snapshot()))
+    assert not any("LayerNorm" in n for n in selection.mask) and selection.k == sum(
+        p.numel for p in space.maskable if p.name.endswith(".bias"))

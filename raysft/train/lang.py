@@ -127,7 +127,7 @@ def prepare_lang(cfg: Config, lang: str, method_name: str | None = None) -> Lang
     tokenizer = load_tokenizer(cfg.model)
     model, head_fresh = load_for_mlm(cfg.model, with_info=True)
     decoder = untie_output_embeddings(model)
-    space = ParamSpace(model, freeze_embeddings=cfg.sft.freeze_embeddings, freeze=[decoder])
+    space = ParamSpace(model, freeze_embeddings=cfg.sft.freeze_embeddings, freeze=[decoder], **method.space_options())
     k = lc.resolve_k(cfg.sft, space.n) if method.uses_k else space.n
     method.validate(space, k)
     return LangRun(

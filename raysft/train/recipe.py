@@ -87,7 +87,7 @@ def prepare(cfg: Config, method_name: str | None = None) -> Run:
     torch.manual_seed(cfg.seed)
     tokenizer = load_tokenizer(cfg.model)
     model = load_for_classification(cfg.model, task.num_labels)
-    space = ParamSpace(model, freeze_embeddings=cfg.sft.freeze_embeddings)
+    space = ParamSpace(model, freeze_embeddings=cfg.sft.freeze_embeddings, **method.space_options())
     k = cfg.sft.resolve_k(space.n) if method.uses_k else space.n
     method.validate(space, k)
     run = Run(cfg, method, task, data, tokenizer, model, space, k, targets, eval_langs, source)

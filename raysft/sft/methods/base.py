@@ -62,6 +62,11 @@ class Method:
     def __init__(self, settings: MethodSettings | None = None):
         self.settings = settings if settings is not None else self.Settings()
 
+    def space_options(self) -> dict:
+        """Keyword arguments for :class:`ParamSpace` (e.g. BitFit's ``layer_norm_bias``): which parameters this
+        method may train beyond the standard maskable set."""
+        return {}
+
     def validate(self, space: ParamSpace, k: int) -> None:
         """Refuse settings that cannot work on this model before any training starts."""
         if self.uses_k and not 0 < k <= space.n:
