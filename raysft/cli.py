@@ -87,7 +87,7 @@ def results_table(metrics: dict) -> Table:
 @app.command()
 def train(
     space: Annotated[str, typer.Argument(help="a space under search_spaces/ (smoke, sa-cpu, nli-cpu, sa, nli) or a YAML path")],
-    method: Annotated[str | None, typer.Option(help="full, bitfit, lt-sft, sc-sft, deft-x, rand-sft, ada-sft")] = None,
+    method: Annotated[str | None, typer.Option(help="full, bitfit, lt-sft, sc-sft, deft-x, rand-sft, ada-sft, ada-sft-topk")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="override a config key: --set dense.lr=3e-5")] = None,
     out: Annotated[Path | None, typer.Option(help="output folder (default runs/train/<space>-<method>-<time>)")] = None,
     force: Annotated[bool, typer.Option(help="replace a non-empty --out")] = False,

@@ -9,13 +9,16 @@ from raysft.sft.delta import SparseDelta
 from raysft.sft.groups import ParamSpace
 from raysft.sft.mask import allocate, expand_budget, mask_size
 from raysft.sft.methods import METHODS, SelectionContext, make_method
-from raysft.train.loop import restore, train_dense, train_mask_scores, train_sparse
+from raysft.sft.delta import base_metadata
+from raysft.train.loop import restore, train_dense, train_gated, train_mask_scores, train_sparse
+from raysft.train.recipe import gated_delta
 from tests.conftest import random_batches, tiny_classifier
 
 SETTINGS = {
     "sc-sft": {"budget": {"embeddings": 0.2, "layer.0": 0.4, "layer.1": 0.4}},
     "deft-x": {"rank_strategy": "energy", "energy": 0.8},
     "ada-sft": {"score_init": 3.0, "score_lr": 0.1},
+    "ada-sft-topk": {"score_init": 3.0, "score_lr": 0.1},
 }
 PHASE = PhaseConfig(epochs=1, lr=5e-3, batch_size=8)
 K = 600
@@ -33,10 +36,15 @@ def run_method(name: str):
         ctx.theta1 = space.snapshot()
     elif method.first_phase == "mask":
         s = method.settings
-        ctx.scores = train_mask_scores(model, space, batches, 6, PHASE, score_init=s.score_init, score_lr=s.score_lr)
+        ctx.scores = train_mask_scores(model, space, batches, 6, PHASE, score_init=s.score_init, score_lr=s.score_lr,
+                                       names=method.score_params(space))
     selection = method.select(ctx)
     updater = None
-    if method.sparse_phase:
+    if method.gated_phase:  # Ada-SFT per the report: M fixed, W trained through W ⊙ M, then folded
+        train_gated(model, space, method.gates(ctx.scores), batches, 6, PHASE)
+        delta = gated_delta(space, theta0, method.gates(ctx.scores), {"kind": "task", "method": name,
+                                                                      **base_metadata(space)})
+    elif method.sparse_phase:
         restore(space, theta0, head0)
         updater, _ = train_sparse(model, space, selection.mask, batches, 6, PHASE)
         delta = SparseDelta(
@@ -72,7 +80,7 @@ def test_exactly_k_selected(trained):
 
 def test_unmasked_entries_bitwise_equal_and_masked_moved(trained):
     name, (model, space, method, selection, updater, delta, theta0) = trained
-    if not method.sparse_phase:
+    if not (method.sparse_phase or method.gated_phase):
         pytest.skip(f"{name} has no sparse phase: its delta is the dense update")
     moved = 0
     for info in space.maskable:
@@ -80,6 +88,8 @@ def test_unmasked_entries_bitwise_equal_and_masked_moved(trained):
         before = theta0[info.name].reshape(-1)
         keep = torch.ones(info.numel, dtype=torch.bool)
         idx = selection.mask.get(info.name)
+        if idx is None and info.name in selection.mask:
+            idx = torch.arange(info.numel)  # the whole tensor (Ada-SFT's linear weights)
         if idx is not None:
             keep[idx] = False
             moved += int((now[idx] != before[idx]).sum())
@@ -104,7 +114,7 @@ def test_trained_weights_equal_theta0_plus_delta_bitwise(trained):
     restore(space, theta0)
     with delta.apply(space):
         for n, w in trained_weights.items():
-            if method.sparse_phase:
+            if method.sparse_phase or method.gated_phase:
                 assert torch.equal(space.param(n).detach(), w), n
             else:
                 torch.testing.assert_close(space.param(n).detach(), w)
@@ -180,3 +190,39 @@ def test_bitfit_without_layer_norm_biases():
     selection = method.select(SelectionContext(space, space.n, space.snapshot()))
     assert not any("LayerNorm" in n for n in selection.mask) and selection.k == sum(
         p.numel for p in space.maskable if p.name.endswith(".bias"))
+
+
+def test_ada_sft_is_the_reports_soft_mask_on_linear_weights():
+    """Step 1 learns M = sigmoid(S) for the linear weights only, W fixed; step 2 trains W with W ⊙ M in the forward
+    pass; the folded weights (= θ0 + the saved delta, bitwise) are W ⊙ M within float32 rounding and score as the
+    gated model does."""
+    from raysft.sft.mask_scores import fold_gates, gated_call
+
+    model = tiny_classifier(seed=0)
+    method = make_method("ada-sft", SETTINGS["ada-sft"])
+    space = ParamSpace(model)
+    batches = random_batches(6, seed=1)
+    theta0 = space.snapshot()
+    names = method.score_params(space)
+    linear = {f"{space.prefix}.{n}" for n in names}
+    assert linear == {f"{m}.weight" for m, mod in model.named_modules()
+                      if isinstance(mod, torch.nn.Linear) and m.startswith(space.prefix + ".")}
+    scores = train_mask_scores(model, space, batches, 6, PHASE, score_init=3.0, score_lr=0.1, names=names)
+    assert set(scores) == set(names) and all(torch.equal(space.param(n), theta0[n]) for n in theta0)  # W fixed
+    assert any(not torch.equal(s, torch.full_like(s, 3.0)) for s in scores.values())  # S learned
+    gates = method.gates(scores)
+    train_gated(model, space, gates, batches, 6, PHASE)
+    for info in space.maskable:  # only the linear weights moved
+        assert torch.equal(space.param(info.name), theta0[info.name]) != (info.name in gates), info.name
+    effective = {n: (space.param(n) * gates[n]).detach().clone() for n in gates}
+    model.eval()
+    with torch.no_grad():
+        gated_logits = gated_call(model, space, gates, **{k: v for k, v in batches[0].items() if k != "labels"}).logits
+    deltas = fold_gates(space, theta0, gates)
+    for n, e in effective.items():  # fl(θ0 + fl(E − θ0)) vs E: ≤ 3 units of 2⁻²⁴ of max(|E|, |θ0|); 4 allowed
+        bound = 4 * 2.0**-24 * torch.maximum(e.abs(), theta0[n].abs())
+        assert bool(((space.param(n).detach() - e).abs() <= bound).all()), n
+        assert deltas[n].numel() == e.numel()
+    with torch.no_grad():
+        folded_logits = model(**{k: v for k, v in batches[0].items() if k != "labels"}).logits
+    torch.testing.assert_close(folded_logits, gated_logits, rtol=1e-5, atol=1e-5)

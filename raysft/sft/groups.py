@@ -105,6 +105,7 @@ class ParamSpace:
         base = getattr(model, "base_model", model)
         self.prefix = getattr(model, "base_model_prefix", "") if base is not model else ""
         layer_norm, ln_biases = _layer_norm_param_ids(model)
+        linear = {id(m.weight) for m in model.modules() if isinstance(m, nn.Linear)}
         base_ids = {id(p) for p in base.parameters()}
         self.maskable: list[ParamInfo] = []
         self.base: list[ParamInfo] = []  # the standard maskable set (no LayerNorm biases): what fingerprints the base
@@ -155,6 +156,8 @@ class ParamSpace:
                 f"parameters with no layer group: {', '.join(unknown[:5])}{' …' if len(unknown) > 5 else ''}; "
                 "raysft knows the BERT/RoBERTa/XLM-R layout (embeddings.*, encoder.layer.<i>.*): use a model of that family"
             )
+        # base-relative names of the maskable weight matrices of nn.Linear layers (Ada-SFT's soft mask covers these)
+        self.linear_weights: list[str] = [p.name for p in self.maskable if id(self._by_name[p.name]) in linear]
         self.groups: list[str] = sorted({p.group for p in self.maskable}, key=group_sort_key)
         self.n = sum(p.numel for p in self.maskable)
 

@@ -33,6 +33,7 @@ from raysft.train.loop import (
     predict,
     restore,
     train_dense,
+    train_gated,
     train_mask_scores,
     train_sparse,
 )
@@ -323,6 +324,15 @@ def delta_from_updater(updater, space: ParamSpace, meta: dict[str, str]) -> Spar
     return SparseDelta(diffs={n: (mask[n], v) for n, v in updater.values().items()}, abs=space.head_snapshot(), meta=meta)
 
 
+def gated_delta(space: ParamSpace, base: dict, gates: dict, meta: dict[str, str]) -> SparseDelta:
+    """A gated phase's result as a delta: the gates folded into the weights (dense diffs of the gated weights, the
+    model left at base + δ bitwise) and the head as abs values."""
+    from raysft.sft.mask_scores import fold_gates
+
+    diffs = {n: (None, d) for n, d in fold_gates(space, base, gates).items()}
+    return SparseDelta(diffs=diffs, abs=space.head_snapshot(), meta=meta)
+
+
 def run_training(run: Run, reporter: Reporter = SilentReporter()) -> tuple[SparseDelta, dict]:
     cfg, space, model = run.cfg, run.space, run.model
     train_ds = run.task.tokenize(run.task.load_train(run.data), run.tokenizer, cfg.data.max_seq_len)
@@ -345,7 +355,7 @@ def run_training(run: Run, reporter: Reporter = SilentReporter()) -> tuple[Spars
         s = run.method.settings
         ctx.scores = train_mask_scores(
             model, space, train_loader, steps, cfg.mask_phase,
-            score_init=s.score_init, score_lr=s.score_lr, reporter=reporter,
+            score_init=s.score_init, score_lr=s.score_lr, reporter=reporter, names=run.method.score_params(space),
         )
     timings["dense_s"] = time.perf_counter() - t
 
@@ -363,6 +373,14 @@ def run_training(run: Run, reporter: Reporter = SilentReporter()) -> tuple[Spars
         updater, losses["sparse"] = train_sparse(model, space, selection.mask, train_loader, steps, cfg.sparse, reporter=reporter)
         delta = delta_from_updater(updater, space, meta)
         optimizer_state = updater.state_bytes()
+    elif run.method.gated_phase:
+        # M fixed, W trained with W ⊙ M in the forward pass (no rewind: W is still the base after the mask phase)
+        gates = run.method.gates(ctx.scores)
+        steps = steps_for(cfg.sparse, len(train_ds))
+        train_loader = loader(train_ds, run.tokenizer, cfg.sparse.batch_size, True, cfg.seed + 1)
+        losses["gated"] = train_gated(model, space, gates, train_loader, steps, cfg.sparse, reporter=reporter)
+        delta = gated_delta(space, base, gates, meta)
+        optimizer_state = 2 * selection.k * 4
     else:
         delta = SparseDelta.from_params(space, base, selection.mask, meta=meta)
         optimizer_state = 2 * space.n * 4
