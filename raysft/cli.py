@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated
@@ -100,7 +101,7 @@ def train(
     is logged to MLflow."""
     from raysft.config import load_config
     from raysft.train.loop import SilentReporter
-    from raysft.train.recipe import check_out, prepare, run_training, write_outputs
+    from raysft.train.recipe import LangSFTWarning, check_out, prepare, run_training, write_outputs
 
     _quiet_libraries()
     cfg = load_config(space, set_ or [])
@@ -117,8 +118,11 @@ def train(
         from raysft.tracking.store import resolve_uri
 
         uri = resolve_uri(tracking_uri)
-    with console.status("loading model and data"):
+    with console.status("loading model and data"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", LangSFTWarning)  # printed below, one line each
         run = prepare(cfg, name)
+    for msg in run.lang_sft_warnings:
+        err_console.print(f"[yellow]warning:[/] {msg}", highlight=False)
     if uri is not None:
         from raysft.tracking.store import connect
 

@@ -40,11 +40,12 @@ from raysft.train.loop import (
     SilentReporter,
     restore,
     train_dense,
+    train_gated,
     train_head,
     train_mask_scores,
     train_sparse,
 )
-from raysft.train.recipe import delta_from_updater
+from raysft.train.recipe import delta_from_updater, gated_delta
 
 
 def mlm_head(model: nn.Module) -> nn.Module:
@@ -128,7 +129,7 @@ def prepare_lang(cfg: Config, lang: str, method_name: str | None = None) -> Lang
     model, head_fresh = load_for_mlm(cfg.model, with_info=True)
     decoder = untie_output_embeddings(model)
     space = ParamSpace(model, freeze_embeddings=cfg.sft.freeze_embeddings, freeze=[decoder], **method.space_options())
-    k = lc.resolve_k(cfg.sft, space.n) if method.uses_k else space.n
+    k = lc.resolve_k(cfg.sft, space.n) if method.uses_k else method.fixed_k(space)
     method.validate(space, k)
     return LangRun(
         cfg, lang, method, tokenizer, model, space, k, head_fresh,
@@ -188,7 +189,7 @@ def train_lang_sft(run: LangRun, reporter: Reporter = SilentReporter()) -> tuple
         steps = steps_for(cfg.mask_phase, len(train_ds))
         ctx.scores = train_mask_scores(
             model, space, loader(cfg.mask_phase.batch_size, cfg.seed), steps, cfg.mask_phase,
-            score_init=s.score_init, score_lr=s.score_lr, reporter=reporter,
+            score_init=s.score_init, score_lr=s.score_lr, reporter=reporter, names=run.method.score_params(space),
         )
     timings["dense_s"] = time.perf_counter() - t
 
@@ -205,6 +206,13 @@ def train_lang_sft(run: LangRun, reporter: Reporter = SilentReporter()) -> tuple
             reporter=reporter, loss_fn=mlm_loss,
         )
         delta = delta_from_updater(updater, space, {})
+    elif run.method.gated_phase:  # Ada-SFT (the report's): M fixed, W trained through W ⊙ M, then folded
+        gates = run.method.gates(ctx.scores)
+        steps = steps_for(lc.sparse, len(train_ds))
+        losses["gated"] = train_gated(
+            model, space, gates, loader(lc.sparse.batch_size, cfg.seed + 1), steps, lc.sparse, reporter=reporter
+        )
+        delta = gated_delta(space, theta0, gates, {})
     else:  # `full`: the dense phase's result is the delta
         delta = SparseDelta.from_params(space, theta0, selection.mask)
     timings["sparse_s"] = time.perf_counter() - t

@@ -89,7 +89,7 @@ def prepare(cfg: Config, method_name: str | None = None) -> Run:
     tokenizer = load_tokenizer(cfg.model)
     model = load_for_classification(cfg.model, task.num_labels)
     space = ParamSpace(model, freeze_embeddings=cfg.sft.freeze_embeddings, **method.space_options())
-    k = cfg.sft.resolve_k(space.n) if method.uses_k else space.n
+    k = cfg.sft.resolve_k(space.n) if method.uses_k else method.fixed_k(space)
     method.validate(space, k)
     run = Run(cfg, method, task, data, tokenizer, model, space, k, targets, eval_langs, source)
     if cfg.lang_sfts:

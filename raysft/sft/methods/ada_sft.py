@@ -42,6 +42,9 @@ class AdaptiveSFT(Method):
     def score_params(self, space: ParamSpace) -> list[str]:
         return list(space.linear_weights)
 
+    def fixed_k(self, space: ParamSpace) -> int:
+        return sum(space.info(n).numel for n in space.linear_weights)
+
     def validate(self, space: ParamSpace, k: int) -> None:
         if not space.linear_weights:
             raise RaysftError("ada-sft masks linear-layer weights and this model has no maskable ones: use another method")

@@ -73,6 +73,10 @@ class Method:
         """The fixed multipliers of a gated phase, from the mask phase's scores."""
         raise NotImplementedError(f"{self.name} has no gated phase")
 
+    def fixed_k(self, space: ParamSpace) -> int:
+        """K of a method that fixes its own (``uses_k = False``): the entries its delta holds."""
+        return space.n
+
     def space_options(self) -> dict:
         """Keyword arguments for :class:`ParamSpace` (e.g. BitFit's ``layer_norm_bias``): which parameters this
         method may train beyond the standard maskable set."""

@@ -24,6 +24,9 @@ class BitFit(Method):
     def space_options(self) -> dict:
         return {"layer_norm_bias": self.settings.layer_norm_bias}
 
+    def fixed_k(self, space) -> int:
+        return sum(p.numel for p in space.maskable if p.name.endswith(".bias"))
+
     def select(self, ctx: SelectionContext) -> Selection:
         mask = {p.name: torch.arange(p.numel) for p in ctx.space.maskable if p.name.endswith(".bias")}
         return Selection(mask, sum(int(i.numel()) for i in mask.values()))
