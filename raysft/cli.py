@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import warnings
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated
@@ -89,7 +90,7 @@ def results_table(metrics: dict) -> Table:
 @app.command()
 def train(
     space: Annotated[str, typer.Argument(help="a space under search_spaces/ (smoke, sa-cpu, nli-cpu, sa, nli) or a YAML path")],
-    method: Annotated[str | None, typer.Option(help="full, bitfit, lt-sft, sc-sft, deft-x, rand-sft, ada-sft")] = None,
+    method: Annotated[str | None, typer.Option(help="full, bitfit, lt-sft, sc-sft, deft-x, rand-sft, ada-sft, ada-sft-topk")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="override a config key: --set dense.lr=3e-5")] = None,
     out: Annotated[Path | None, typer.Option(help="output folder (default runs/train/<space>-<method>-<time>)")] = None,
     force: Annotated[bool, typer.Option(help="replace a non-empty --out")] = False,
@@ -104,7 +105,7 @@ def train(
     from raysft.config import load_config
     from raysft.train.loop import SilentReporter
     from raysft.train.device import resolve_device
-    from raysft.train.recipe import check_out, peak_memory_bytes, prepare, run_training, write_outputs
+    from raysft.train.recipe import LangSFTWarning, check_out, peak_memory_bytes, prepare, run_training, write_outputs
 
     started = time.time()  # the MLflow run's start: this command's, not the moment it is logged
     _quiet_libraries()
@@ -123,8 +124,11 @@ def train(
         from raysft.tracking.store import resolve_uri
 
         uri = resolve_uri(tracking_uri)
-    with console.status("loading model and data"):
+    with console.status("loading model and data"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", LangSFTWarning)  # printed below, one line each
         run = prepare(cfg, name, device=where)
+    for msg in run.lang_sft_warnings:
+        err_console.print(f"[yellow]warning:[/] {msg}", highlight=False)
     if uri is not None:
         from raysft.tracking.store import connect
 

@@ -120,6 +120,9 @@ class Config(_Strict):
     # Where the language SFTs composed at evaluation come from: "store" (raysft lang's store for this model), a folder
     # of <lang>.safetensors, or "hub:<repo with {lang}>" (composable-sft's, e.g. hub:cambridgeltl/xlmr-lang-sft-{lang}-small).
     lang_sfts: str | None = None
+    # A language SFT that a hub source publishes (per raysft/tasks/langcodes.py) but that cannot be found, the source
+    # language's included, is an error; true: a warning (printed, and logged as lang_sft_warnings) and the run goes on.
+    lang_sfts_optional: bool = False
     lang: LangConfig = LangConfig()
     methods: dict[str, dict[str, Any]] = {}  # per method: its settings, and under `space:` what a sweep searches
     tune: TuneConfig = TuneConfig()

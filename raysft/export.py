@@ -329,7 +329,9 @@ def language_sfts(metrics: dict, config_file: Path, staging: Path | None = None)
     from raysft.store import source_folder
 
     if source.startswith("hub:"):
-        return {lang: source.removeprefix("hub:").format(lang=lang) for lang in langs}
+        from raysft.tasks.langcodes import hub_repo
+
+        return {lang: hub_repo(source.removeprefix("hub:"), lang) for lang in langs}
     folder = source_folder(source)
     out = {}
     for lang in langs:

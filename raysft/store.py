@@ -103,7 +103,9 @@ def source_lang_sft_identity(cfg) -> str | None:
     if not cfg.lang_sfts or not source:
         return None
     if cfg.lang_sfts.startswith("hub:"):
-        return cfg.lang_sfts.removeprefix("hub:").format(lang=source)
+        from raysft.tasks.langcodes import hub_repo
+
+        return hub_repo(cfg.lang_sfts.removeprefix("hub:"), source)
     path = lang_sft_file(cfg.lang_sfts, source)
     if path is None:
         return None

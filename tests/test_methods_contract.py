@@ -9,13 +9,16 @@ from raysft.sft.delta import SparseDelta
 from raysft.sft.groups import ParamSpace
 from raysft.sft.mask import allocate, expand_budget, mask_size
 from raysft.sft.methods import METHODS, SelectionContext, make_method
-from raysft.train.loop import restore, train_dense, train_mask_scores, train_sparse
+from raysft.sft.delta import base_metadata
+from raysft.train.loop import restore, train_dense, train_gated, train_mask_scores, train_sparse
+from raysft.train.recipe import gated_delta
 from tests.conftest import random_batches, tiny_classifier
 
 SETTINGS = {
     "sc-sft": {"budget": {"embeddings": 0.2, "layer.0": 0.4, "layer.1": 0.4}},
     "deft-x": {"rank_strategy": "energy", "energy": 0.8},
     "ada-sft": {"score_init": 3.0, "score_lr": 0.1},
+    "ada-sft-topk": {"score_init": 3.0, "score_lr": 0.1},
 }
 PHASE = PhaseConfig(epochs=1, lr=5e-3, batch_size=8)
 K = 600
@@ -24,8 +27,8 @@ K = 600
 def run_method(name: str, device: str = "cpu", phase: PhaseConfig = PHASE):
     """The contract run (also on CUDA by tests/test_gpu.py: the model moves there, batches follow it)."""
     model = tiny_classifier(seed=0).to(device)
-    space = ParamSpace(model)
     method = make_method(name, SETTINGS.get(name))
+    space = ParamSpace(model, **method.space_options())
     batches = random_batches(6, seed=1)
     theta0, head0 = space.snapshot(), space.head_snapshot()
     ctx = SelectionContext(space, K if method.uses_k else space.n, theta0, seed=0)
@@ -34,10 +37,15 @@ def run_method(name: str, device: str = "cpu", phase: PhaseConfig = PHASE):
         ctx.theta1 = space.snapshot()
     elif method.first_phase == "mask":
         s = method.settings
-        ctx.scores = train_mask_scores(model, space, batches, 6, phase, score_init=s.score_init, score_lr=s.score_lr)
+        ctx.scores = train_mask_scores(model, space, batches, 6, phase, score_init=s.score_init, score_lr=s.score_lr,
+                                       names=method.score_params(space))
     selection = method.select(ctx)
     updater = None
-    if method.sparse_phase:
+    if method.gated_phase:  # Ada-SFT per the report: M fixed, W trained through W ⊙ M, then folded
+        train_gated(model, space, method.gates(ctx.scores), batches, 6, phase)
+        delta = gated_delta(space, theta0, method.gates(ctx.scores), {"kind": "task", "method": name,
+                                                                      **base_metadata(space)})
+    elif method.sparse_phase:
         restore(space, theta0, head0)
         updater, _ = train_sparse(model, space, selection.mask, batches, 6, phase)
         delta = SparseDelta(
@@ -73,7 +81,7 @@ def test_exactly_k_selected(trained):
 
 def test_unmasked_entries_bitwise_equal_and_masked_moved(trained):
     name, (model, space, method, selection, updater, delta, theta0) = trained
-    if not method.sparse_phase:
+    if not (method.sparse_phase or method.gated_phase):
         pytest.skip(f"{name} has no sparse phase: its delta is the dense update")
     moved = 0
     for info in space.maskable:
@@ -81,13 +89,15 @@ def test_unmasked_entries_bitwise_equal_and_masked_moved(trained):
         before = theta0[info.name].reshape(-1)
         keep = torch.ones(info.numel, dtype=torch.bool)
         idx = selection.mask.get(info.name)
+        if idx is None and info.name in selection.mask:
+            idx = torch.arange(info.numel)  # the whole tensor (Ada-SFT's linear weights)
         if idx is not None:
             keep[idx] = False
             moved += int((now[idx] != before[idx]).sum())
         assert torch.equal(now[keep], before[keep]), f"{name}: unmasked entries of {info.name} changed"
-    for n in space.frozen:  # LayerNorms never train
-        p = dict(model.named_parameters())[n]
-        assert p.requires_grad is False
+    params = dict(model.named_parameters())
+    for n in space.frozen:  # LayerNorms never train (BitFit's LayerNorm biases are maskable, not frozen)
+        assert params[n].requires_grad is False
     assert moved >= 0.5 * selection.k, f"{name}: only {moved} of {selection.k} masked entries moved"
 
 
@@ -105,7 +115,7 @@ def test_trained_weights_equal_theta0_plus_delta_bitwise(trained):
     restore(space, theta0)
     with delta.apply(space):
         for n, w in trained_weights.items():
-            if method.sparse_phase:
+            if method.sparse_phase or method.gated_phase:
                 assert torch.equal(space.param(n).detach(), w), n
             else:
                 torch.testing.assert_close(space.param(n).detach(), w)
@@ -146,3 +156,74 @@ def test_compose_equals_sequential_application(trained):
         composed = space.snapshot()
     for n in sequential:
         torch.testing.assert_close(composed[n], sequential[n], rtol=0, atol=1e-6)
+
+
+def test_bitfit_trains_every_bias_layer_norm_biases_included(trained):
+    """BitFit's paper trains all biases, LayerNorm's too: K counts them, they move, LayerNorm gains stay bitwise."""
+    name, (model, space, method, selection, updater, delta, theta0) = trained
+    if name != "bitfit":
+        pytest.skip("BitFit only")
+    params = dict(model.named_parameters())
+    biases = [n for n in params if n.startswith(space.prefix + ".") and n.endswith(".bias")]
+    ln_biases = [n for n in biases if "LayerNorm" in n]
+    assert ln_biases and sorted(space.strip_prefix(n) for n in ln_biases) == sorted(space.layer_norm_biases)
+    assert selection.k == sum(params[n].numel() for n in biases)
+    for n in ln_biases:  # every LayerNorm bias trained (the fixture's model is back at θ0 by now: read the delta)
+        rel = space.strip_prefix(n)
+        idx, val = delta.diffs[rel]
+        assert torch.equal(idx, torch.arange(params[n].numel())) and bool(val.ne(0).all()), n
+    assert not any("LayerNorm.weight" in n for n in selection.mask)  # gains stay frozen
+    # the base's fingerprint ignores the extra maskable LayerNorm biases: the delta applies to a standard space
+    fresh = tiny_classifier(seed=0)
+    standard = ParamSpace(fresh)
+    assert space.fingerprint() == standard.fingerprint() and "embeddings.LayerNorm.bias" not in {
+        p.name for p in standard.maskable}
+    fresh_params = dict(fresh.named_parameters())
+    with delta.apply(standard):
+        for n in ln_biases:
+            want = theta0[space.strip_prefix(n)] + delta.diffs[space.strip_prefix(n)][1]
+            assert torch.equal(fresh_params[n].detach(), want), n
+
+
+def test_bitfit_without_layer_norm_biases():
+    method = make_method("bitfit", {"layer_norm_bias": False})
+    space = ParamSpace(tiny_classifier(seed=0), **method.space_options())
+    selection = method.select(SelectionContext(space, space.n, space.snapshot()))
+    assert not any("LayerNorm" in n for n in selection.mask) and selection.k == sum(
+        p.numel for p in space.maskable if p.name.endswith(".bias"))
+
+
+def test_ada_sft_is_the_reports_soft_mask_on_linear_weights():
+    """Step 1 learns M = sigmoid(S) for the linear weights only, W fixed; step 2 trains W with W ⊙ M in the forward
+    pass; the folded weights (= θ0 + the saved delta, bitwise) are W ⊙ M within float32 rounding and score as the
+    gated model does."""
+    from raysft.sft.mask_scores import fold_gates, gated_call
+
+    model = tiny_classifier(seed=0)
+    method = make_method("ada-sft", SETTINGS["ada-sft"])
+    space = ParamSpace(model)
+    batches = random_batches(6, seed=1)
+    theta0 = space.snapshot()
+    names = method.score_params(space)
+    linear = {f"{space.prefix}.{n}" for n in names}
+    assert linear == {f"{m}.weight" for m, mod in model.named_modules()
+                      if isinstance(mod, torch.nn.Linear) and m.startswith(space.prefix + ".")}
+    scores = train_mask_scores(model, space, batches, 6, PHASE, score_init=3.0, score_lr=0.1, names=names)
+    assert set(scores) == set(names) and all(torch.equal(space.param(n), theta0[n]) for n in theta0)  # W fixed
+    assert any(not torch.equal(s, torch.full_like(s, 3.0)) for s in scores.values())  # S learned
+    gates = method.gates(scores)
+    train_gated(model, space, gates, batches, 6, PHASE)
+    for info in space.maskable:  # only the linear weights moved
+        assert torch.equal(space.param(info.name), theta0[info.name]) != (info.name in gates), info.name
+    effective = {n: (space.param(n) * gates[n]).detach().clone() for n in gates}
+    model.eval()
+    with torch.no_grad():
+        gated_logits = gated_call(model, space, gates, **{k: v for k, v in batches[0].items() if k != "labels"}).logits
+    deltas = fold_gates(space, theta0, gates)
+    for n, e in effective.items():  # fl(θ0 + fl(E − θ0)) vs E: ≤ 3 units of 2⁻²⁴ of max(|E|, |θ0|); 4 allowed
+        bound = 4 * 2.0**-24 * torch.maximum(e.abs(), theta0[n].abs())
+        assert bool(((space.param(n).detach() - e).abs() <= bound).all()), n
+        assert deltas[n].numel() == e.numel()
+    with torch.no_grad():
+        folded_logits = model(**{k: v for k, v in batches[0].items() if k != "labels"}).logits
+    torch.testing.assert_close(folded_logits, gated_logits, rtol=1e-5, atol=1e-5)

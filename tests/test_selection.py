@@ -200,9 +200,9 @@ def test_ada_sft_selects_top_scores():
     scores = {p.name: torch.full(p.shape, 3.0) for p in space.maskable}
     name = "encoder.layer.0.output.dense.weight"
     scores[name].view(-1)[[5, 9]] = torch.tensor([4.0, 2.0])
-    sel = make_method("ada-sft", {"criterion": "score"}).select(SelectionContext(space, 1, space.snapshot(), scores=scores))
+    sel = make_method("ada-sft-topk", {"criterion": "score"}).select(SelectionContext(space, 1, space.snapshot(), scores=scores))
     assert sel.mask == {name: sel.mask[name]} and sel.mask[name].tolist() == [5]
-    sel = make_method("ada-sft", {"criterion": "score_change", "score_init": 3.0}).select(
+    sel = make_method("ada-sft-topk", {"criterion": "score_change", "score_init": 3.0}).select(
         SelectionContext(space, 2, space.snapshot(), scores=scores)
     )
     assert sel.mask[name].tolist() == [5, 9]

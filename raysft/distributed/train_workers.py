@@ -53,13 +53,14 @@ from raysft.sft.groups import ParamSpace
 from raysft.sft.mask import Mask, entries_per_group
 from raysft.sft.methods import SelectionContext
 from raysft.sft.sparse import SparseUpdater
-from raysft.train.loop import restore, set_trainable, train_dense, train_mask_scores, train_sparse
+from raysft.train.loop import predict, restore, set_trainable, train_dense, train_gated, train_mask_scores, train_sparse
 from raysft.train.recipe import (
     Run,
     delta_from_updater,
     eval_loaders,
     evaluate,
     evaluation_metrics,
+    gated_delta,
     merge_results,
     peak_memory_bytes,
     prepare,
@@ -449,6 +450,7 @@ class _Worker:
             board = find_board()
             if board is not None:
                 self.progress = BoardReporter(board, loop.trial_id)
+        self.scores: dict | None = None  # a mask phase's learned scores (every rank)
 
     # ----------------------------------------------------------------------------------------------- entry
     def run(self, checkpoint) -> dict | None:
@@ -457,7 +459,7 @@ class _Worker:
         state = read_checkpoint(checkpoint) if checkpoint is not None else None
         if isinstance(state, dict):  # the run had already finished: hand its result back
             return state if self.rank == 0 else None
-        cfg, rank = self.cfg, self.rank
+        cfg, rank, world = self.cfg, self.rank, self.world
         self.progress.note(phase="loading")
         self.device = ray.train.torch.get_device()  # the trial's device: every tensor of this worker lives there
         run = self.run = prepare(cfg, self.method_name, device=self.device)
@@ -504,6 +506,18 @@ class _Worker:
             updater = self.sparse_phase(run, train_ds, mask, state, info, losses, dist_info)
             delta = delta_from_updater(updater, space, meta)
             optimizer_state = updater.state_bytes()
+        elif run.method.gated_phase:
+            if state is not None:
+                raise RaysftError(f"{run.method.name} keeps no sparse checkpoint to resume from: start the trial afresh")
+            gates = run.method.gates(self.scores)
+            steps = steps_for(cfg.sparse, len(train_ds))
+            loader, sampler = sharded_loader(train_ds, run.tokenizer, cfg.sparse.batch_size, cfg.seed + 1, rank, world)
+            sync = FlatAllReduce(world, sampler)
+            local = train_gated(model, space, gates, loader, steps, cfg.sparse, grad_sync=sync)
+            losses["gated"] = _mean_losses(_gather(local))
+            dist_info["gated_allreduce_bytes_per_step"] = sync.per_step()
+            delta = gated_delta(space, base, gates, meta)
+            optimizer_state = 2 * sel["k"] * 4
         else:
             delta = SparseDelta.from_params(space, base, mask, meta=meta)
             optimizer_state = 2 * space.n * 4
@@ -567,7 +581,9 @@ class _Worker:
             ctx.scores = train_mask_scores(
                 model, space, loader, steps, cfg.mask_phase,
                 score_init=s.score_init, score_lr=s.score_lr, grad_sync=sync, reporter=self.progress,
+                names=run.method.score_params(space),
             )
+            self.scores = ctx.scores  # every rank holds the same (all-reduced) scores: a gated phase needs them
             dist_info["mask_allreduce_bytes_per_step"] = sync.per_step()
         timings["dense_s"] = time.perf_counter() - t
 

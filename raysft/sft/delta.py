@@ -119,7 +119,7 @@ def decode_indices(enc: dict[str, Tensor], path="delta", name: str = "?") -> Ten
 
 
 def _base_params(space) -> str:
-    return json.dumps([[p.name, list(p.shape), str(p.dtype).replace("torch.", "")] for p in space.maskable])
+    return json.dumps([[p.name, list(p.shape), str(p.dtype).replace("torch.", "")] for p in space.base])
 
 
 def base_metadata(space) -> dict[str, str]:
@@ -269,7 +269,7 @@ class SparseDelta:
     # ------------------------------------------------------------------ apply
     def _check_against(self, space, source: str) -> None:
         """Every name, index and shape fits the space: raises RaysftError before anything is modified."""
-        maskable = {p.name for p in space.maskable}
+        maskable = space.appliable
         for name, (idx, val) in self.diffs.items():
             if name not in maskable:
                 raise RaysftError(
@@ -597,7 +597,7 @@ def _check_base(delta: SparseDelta, space, path) -> None:
             f"{fix}"
         ) from None
     their_shapes = dict(theirs)
-    ours = [(p.name, tuple(p.shape)) for p in space.maskable]
+    ours = [(p.name, tuple(p.shape)) for p in space.base]
     our_shapes = dict(ours)
     for name, shape in ours:
         if name not in their_shapes:

@@ -69,36 +69,65 @@ def group_sort_key(group: str) -> tuple[int, int]:
     return (2, 0)
 
 
-def _layer_norm_param_ids(model: nn.Module) -> set[int]:
-    ids = set()
+def _layer_norm_param_ids(model: nn.Module) -> tuple[set[int], set[int]]:
+    """(ids of every LayerNorm parameter, ids of the LayerNorm biases among them)."""
+    ids, biases = set(), set()
     for module in model.modules():
         if isinstance(module, nn.LayerNorm) or type(module).__name__.endswith("LayerNorm"):
-            for p in module.parameters(recurse=False):
+            for name, p in module.named_parameters(recurse=False):
                 ids.add(id(p))
-    return ids
+                if name == "bias":
+                    biases.add(id(p))
+    return ids, biases
 
 
 class ParamSpace:
     """The maskable parameters of a model (in model order), the dense head and the frozen rest.
 
-    LayerNorm weights and biases are frozen, as the LT-SFT paper does. Word/position/type embeddings are maskable
-    unless ``freeze_embeddings``. ``freeze`` names further parameters (full names) to keep frozen, e.g. an MLM
-    decoder untied from the word embeddings.
+    LayerNorm weights and biases are frozen, as the LT-SFT paper does; ``layer_norm_bias`` makes the base model's
+    LayerNorm biases maskable too (BitFit trains them), LayerNorm weights stay frozen. Word/position/type embeddings
+    are maskable unless ``freeze_embeddings``. ``freeze`` names further parameters (full names) to keep frozen, e.g.
+    an MLM decoder untied from the word embeddings.
+
+    The fingerprint (and the ``base_params`` a delta records) covers the standard maskable set only (``base``), so a
+    delta made on a space with LayerNorm biases still composes with every other delta of the same base; and any
+    delta may name the base model's LayerNorm biases (``appliable``), so a BitFit delta applies to any space.
     """
 
-    def __init__(self, model: nn.Module, freeze_embeddings: bool = False, freeze: Collection[str] = ()):
+    def __init__(
+        self,
+        model: nn.Module,
+        freeze_embeddings: bool = False,
+        freeze: Collection[str] = (),
+        layer_norm_bias: bool = False,
+    ):
         self.model = model
         base = getattr(model, "base_model", model)
         self.prefix = getattr(model, "base_model_prefix", "") if base is not model else ""
-        layer_norm = _layer_norm_param_ids(model)
+        layer_norm, ln_biases = _layer_norm_param_ids(model)
+        linear = {id(m.weight) for m in model.modules() if isinstance(m, nn.Linear)}
         base_ids = {id(p) for p in base.parameters()}
         self.maskable: list[ParamInfo] = []
+        self.base: list[ParamInfo] = []  # the standard maskable set (no LayerNorm biases): what fingerprints the base
         self.head: list[str] = []  # full names, trained densely, saved as abs
         self.frozen: list[str] = []  # full names
+        self.layer_norm_biases: list[str] = []  # base-relative names of the base model's LayerNorm biases
         self._by_name: dict[str, nn.Parameter] = {}
         unknown = []
         freeze = set(freeze)
         for full_name, p in model.named_parameters():
+            if id(p) in ln_biases and id(p) in base_ids and full_name not in freeze:
+                name = self.strip_prefix(full_name)
+                try:
+                    group = group_of(name)
+                except KeyError:
+                    group = None
+                if group not in (None, HEAD):
+                    self.layer_norm_biases.append(name)
+                    self._by_name[name] = p
+                    if layer_norm_bias and not (group == EMBEDDINGS and freeze_embeddings):
+                        self.maskable.append(ParamInfo(name, tuple(p.shape), p.dtype, group))
+                        continue
             if id(p) in layer_norm or full_name in freeze:
                 self.frozen.append(full_name)
                 continue
@@ -118,15 +147,24 @@ class ParamSpace:
             elif group == EMBEDDINGS and freeze_embeddings:
                 self.frozen.append(full_name)
             else:
-                self.maskable.append(ParamInfo(name, tuple(p.shape), p.dtype, group))
+                info = ParamInfo(name, tuple(p.shape), p.dtype, group)
+                self.maskable.append(info)
+                self.base.append(info)
                 self._by_name[name] = p
         if unknown:
             raise RaysftError(
                 f"parameters with no layer group: {', '.join(unknown[:5])}{' …' if len(unknown) > 5 else ''}; "
                 "raysft knows the BERT/RoBERTa/XLM-R layout (embeddings.*, encoder.layer.<i>.*): use a model of that family"
             )
+        # base-relative names of the maskable weight matrices of nn.Linear layers (Ada-SFT's soft mask covers these)
+        self.linear_weights: list[str] = [p.name for p in self.maskable if id(self._by_name[p.name]) in linear]
         self.groups: list[str] = sorted({p.group for p in self.maskable}, key=group_sort_key)
         self.n = sum(p.numel for p in self.maskable)
+
+    @property
+    def appliable(self) -> set[str]:
+        """Base-relative names a delta may add to: the maskable parameters and the base's LayerNorm biases."""
+        return {p.name for p in self.maskable} | set(self.layer_norm_biases)
 
     def strip_prefix(self, full_name: str) -> str:
         if self.prefix and full_name.startswith(self.prefix + "."):
@@ -151,7 +189,7 @@ class ParamSpace:
 
     def fingerprint(self) -> str:
         """sha256 of the sorted (name, shape, dtype) list of the maskable parameters (design §5)."""
-        items = sorted((p.name, list(p.shape), str(p.dtype).replace("torch.", "")) for p in self.maskable)
+        items = sorted((p.name, list(p.shape), str(p.dtype).replace("torch.", "")) for p in self.base)
         return hashlib.sha256(repr(items).encode()).hexdigest()
 
     def snapshot(self) -> dict[str, torch.Tensor]:

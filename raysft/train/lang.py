@@ -42,11 +42,12 @@ from raysft.train.loop import (
     SilentReporter,
     restore,
     train_dense,
+    train_gated,
     train_head,
     train_mask_scores,
     train_sparse,
 )
-from raysft.train.recipe import delta_from_updater
+from raysft.train.recipe import delta_from_updater, gated_delta
 
 
 def mlm_head(model: nn.Module) -> nn.Module:
@@ -135,8 +136,8 @@ def prepare_lang(
     if device is None:
         device = "auto" if cfg.lang.gpus_per_job > 0 else "cpu"  # host: a job Ray gave no GPU
     model.to(resolve_device(device))
-    space = ParamSpace(model, freeze_embeddings=cfg.sft.freeze_embeddings, freeze=[decoder])
-    k = lc.resolve_k(cfg.sft, space.n) if method.uses_k else space.n
+    space = ParamSpace(model, freeze_embeddings=cfg.sft.freeze_embeddings, freeze=[decoder], **method.space_options())
+    k = lc.resolve_k(cfg.sft, space.n) if method.uses_k else method.fixed_k(space)
     method.validate(space, k)
     return LangRun(
         cfg, lang, method, tokenizer, model, space, k, head_fresh,
@@ -194,7 +195,7 @@ def train_lang_sft(run: LangRun, reporter: Reporter = SilentReporter()) -> tuple
         steps = steps_for(cfg.mask_phase, len(train_ds))
         ctx.scores = train_mask_scores(
             model, space, loader(cfg.mask_phase.batch_size, cfg.seed), steps, cfg.mask_phase,
-            score_init=s.score_init, score_lr=s.score_lr, reporter=reporter,
+            score_init=s.score_init, score_lr=s.score_lr, reporter=reporter, names=run.method.score_params(space),
         )
     timings["dense_s"] = time.perf_counter() - t
 
@@ -211,6 +212,13 @@ def train_lang_sft(run: LangRun, reporter: Reporter = SilentReporter()) -> tuple
             reporter=reporter, loss_fn=mlm_loss,
         )
         delta = delta_from_updater(updater, space, {})
+    elif run.method.gated_phase:  # Ada-SFT (the report's): M fixed, W trained through W ⊙ M, then folded
+        gates = run.method.gates(ctx.scores)
+        steps = steps_for(lc.sparse, len(train_ds))
+        losses["gated"] = train_gated(
+            model, space, gates, loader(lc.sparse.batch_size, cfg.seed + 1), steps, lc.sparse, reporter=reporter
+        )
+        delta = gated_delta(space, theta0, gates, {})
     else:  # `full`: the dense phase's result is the delta
         delta = SparseDelta.from_params(space, theta0, selection.mask)
     timings["sparse_s"] = time.perf_counter() - t

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 from raysft.config import PhaseConfig
 from raysft.sft.groups import ParamSpace
 from raysft.sft.mask import Mask
-from raysft.sft.mask_scores import MaskScores
+from raysft.sft.mask_scores import MaskScores, gated_call
 from raysft.sft.sparse import SparseUpdater
 
 GradSync = Callable[[list[torch.Tensor]], None]  # all-reduces (averages) gradient tensors in place
@@ -204,11 +204,13 @@ def train_mask_scores(
     score_lr: float,
     reporter: Reporter = SilentReporter(),
     grad_sync: GradSync | None = None,
+    names: list[str] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Ada-SFT phase 1: W frozen, scores S learned through W ⊙ sigmoid(S); the head trains densely."""
+    """Ada-SFT phase 1: W frozen, scores S learned through W ⊙ sigmoid(S) (for ``names``, default every maskable
+    parameter); the head trains densely."""
     set_trainable(space, maskable=False)
     model.train()
-    scores = MaskScores(space, score_init)
+    scores = MaskScores(space, score_init, names)
     optimizer = torch.optim.AdamW(
         [
             {"params": list(scores.parameters()), "lr": score_lr, "weight_decay": 0.0},
@@ -231,6 +233,48 @@ def train_mask_scores(
         precision=cfg.precision,
     )
     return scores.learned()
+
+
+def train_gated(
+    model: nn.Module,
+    space: ParamSpace,
+    gates: dict[str, torch.Tensor],
+    loader: DataLoader,
+    steps: int,
+    cfg: PhaseConfig,
+    *,
+    reporter: Reporter = SilentReporter(),
+    grad_sync: GradSync | None = None,
+) -> list[float]:
+    """Ada-SFT (the report's) step 2: the gates M fixed, the gated weights W trained densely with the forward pass
+    using W ⊙ M; the head trains densely too. The weights are left unfolded (see ``fold_gates``)."""
+    set_trainable(space, maskable=False)
+    model.train()
+    device = next(model.parameters()).device
+    gates = {n: m.to(device) for n, m in gates.items()}
+    weights = [space.param(n) for n in gates]
+    for w in weights:
+        w.requires_grad_(True)
+    heads = head_params(space)
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": weights, "lr": cfg.lr, "weight_decay": cfg.weight_decay},
+            {"params": heads, "lr": cfg.head_lr or cfg.lr, "weight_decay": cfg.weight_decay},
+        ]
+    )
+    schedule = linear_schedule(optimizer, steps, cfg.warmup_ratio)
+    trainable = weights + heads
+
+    def update():
+        if grad_sync is not None:
+            grad_sync([p.grad for p in trainable if p.grad is not None])
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return _run_steps(
+        cycle(loader), steps, lambda b: gated_call(model, space, gates, **b).loss, update, reporter, "gated", device
+    )
 
 
 def train_sparse(

@@ -12,6 +12,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Mapping
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +38,7 @@ from raysft.train.loop import (
     predict,
     restore,
     train_dense,
+    train_gated,
     train_mask_scores,
     train_sparse,
 )
@@ -58,6 +60,11 @@ class Run:
     eval_langs: list[str]
     source_lang: str | None = None
     lang_sfts: dict[str, SparseDelta] = field(default_factory=dict)
+    lang_sft_warnings: list[str] = field(default_factory=list)  # printed, and logged with the run's metrics
+
+
+class LangSFTWarning(UserWarning):
+    """A language SFT the run expected but goes without (``lang_sfts_optional``), or a missing source-language SFT."""
 
 
 def peak_memory_bytes() -> int:
@@ -103,20 +110,28 @@ def prepare(
     torch.manual_seed(cfg.seed)
     tokenizer = load_tokenizer(cfg.model)
     model = load_for_classification(cfg.model, task.num_labels).to(resolve_device(device))
-    space = ParamSpace(model, freeze_embeddings=cfg.sft.freeze_embeddings)
-    k = cfg.sft.resolve_k(space.n) if method.uses_k else space.n
+    space = ParamSpace(model, freeze_embeddings=cfg.sft.freeze_embeddings, **method.space_options())
+    k = cfg.sft.resolve_k(space.n) if method.uses_k else method.fixed_k(space)
     method.validate(space, k)
     run = Run(cfg, method, task, data, tokenizer, model, space, k, targets, eval_langs, source)
     if cfg.lang_sfts:
-        run.lang_sfts = load_lang_sfts(cfg.lang_sfts, space, eval_langs)
+        warn: list[str] | None = [] if cfg.lang_sfts_optional else None
+        run.lang_sfts = load_lang_sfts(cfg.lang_sfts, space, eval_langs, warn=warn)
+        run.lang_sft_warnings = (warn or []) + check_source_lang_sft(run, cfg.lang_sfts_optional)
+        for msg in run.lang_sft_warnings:
+            warnings.warn(msg, LangSFTWarning, stacklevel=2)
     return run
 
 
-def load_lang_sfts(source: str, space: ParamSpace, langs: list[str]) -> dict[str, SparseDelta]:
+def load_lang_sfts(
+    source: str, space: ParamSpace, langs: list[str], *, warn: list[str] | None = None
+) -> dict[str, SparseDelta]:
     """The language SFTs of ``langs`` that ``source`` has (a folder of <lang>.safetensors, the store's folder, or
-    ``hub:<repo with {lang}>``); languages it lacks are simply absent (the evaluation reports them as missing)."""
+    ``hub:<repo with {lang}>``). A folder or the store may lack a language (the evaluation reports it as missing);
+    a hub source is looked up through :mod:`raysft.tasks.langcodes`: a language its table says is published but
+    that cannot be found is an error, or, when ``warn`` is a list, a warning appended to it."""
     if source.startswith("hub:"):
-        return _hub_lang_sfts(source.removeprefix("hub:"), space, langs)
+        return _hub_lang_sfts(source.removeprefix("hub:"), space, langs, warn)
     from raysft.store import source_folder
 
     folder = source_folder(source)
@@ -138,27 +153,69 @@ def check_lang_sft(delta: SparseDelta, path) -> SparseDelta:
     return delta
 
 
-def _hub_lang_sfts(template: str, space: ParamSpace, langs: list[str]) -> dict[str, SparseDelta]:
-    """composable-sft's published language SFTs (e.g. cambridgeltl/xlmr-lang-sft-{lang}-small), read through the
-    tensors-only importer."""
+def check_source_lang_sft(run: Run, optional: bool) -> list[str]:
+    """A hub source publishes the source language's SFT (composable-sft trains every task SFT on top of it: `en` for
+    NLI, `id` for SA): not finding it is an error, or with ``lang_sfts_optional`` a warning (returned, to be printed
+    and logged). A folder or the store holds it only if someone trained it: without it the task SFT trains from θ0
+    (``source_lang_sft: false`` in the metrics)."""
+    source = run.cfg.lang_sfts
+    if not source or not run.source_lang or run.source_lang in run.lang_sfts:
+        return []
+    if not source.startswith("hub:"):
+        return []  # metrics.json says so (source_lang_sft: false)
+    from raysft.tasks.langcodes import hub_repo
+
+    template = source.removeprefix("hub:")
+    repo = hub_repo(template, run.source_lang)
+    what = f"{repo} (the source language {run.source_lang}'s SFT)" if repo else (
+        f"a language SFT for the source language {run.source_lang} (its source publishes none)"
+    )
+    msg = f"lang_sfts {source} has no {what}"
+    if not optional:
+        raise RaysftError(f"{msg}: go online or fix lang_sfts, or set lang_sfts_optional: true to train from θ0")
+    return [f"{msg}: the task SFT trains from θ0 (lang_sfts_optional)"]
+
+
+def _fetch_hub_sft(repo: str) -> Path | None:
+    """``pytorch_diff.bin`` of a hub repo, or of a local folder laid out like one; None when it does not exist."""
+    local = Path(repo).expanduser()
+    if local.is_absolute() or repo.startswith("."):
+        path = local / "pytorch_diff.bin"
+        return path if path.is_file() else None
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
 
+    try:
+        return Path(hf_hub_download(repo, "pytorch_diff.bin"))
+    except (RepositoryNotFoundError, EntryNotFoundError):
+        return None
+    except Exception as e:  # offline, or the hub is unreachable
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise RaysftError(
+            f"cannot download the language SFT {repo} ({first}): go online, or train language SFTs with "
+            "`raysft lang` and set lang_sfts: store"
+        ) from None
+
+
+def _hub_lang_sfts(template: str, space: ParamSpace, langs: list[str], warn: list[str] | None) -> dict[str, SparseDelta]:
+    """composable-sft's published language SFTs (e.g. cambridgeltl/xlmr-lang-sft-{lang}-small, ``{lang}`` filled with
+    the source's own code for the language), read through the tensors-only importer. ``template`` may also be a
+    local folder laid out like the hub repos (``/mirror/cambridgeltl/xlmr-lang-sft-{lang}-small/pytorch_diff.bin``)."""
     from raysft.sft.delta import import_composable_sft
+    from raysft.tasks.langcodes import hub_repo
 
     out = {}
     for lang in langs:
-        repo = template.format(lang=lang)
-        try:
-            path = hf_hub_download(repo, "pytorch_diff.bin")
-        except (RepositoryNotFoundError, EntryNotFoundError):
-            continue  # no published SFT for this language
-        except Exception as e:  # offline, or the hub is unreachable
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-            raise RaysftError(
-                f"cannot download the language SFT {repo} ({first}): go online, or train language SFTs with "
-                "`raysft lang` and set lang_sfts: store"
-            ) from None
+        repo = hub_repo(template, lang)
+        if repo is None:
+            continue  # the source publishes none for this language: reported as missing
+        path = _fetch_hub_sft(repo)
+        if path is None:
+            msg = f"the language SFT {repo} for {lang} does not exist"
+            if warn is None:
+                raise RaysftError(f"{msg}: fix lang_sfts or raysft/tasks/langcodes.py, or set lang_sfts_optional: true")
+            warn.append(f"{msg}: {lang} is scored task-only (lang_sfts_optional)")
+            continue
         delta = import_composable_sft(path, space)
         delta.meta.update({"kind": "lang", "language": lang, "base_model": repo})
         out[lang] = delta
@@ -272,6 +329,7 @@ def evaluation_metrics(run: Run, results: dict) -> dict:
         "lang_sfts": sorted(run.lang_sfts),
         "lang_sft_source": run.cfg.lang_sfts,
         "lang_sft_missing": [lang for lang in run.target_langs if lang not in run.lang_sfts] if run.cfg.lang_sfts else [],
+        "lang_sft_warnings": list(run.lang_sft_warnings),
     }
     return out
 
@@ -308,6 +366,15 @@ def delta_from_updater(updater, space: ParamSpace, meta: dict[str, str]) -> Spar
     return SparseDelta(diffs={n: (mask[n], v) for n, v in updater.values().items()}, abs=space.head_snapshot(), meta=meta)
 
 
+def gated_delta(space: ParamSpace, base: dict, gates: dict, meta: dict[str, str]) -> SparseDelta:
+    """A gated phase's result as a delta: the gates folded into the weights (dense diffs of the gated weights, the
+    model left at base + δ bitwise) and the head as abs values."""
+    from raysft.sft.mask_scores import fold_gates
+
+    diffs = {n: (None, d) for n, d in fold_gates(space, base, gates).items()}
+    return SparseDelta(diffs=diffs, abs=space.head_snapshot(), meta=meta)
+
+
 def run_training(run: Run, reporter: Reporter = SilentReporter(), *, low_memory: bool = True) -> tuple[SparseDelta, dict]:
     """One run. ``low_memory`` (default) keeps θ0 on disk (:func:`training_base`), selects on the live θ1 (no copy)
     and frees each phase's optimizer before the next: the same delta, bitwise, for about half the peak memory."""
@@ -334,7 +401,7 @@ def run_training(run: Run, reporter: Reporter = SilentReporter(), *, low_memory:
         s = run.method.settings
         ctx.scores = train_mask_scores(
             model, space, train_loader, steps, cfg.mask_phase,
-            score_init=s.score_init, score_lr=s.score_lr, reporter=reporter,
+            score_init=s.score_init, score_lr=s.score_lr, reporter=reporter, names=run.method.score_params(space),
         )
     timings["dense_s"] = time.perf_counter() - t
 
@@ -356,6 +423,14 @@ def run_training(run: Run, reporter: Reporter = SilentReporter(), *, low_memory:
         del updater
         if low_memory:
             gc.collect()
+    elif run.method.gated_phase:
+        # M fixed, W trained with W ⊙ M in the forward pass (no rewind: W is still the base after the mask phase)
+        gates = run.method.gates(ctx.scores)
+        steps = steps_for(cfg.sparse, len(train_ds))
+        train_loader = loader(train_ds, run.tokenizer, cfg.sparse.batch_size, True, cfg.seed + 1)
+        losses["gated"] = train_gated(model, space, gates, train_loader, steps, cfg.sparse, reporter=reporter)
+        delta = gated_delta(space, base, gates, meta)
+        optimizer_state = 2 * selection.k * 4
     else:
         delta = SparseDelta.from_params(space, base, selection.mask, meta=meta)
         optimizer_state = 2 * space.n * 4

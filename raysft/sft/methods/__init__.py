@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from raysft.errors import RaysftError
 from raysft.sft.methods.ada_sft import AdaptiveSFT
+from raysft.sft.methods.ada_sft_topk import AdaptiveTopKSFT
 from raysft.sft.methods.base import Method, MethodSettings, Selection, SelectionContext
 from raysft.sft.methods.bitfit import BitFit
 from raysft.sft.methods.deft_x import DenoisedSFT
@@ -13,7 +14,8 @@ from raysft.sft.methods.rand_sft import RandomSFT
 from raysft.sft.methods.sc_sft import StructuredSFT
 
 METHODS: dict[str, type[Method]] = {
-    m.name: m for m in (Full, BitFit, LotteryTicketSFT, StructuredSFT, DenoisedSFT, RandomSFT, AdaptiveSFT)
+    m.name: m
+    for m in (Full, BitFit, LotteryTicketSFT, StructuredSFT, DenoisedSFT, RandomSFT, AdaptiveSFT, AdaptiveTopKSFT)
 }
 
 

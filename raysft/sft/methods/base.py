@@ -58,9 +58,29 @@ class Method:
     first_phase: ClassVar[Literal["dense", "mask", "none"]] = "dense"
     sparse_phase: ClassVar[bool] = True  # False: the first phase's result is the delta (full fine-tuning)
     uses_k: ClassVar[bool] = True  # False: the method fixes its own K (full, bitfit)
+    # True (Ada-SFT per the report): after selection, the selected weights train densely with the forward pass using
+    # W ⊙ gates(scores), the gates fixed; the delta is the folded product (see raysft.sft.mask_scores.fold_gates).
+    gated_phase: ClassVar[bool] = False
 
     def __init__(self, settings: MethodSettings | None = None):
         self.settings = settings if settings is not None else self.Settings()
+
+    def score_params(self, space: ParamSpace) -> list[str]:
+        """The parameters a mask phase learns scores for (default: every maskable one)."""
+        return [p.name for p in space.maskable]
+
+    def gates(self, scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The fixed multipliers of a gated phase, from the mask phase's scores."""
+        raise NotImplementedError(f"{self.name} has no gated phase")
+
+    def fixed_k(self, space: ParamSpace) -> int:
+        """K of a method that fixes its own (``uses_k = False``): the entries its delta holds."""
+        return space.n
+
+    def space_options(self) -> dict:
+        """Keyword arguments for :class:`ParamSpace` (e.g. BitFit's ``layer_norm_bias``): which parameters this
+        method may train beyond the standard maskable set."""
+        return {}
 
     def validate(self, space: ParamSpace, k: int) -> None:
         """Refuse settings that cannot work on this model before any training starts."""
