@@ -17,7 +17,7 @@ RANKS = {
     "errors": 0, "storage": 0, "space_schema": 0,
     "sft": 1,
     "models": 2, "tasks": 2,
-    "store": 3, "config": 3,
+    "store": 3, "config": 3, "outcome": 3,
     "train": 4,
     # the edges: Ray Train, Ray Tune, MLflow, cluster checks, export, the CLI
     "distributed": 5, "sweep": 5, "tracking": 5, "cluster": 5, "export": 5, "cli": 5,
