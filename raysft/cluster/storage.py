@@ -28,8 +28,17 @@ def is_remote_uri(storage: str) -> bool:
 
 
 def machines(nodes: list[dict]) -> list[str]:
-    """The distinct machines (IP addresses) of the alive nodes of ``ray.nodes()``."""
-    return sorted({n.get("NodeManagerAddress", "?") for n in nodes if n.get("Alive", True)})
+    """The distinct machines (IP addresses) of the alive nodes of ``ray.nodes()``. Loopback addresses (127.0.0.0/8,
+    e.g. nodes started over SSH to 127.0.0.1 and 127.0.0.2) are all this one machine."""
+    import ipaddress
+
+    def machine(addr: str) -> str:
+        try:
+            return "127.0.0.1" if ipaddress.ip_address(addr).is_loopback else addr
+        except ValueError:
+            return addr
+
+    return sorted({machine(n.get("NodeManagerAddress", "?")) for n in nodes if n.get("Alive", True)})
 
 
 def mount_of(path: str | os.PathLike, mounts_file: str = "/proc/self/mounts") -> tuple[str, str]:
