@@ -130,10 +130,10 @@ start() {
   ulimit -n 65536 2>/dev/null || true
   local temp_args=()
   [ -n "$temp" ] && temp_args=(--temp-dir="${temp/#\~/$HOME}")
-  ray stop   # `ray up` restarts Ray: only on machines that run no other Ray (ray stop ends every Ray of this user)
   local ip
   ip="$(node_ip)"
   if [ "$role" = head ]; then
+    ray stop   # `ray up` restarts the cluster: give it machines that run no other Ray of this user
     # raysft_driver: trials at once at most; each trial's driver takes one unit (and no CPU) on the head.
     ray start --head --port="$port" --node-ip-address="$ip" --autoscaling-config="$HOME/ray_bootstrap_config.yaml" \
       --dashboard-host=0.0.0.0 --dashboard-port="$dash" --disable-usage-stats \
@@ -149,9 +149,22 @@ start() {
     echo $! > "$dir/server.pid"
     echo "node.sh: head $ip: Ray on :$port (dashboard :$dash), MLflow on :$mlflow_port (pid $(cat "$dir/server.pid"))"
   else
+    stop_raylet "$ip"   # a restart: this node's Ray only (a worker may share its machine with the head)
     ray start --address="${RAY_HEAD_IP:?RAY_HEAD_IP is not set}:$port" --node-ip-address="$ip" --disable-usage-stats \
       "${temp_args[@]}" "${extra[@]}"
   fi
+}
+
+stop_raylet() {  # stop_raylet IP: this user's raylet of node IP (its workers and agents end with it)
+  local pattern pids
+  pattern="raylet/raylet .*--node_ip_address=${1//./\\.}( |$)"
+  pids="$(pgrep -u "$(id -u)" -f "$pattern" || true)"
+  [ -n "$pids" ] || return 0
+  # shellcheck disable=SC2086
+  kill $pids 2>/dev/null || true
+  for _ in $(seq 60); do pgrep -u "$(id -u)" -f "$pattern" >/dev/null || return 0; sleep 0.5; done
+  # shellcheck disable=SC2086
+  kill -9 $pids 2>/dev/null || true
 }
 
 stop() {
@@ -163,7 +176,7 @@ stop() {
   fi
   # shellcheck disable=SC1090
   . "$ENV_FILE"
-  ray stop
+  if [ "$role" = head ]; then ray stop; else stop_raylet "$(node_ip)"; fi
 }
 
 [ $# -ge 2 ] || die "usage: node.sh setup|start|stop head|worker [options]"

@@ -110,8 +110,8 @@ def test_aws_cluster_choices():
     assert not {"head_image", "worker_image"} & set(c["docker"]), "one image: the same versions on every node"
     setup, start, extra = _setup_and_start(c)
     assert "--venv" not in setup and setup["--pip-extra"] == "boto3", "the image's python, with Ray kept at its version"
-    assert c["file_mounts"]["/home/ray/raysft"] == "." and all(
-        cmd.startswith("bash /home/ray/raysft/deploy/node.sh") for cmd in c["head_setup_commands"])
+    assert c["file_mounts"]["/home/ray/raysft-repo"] == "." and all(
+        cmd.startswith("bash /home/ray/raysft-repo/deploy/node.sh") for cmd in c["head_setup_commands"])
     assert "--object-manager-port=8076" in extra
 
     head = c["available_node_types"][c["head_node_type"]]
@@ -134,7 +134,7 @@ def test_local_cluster_choices():
 
     c = _load("local")
     assert c["provider"]["type"] == "local" and c["provider"]["worker_ips"]
-    assert c["file_mounts"]["~/raysft"] == "."
+    assert c["file_mounts"]["~/raysft-repo"] == "."
     setup, start, _ = _setup_and_start(c)
     assert setup["--venv"] == "~/raysft-venv" and "--reuse-site" not in setup, "a real install from the index"
     mount = re.search(r"mount -t nfs4 \S+ (\S+)", " ".join(c["initialization_commands"])).group(1)
@@ -162,6 +162,8 @@ def test_storage_shared_only_on_a_network_file_system_or_one_machine(tmp_path):
     assert machines(nodes) == ["10.0.0.1", "10.0.0.2"]
     loopback = [{"NodeManagerAddress": ip, "Alive": True} for ip in ("127.0.0.1", "127.0.0.2", "127.1.2.3")]
     assert machines(loopback) == ["127.0.0.1"]  # nodes on loopback addresses are one machine (test_ray_up.py)
+    head = {"NodeManagerAddress": "192.0.2.2", "Alive": True, "Resources": {"node:__internal_head__": 1.0}}
+    assert machines([head, *loopback]) == ["192.0.2.2"]  # ... the head's: they reached it through loopback
 
 
 def test_storage_from_the_environment_and_refused_across_machines(tmp_path, monkeypatch):
