@@ -288,6 +288,7 @@ def lang(
         raise RaysftError("give a space and --langs, e.g. raysft lang nli-cpu --langs gn,quy (or --list)")
     from raysft.config import load_config
     from raysft.sft.methods import method_class
+    from raysft.tasks import TaskData
     from raysft.tasks.mlm import load_text
 
     cfg = load_config(space, set_ or [])
@@ -306,7 +307,7 @@ def lang(
         raise RaysftError(f"--langs {langs!r} names no language: give e.g. --langs gn,quy")
     sizes = {}
     for code in wanted:  # no text, or too little, is refused before any job starts
-        train, heldout = load_text(code, cfg.data.dir)
+        train, heldout = load_text(code, TaskData(data_dir=cfg.data.dir, source=cfg.data.source))
         sizes[code] = len(train) + len(heldout)
     from raysft.models import resolve_model
 
@@ -654,6 +655,33 @@ def doctor(
                   highlight=False)
     if failed:
         raise typer.Exit(1)
+
+
+data_app = typer.Typer(no_args_is_help=True, help="The tasks' data from the Hugging Face hub.")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("fetch")
+def data_fetch(
+    space: Annotated[str, typer.Argument(help="a space (name or YAML path) whose task's hub datasets to download")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override a config key of the space")] = None,
+) -> None:
+    """Download the hub datasets a space reads into the Hugging Face cache ($HF_HOME/hub), so that runs with
+    data.source hub (or auto without a local data folder) need no network: run it on every node, or share HF_HOME."""
+    from raysft.config import load_config
+    from raysft.tasks import get_task
+    from raysft.tasks.hub import cached_snapshot, snapshot, snapshot_size
+
+    cfg = load_config(space, set_ or [])
+    repos = get_task(cfg.task).hub_repos()
+    for repo in repos:
+        cached = cached_snapshot(repo)
+        if cached is None:
+            console.print(f"fetching {repo} ({repo.what}) …", highlight=False)
+        path = cached or snapshot(repo)
+        n, size = snapshot_size(path)
+        console.print(f"{'cached ' if cached else 'fetched'} {repo}: {n} files, {size / 1e6:.1f} MB in {path}", highlight=False)
+    console.print(f"{cfg.name}: {len(repos)} hub dataset(s) ready; runs read them with data.source hub (or auto)", highlight=False)
 
 
 def _click_classes(name: str) -> tuple[type, ...]:

@@ -22,7 +22,8 @@ class _Strict(BaseModel):
 
 class DataConfig(_Strict):
     dir: str | None = None  # None: $RAYSFT_DATA_DIR or ../shared/data
-    source: Literal["local", "hub"] = "local"
+    # auto: the local data folder when there is one, else the Hugging Face datasets (raysft/tasks/hub.py); local; hub
+    source: Literal["auto", "local", "hub"] = "auto"
     source_lang: str | None = None  # None: the task's default (eng)
     target_langs: list[str] | None = None  # None: every target language the data has
     max_train_examples: int | None = Field(None, ge=1)

@@ -18,6 +18,7 @@ process groups started here are stopped (never ``ray stop``); this pytest proces
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -41,10 +42,53 @@ def _load(kind):
     return yaml.safe_load(CLUSTER_FILES[kind].read_text())
 
 
-def _exports(cfg) -> dict[str, str]:
-    """NAME → value of every `export NAME=value` the cluster's setup commands write."""
-    cmds = " ".join(cfg.get("setup_commands", []) + cfg.get("head_setup_commands", []))
-    return {m.group(1): m.group(2) for m in re.finditer(r"export (\w+)=([^'\"\s]+)", cmds)}
+NODE_SH = REPO / "deploy" / "node.sh"
+
+
+def _node_calls(cfg, key: str) -> list[tuple[str, str, dict[str, str], list[str]]]:
+    """(command, role, {--option: value}, extra `ray start` args) of every deploy/node.sh call under ``key``."""
+    out = []
+    for cmd in cfg.get(key, []):
+        words = shlex.split(cmd)
+        if len(words) < 4 or not words[1].endswith("deploy/node.sh"):
+            continue
+        opts, extra, rest = {}, [], words[4:]
+        if "--" in rest:
+            rest, extra = rest[: rest.index("--")], rest[rest.index("--") + 1:]
+        for name, value in zip(rest[::2], rest[1::2]):
+            opts[name] = value
+        out.append((words[2], words[3], opts, extra))
+    return out
+
+
+def _setup_and_start(c):
+    """The shared steps: every node's setup and start go through deploy/node.sh (and nothing else)."""
+    assert c.get("setup_commands", []) == [], "setup is deploy/node.sh setup <role>, shared by both cluster files"
+    calls = {k: _node_calls(c, k) for k in ("head_setup_commands", "worker_setup_commands",
+                                            "head_start_ray_commands", "worker_start_ray_commands")}
+    for key, found in calls.items():
+        assert len(found) == len(c[key]) == 1, f"{key}: one deploy/node.sh call, got {c[key]}"
+    (hs,), (ws,), (hst,), (wst,) = calls.values()
+    assert hs[:2] == ("setup", "head") and ws[:2] == ("setup", "worker")
+    assert hst[:2] == ("start", "head") and wst[:2] == ("start", "worker")
+    assert hs[2] == ws[2], "head and workers get the same install and environment"
+    assert hst[2]["--port"] == wst[2]["--port"] and hst[2]["--mlflow-port"] == hs[2]["--mlflow-port"]
+    return hs[2], hst[2], hst[3]
+
+
+def test_node_script_pins_ray_and_starts_what_the_cluster_needs():
+    import ray
+
+    text = NODE_SH.read_text()
+    assert f'RAY_VERSION="{ray.__version__}"' in text, "node.sh pins the Ray raysft is tested with"
+    assert '"ray[default,tune,train]==$RAY_VERSION"' in text and 'pip install -q -e "$REPO"' in text
+    assert text.count("--disable-usage-stats") == 2 and "RAY_USAGE_STATS_ENABLED=0" in text
+    assert '--resources="{\\"raysft_driver\\": $drivers}"' in text, "trial drivers go to the head (raysft_driver)"
+    assert "mlflow server --host 0.0.0.0" in text and "sqlite:///$dir/mlflow.db" in text, "sqlite on the head's disk"
+    assert "MLFLOW_TRACKING_URI=http://$head_ip:$mlflow_port" in text
+    subprocess.run(["bash", "-n", str(NODE_SH)], check=True)  # it parses
+    bad = subprocess.run(["bash", str(NODE_SH), "setup", "nobody"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "head or worker" in bad.stderr
 
 
 # ------------------------------------------------------------------------------------------------- fast: the files
@@ -64,9 +108,11 @@ def test_aws_cluster_choices():
     py = f"py{sys.version_info.major}{sys.version_info.minor}"
     assert c["docker"]["image"] == f"rayproject/ray:{ray.__version__}-{py}-gpu", "image tag must match the installed Ray"
     assert not {"head_image", "worker_image"} & set(c["docker"]), "one image: the same versions on every node"
-    setup = " ".join(c["setup_commands"])
-    assert f'"ray[default,tune,train]=={ray.__version__}"' in setup, "pip must keep the image's Ray"
-    assert "pip install" in setup and "-e /home/ray/raysft" in setup and c["file_mounts"]["/home/ray/raysft"] == "."
+    setup, start, extra = _setup_and_start(c)
+    assert "--venv" not in setup and setup["--pip-extra"] == "boto3", "the image's python, with Ray kept at its version"
+    assert c["file_mounts"]["/home/ray/raysft-repo"] == "." and all(
+        cmd.startswith("bash /home/ray/raysft-repo/deploy/node.sh") for cmd in c["head_setup_commands"])
+    assert "--object-manager-port=8076" in extra
 
     head = c["available_node_types"][c["head_node_type"]]
     assert not head["node_config"]["InstanceType"].startswith(("g", "p")), "the head is a CPU node"
@@ -76,19 +122,11 @@ def test_aws_cluster_choices():
     assert gpu and all(t["min_workers"] == 0 and t["max_workers"] >= 1 for t in gpu), workers
     assert c["idle_timeout_minutes"] > 0 and c["provider"]["cache_stopped_nodes"] is False
 
-    env = _exports(c)
     from raysft.cluster.storage import is_remote_uri
 
-    assert is_remote_uri(env["RAYSFT_STORAGE"]) and env["RAYSFT_STORAGE"].startswith("s3://"), env
-    assert env["RAY_USAGE_STATS_ENABLED"] == "0"
-    starts = c["head_start_ray_commands"] + c["worker_start_ray_commands"]
-    assert all("--disable-usage-stats" in s for s in starts if "ray start" in s)
-    mlflow = next(s for s in c["head_start_ray_commands"] if "mlflow server" in s)
-    assert not any("mlflow server" in s for s in c["worker_start_ray_commands"]), "MLflow runs on the head only"
-    assert re.search(r"--backend-store-uri sqlite:////home/ray/\S+\.db", mlflow), "sqlite on the head's local disk"
-    assert re.search(r"--artifacts-destination s3://", mlflow), "artifacts on shared storage"
-    assert "--port 5000" in mlflow and "--host 0.0.0.0" in mlflow
-    assert ":5000" in " ".join(c["head_setup_commands"]) and "$RAY_HEAD_IP:5000" in " ".join(c["worker_setup_commands"])
+    assert is_remote_uri(setup["--storage"]) and setup["--storage"].startswith("s3://"), setup
+    assert start["--mlflow-artifacts"].startswith("s3://"), "artifacts on shared storage"
+    assert int(start["--drivers"]) >= 1 and setup["--mlflow-port"] == "5000"
 
 
 def test_local_cluster_choices():
@@ -96,15 +134,13 @@ def test_local_cluster_choices():
 
     c = _load("local")
     assert c["provider"]["type"] == "local" and c["provider"]["worker_ips"]
-    setup = " ".join(c["setup_commands"])
-    assert f'"ray[default,tune,train]=={ray.__version__}"' in setup and "-e ~/raysft" in setup
-    starts = " ".join(c["head_start_ray_commands"])
-    assert "raysft_driver" in starts and "--disable-usage-stats" in starts
-    assert "mlflow server" in starts and "sqlite:///$HOME/" in starts
-    env = _exports(c)
+    assert c["file_mounts"]["~/raysft-repo"] == "."
+    setup, start, _ = _setup_and_start(c)
+    assert setup["--venv"] == "~/raysft-venv" and "--reuse-site" not in setup, "a real install from the index"
     mount = re.search(r"mount -t nfs4 \S+ (\S+)", " ".join(c["initialization_commands"])).group(1)
-    assert env["RAYSFT_STORAGE"].startswith(mount + "/"), "storage lives on the NFS folder every node mounts"
-    assert re.search(rf"--artifacts-destination {re.escape(mount)}/", starts)
+    assert setup["--storage"].startswith(mount + "/"), "storage lives on the NFS folder every node mounts"
+    assert start["--mlflow-artifacts"].startswith(mount + "/") and int(start["--drivers"]) >= 1
+    assert ray.__version__ in NODE_SH.read_text()
 
 
 # ------------------------------------------------------------------------------------- fast: the storage rules
@@ -124,6 +160,10 @@ def test_storage_shared_only_on_a_network_file_system_or_one_machine(tmp_path):
     nodes = [{"NodeManagerAddress": "10.0.0.1", "Alive": True}, {"NodeManagerAddress": "10.0.0.1", "Alive": True},
              {"NodeManagerAddress": "10.0.0.2", "Alive": True}, {"NodeManagerAddress": "10.0.0.3", "Alive": False}]
     assert machines(nodes) == ["10.0.0.1", "10.0.0.2"]
+    loopback = [{"NodeManagerAddress": ip, "Alive": True} for ip in ("127.0.0.1", "127.0.0.2", "127.1.2.3")]
+    assert machines(loopback) == ["127.0.0.1"]  # nodes on loopback addresses are one machine (test_ray_up.py)
+    head = {"NodeManagerAddress": "192.0.2.2", "Alive": True, "Resources": {"node:__internal_head__": 1.0}}
+    assert machines([head, *loopback]) == ["192.0.2.2"]  # ... the head's: they reached it through loopback
 
 
 def test_storage_from_the_environment_and_refused_across_machines(tmp_path, monkeypatch):

@@ -129,8 +129,11 @@ def _data_reachable(cfg_json: dict) -> tuple[bool, str]:
 
         cfg = Config.model_validate(cfg_json)
         task, td = get_task(cfg.task), task_data(cfg)
+        where = task.check_data(td, download=False)  # the local folder, or the hub snapshots in this node's cache
         langs = task.target_langs(td)
-        return True, f"{td.root()}: {cfg.task} → {', '.join(langs)}"
+        return True, f"{where}: {cfg.task} → {', '.join(langs)}"
+    except RaysftError as e:  # already one line with its fix: keep all of it
+        return False, str(e)
     except Exception as e:
         return False, _first_line(e)
 

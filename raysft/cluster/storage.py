@@ -28,8 +28,22 @@ def is_remote_uri(storage: str) -> bool:
 
 
 def machines(nodes: list[dict]) -> list[str]:
-    """The distinct machines (IP addresses) of the alive nodes of ``ray.nodes()``."""
-    return sorted({n.get("NodeManagerAddress", "?") for n in nodes if n.get("Alive", True)})
+    """The distinct machines (IP addresses) of the alive nodes of ``ray.nodes()``. A node registered under a loopback
+    address (127.0.0.0/8, e.g. started over SSH to 127.0.0.2) reached the head through one, so it is on the head's
+    machine (Ray itself registers a head started at 127.0.0.1 under the machine's address)."""
+    import ipaddress
+
+    alive = [n for n in nodes if n.get("Alive", True)]
+    head = next((n.get("NodeManagerAddress") for n in alive if "node:__internal_head__" in n.get("Resources", {})), None)
+
+    def machine(addr: str) -> str:
+        try:
+            loopback = ipaddress.ip_address(addr).is_loopback
+        except ValueError:
+            loopback = False
+        return (head or "127.0.0.1") if loopback else addr
+
+    return sorted({machine(n.get("NodeManagerAddress", "?")) for n in alive})
 
 
 def mount_of(path: str | os.PathLike, mounts_file: str = "/proc/self/mounts") -> tuple[str, str]:

@@ -22,6 +22,7 @@ import torch
 from raysft.errors import RaysftError
 
 SPLITS = ("dev", "test")
+SOURCES = ("auto", "local", "hub")
 
 # Read every CSV/TSV field as text: pandas would otherwise turn a sentence such as "NA" or "null" into a missing value.
 _CSV_TEXT = {"keep_default_na": False, "na_filter": False}
@@ -83,7 +84,8 @@ class TaskData:
 
     target_langs: None = every available target language. max_train_examples: None = all, else a seeded shuffled subset.
     max_eval_examples: per language and split, None = all, else the FIRST n rows (so runs stay comparable).
-    source: "local" (files under the data folder) or "hub" (the Hugging Face dataset; needs the network).
+    source: "local" (files under the data folder), "hub" (the Hugging Face datasets, see raysft/tasks/hub.py: from the
+    hub cache, downloaded when missing) or "auto" (the local folder when there is one, else the hub).
     use_all_source: nli only: train on both local MNLI parts instead of part 1 alone.
     """
 
@@ -93,7 +95,7 @@ class TaskData:
     max_train_examples: int | None = None
     max_eval_examples: int | None = None
     seed: int = 0
-    source: str = "local"
+    source: str = "auto"
     use_all_source: bool = False
 
     def __post_init__(self) -> None:
@@ -101,8 +103,8 @@ class TaskData:
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise RaysftError(f"{name} must be a positive integer or None, got {v!r}: fix the data options")
-        if self.source not in ("local", "hub"):
-            raise RaysftError(f"data source must be 'local' or 'hub', got {self.source!r}: fix the data options")
+        if self.source not in SOURCES:
+            raise RaysftError(f"data source must be one of {', '.join(SOURCES)}, got {self.source!r}: fix the data options")
         if isinstance(self.target_langs, str):
             self.target_langs = [self.target_langs]
 
@@ -124,6 +126,20 @@ class TaskData:
 
     def root(self) -> Path:
         return resolve_data_dir(self.data_dir)
+
+    def use_hub(self) -> bool:
+        """Whether the data comes from the hub: ``hub``, or ``auto`` with no local data folder. A folder that was
+        named (data.dir, RAYSFT_DATA_DIR) but is missing stays an error, never a silent switch to the hub."""
+        if self.source != "auto":
+            return self.source == "hub"
+        if self.data_dir is not None or os.environ.get("RAYSFT_DATA_DIR"):
+            self.root()  # named: must exist
+            return False
+        try:
+            data_dir()
+        except RaysftError:
+            return True
+        return False
 
 
 # ------------------------------------------------------------------------------------------------------------ loading
@@ -300,18 +316,55 @@ class Task(ABC):
         src = source_lang or self.source_lang
         return targets + ([src] if src and src not in targets else [])
 
+    def hub_targets(self) -> list[str]:
+        """Target languages of the task's hub datasets."""
+        return []
+
+    def hub_eval_languages(self, source_lang: str | None = None) -> list[str]:
+        targets = self.hub_targets()
+        src = source_lang or self.source_lang
+        return targets + ([src] if src and src not in targets else [])
+
+    def hub_repos(self) -> tuple:
+        """The hub datasets the task reads (raysft.tasks.hub.HubRepo)."""
+        from raysft.tasks.hub import repos_for
+
+        return repos_for(self.name)
+
+    def targets(self, cfg: Any = None) -> list[str]:
+        """Every target language the run's data source has."""
+        cfg = TaskData.coerce(cfg)
+        return self.hub_targets() if cfg.use_hub() else self.available_targets(cfg.root())
+
+    def languages(self, cfg: Any = None) -> list[str]:
+        """Every language load_eval accepts from the run's data source."""
+        cfg = TaskData.coerce(cfg)
+        if cfg.use_hub():
+            return self.hub_eval_languages(cfg.source_lang)
+        return self.eval_languages(cfg.root(), cfg.source_lang)
+
+    def check_data(self, cfg: Any = None, download: bool = True) -> str:
+        """Make sure the run's data can be read (the hub snapshots cached, downloaded when ``download``); a line
+        saying where it comes from. Raises a RaysftError naming the fix."""
+        cfg = TaskData.coerce(cfg)
+        if cfg.use_hub():
+            from raysft.tasks.hub import snapshot
+
+            return "hub: " + ", ".join(f"{r} ({snapshot(r, download=download)})" for r in self.hub_repos())
+        return str(cfg.root())
+
     def target_langs(self, cfg: Any = None) -> list[str]:
         """The run's target languages: cfg.target_langs checked against the available ones, or all of them."""
         cfg = TaskData.coerce(cfg)
         if cfg.target_langs is None:
-            return self.available_targets(cfg.root())
+            return self.targets(cfg)
         for lang in cfg.target_langs:
             self.check_lang(lang, cfg)
         return list(cfg.target_langs)
 
     def check_lang(self, lang: str, cfg: Any = None) -> None:
         cfg = TaskData.coerce(cfg)
-        ok = self.eval_languages(cfg.root(), cfg.source_lang)
+        ok = self.languages(cfg)
         if lang not in ok:
             raise RaysftError(f"unknown {self.name} language {lang!r}: available are {', '.join(ok)}")
 

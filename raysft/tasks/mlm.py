@@ -5,6 +5,11 @@ NusaX languages: ``nusax_mt/train.csv`` ONLY. Its valid/test text is the NusaX-S
 would leak evaluation sentences into training (see the data README).
 
 The held-out split is the deterministic last 5 % of the lines (at least 20), used to measure MLM loss.
+
+From the hub (data.source hub, or auto without a local folder): the NusaX languages' text is NusaX-senti's <lang>
+train split (the same 500 sentences, in order, as ``nusax_mt/train.csv``; NusaX-MT itself is a loading script the
+hub cannot serve to datasets 5, see raysft/tasks/hub.py). The AmericasNLP texts are not on the hub: local only.
+The functions take a data folder or a TaskData (whose source decides local or hub).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from typing import Any
 import datasets
 
 from raysft.errors import RaysftError
+from raysft.tasks import hub
 from raysft.tasks.base import (
     Task,
     TaskData,
@@ -49,9 +55,27 @@ MIN_HELDOUT = 20
 MLM_PROBABILITY = 0.15
 
 
-def text_languages(data_dir: str | os.PathLike | None = None) -> list[str]:
-    """Languages with unlabeled text: the americas_text folders, then the NusaX codes (when nusax_mt/train.csv exists)."""
-    root = resolve_data_dir(data_dir)
+def _hub(data) -> bool:  # noqa: ANN001
+    return isinstance(data, TaskData) and data.use_hub()
+
+
+def _root(data):  # noqa: ANN001, ANN202
+    return data.root() if isinstance(data, TaskData) else resolve_data_dir(data)
+
+
+def _no_hub_text(lang: str) -> RaysftError:
+    return RaysftError(
+        f"no hub text for language {lang!r}: the hub has NusaX text only ({', '.join(hub.NUSAX_LANGS)}); "
+        "the AmericasNLP texts are local (data.source: local with americas_text/ under RAYSFT_DATA_DIR)"
+    )
+
+
+def text_languages(data_dir: str | os.PathLike | TaskData | None = None) -> list[str]:
+    """Languages with unlabeled text: the americas_text folders, then the NusaX codes (when nusax_mt/train.csv exists);
+    from the hub, the NusaX codes."""
+    if _hub(data_dir):
+        return list(hub.NUSAX_LANGS)
+    root = _root(data_dir)
     americas = root / "americas_text"
     langs = sorted(p.name for p in americas.iterdir() if p.is_dir() and p.name != "upstream_readmes") if americas.is_dir() else []
     if (root / "nusax_mt" / "train.csv").is_file():
@@ -59,9 +83,17 @@ def text_languages(data_dir: str | os.PathLike | None = None) -> list[str]:
     return langs
 
 
-def load_lines_of(lang: str, data_dir: str | os.PathLike | None = None) -> datasets.Dataset:
+def load_lines_of(lang: str, data_dir: str | os.PathLike | TaskData | None = None) -> datasets.Dataset:
     """All usable lines of one language (a "text" column), in a fixed order."""
-    root = resolve_data_dir(data_dir)
+    if _hub(data_dir):
+        if lang not in hub.NUSAX_LANGS:
+            raise _no_hub_text(lang)
+        ds = hub.load(hub.NUSAX_SENTI, "train", data_dir=lang)
+        if "text" not in ds.column_names:
+            raise RaysftError(f"no text for language {lang!r}: {hub.NUSAX_SENTI} {lang}/ train has no text column; use local data")
+        ds = ds.select_columns(["text"])
+        return ds.filter(lambda b: [bool(t and t.strip()) for t in b["text"]], batched=True, desc="dropping blank lines")
+    root = _root(data_dir)
     folder = root / "americas_text" / lang
     if folder.is_dir():
         files = sorted(folder.glob("*.txt"))
@@ -79,9 +111,13 @@ def load_lines_of(lang: str, data_dir: str | os.PathLike | None = None) -> datas
     raise RaysftError(f"no text for language {lang!r}: available are {', '.join(text_languages(root))}")
 
 
-def corpus_of(lang: str, data_dir: str | os.PathLike | None = None) -> str:
+def corpus_of(lang: str, data_dir: str | os.PathLike | TaskData | None = None) -> str:
     """Where a language's text comes from, relative to the data folder (recorded in the language SFT's metadata)."""
-    root = resolve_data_dir(data_dir)
+    if _hub(data_dir):
+        if lang not in hub.NUSAX_LANGS:
+            raise _no_hub_text(lang)
+        return f"hub:{hub.NUSAX_SENTI}:{lang}/train:text"
+    root = _root(data_dir)
     folder = root / "americas_text" / lang
     if folder.is_dir():
         return ", ".join(f"americas_text/{lang}/{p.name}" for p in sorted(folder.glob("*.txt")))
@@ -94,7 +130,7 @@ def heldout_size(n: int) -> int:
     return max(MIN_HELDOUT, math.ceil(HELDOUT_FRACTION * n))
 
 
-def load_text(lang: str, data_dir: str | os.PathLike | None = None) -> tuple[datasets.Dataset, datasets.Dataset]:
+def load_text(lang: str, data_dir: str | os.PathLike | TaskData | None = None) -> tuple[datasets.Dataset, datasets.Dataset]:
     """(train, heldout) "text" datasets of one language; heldout = the last 5 % of the lines (at least 20)."""
     ds = load_lines_of(lang, data_dir)
     n = len(ds)
@@ -148,6 +184,12 @@ class MlmTask(Task):
     def available_targets(self, data_dir: str | os.PathLike | None = None) -> list[str]:
         return text_languages(data_dir)
 
+    def hub_targets(self) -> list[str]:
+        return list(hub.NUSAX_LANGS)
+
+    def hub_eval_languages(self, source_lang: str | None = None) -> list[str]:
+        return list(hub.NUSAX_LANGS)
+
     def eval_languages(self, data_dir: str | os.PathLike | None = None, source_lang: str | None = None) -> list[str]:
         return text_languages(data_dir)
 
@@ -155,16 +197,16 @@ class MlmTask(Task):
         cfg = TaskData.coerce(cfg)
         if not cfg.source_lang:
             raise RaysftError(
-                f"mlm needs the language to adapt to: set source_lang to one of {', '.join(text_languages(cfg.root()))}"
+                f"mlm needs the language to adapt to: set source_lang to one of {', '.join(self.languages(cfg))}"
             )
-        train, _ = load_text(cfg.source_lang, cfg.root())
+        train, _ = load_text(cfg.source_lang, cfg)
         return take_shuffled(train, cfg.max_train_examples, cfg.seed)
 
     def load_eval(self, lang: str, split: str, cfg: Any = None) -> datasets.Dataset:
         cfg = TaskData.coerce(cfg)
         self.check_split(split)
         self.check_lang(lang, cfg)
-        _, heldout = load_text(lang, cfg.root())
+        _, heldout = load_text(lang, cfg)
         return take_first(heldout, cfg.max_eval_examples)
 
     def tokenize(self, ds: datasets.Dataset, tokenizer: Any, max_len: int) -> datasets.Dataset:

@@ -1,5 +1,9 @@
 """NLI: train on English MultiNLI (local sample or the hub), evaluate zero-shot on AmericasNLI.
 
+Hub sources (layouts cited in raysft/tasks/hub.py): ``nyu-mll/multi_nli`` train (the full 393k pairs; the local
+files are a 5 % sample of it), ``nala-cub/americas_nli`` config <lang> validation/test (the same rows as the local
+``americasnli/{dev,test}/<lang>.tsv``), ``facebook/xnli`` config en validation/test (the local ``xnli_en``).
+
 English evaluation ("eng"): XNLI-en dev/test, for English-side checks only. AmericasNLI is translated from XNLI, so
 XNLI-en is never used for training.
 """
@@ -12,10 +16,12 @@ from typing import Any
 import datasets
 
 from raysft.errors import RaysftError
-from raysft.tasks.base import Task, TaskData, cache_dir, load_csv, require_file, resolve_data_dir, take_first, take_shuffled, to_label_ids
+from raysft.tasks import hub
+from raysft.tasks.base import Task, TaskData, load_csv, require_file, resolve_data_dir, take_first, take_shuffled, to_label_ids
 
-LABELS = ["entailment", "neutral", "contradiction"]
-HUB_NAME = "nyu-mll/multi_nli"  # its label ids use the same order (entailment 0, neutral 1, contradiction 2)
+LABELS = ["entailment", "neutral", "contradiction"]  # the hub datasets' ClassLabel order too
+HUB_NAME = hub.MNLI.repo_id
+PAIR = {"premise": "text", "hypothesis": "text_pair"}
 SOURCE_LANG = "eng"
 MNLI_PARTS = ("mnli_part1.tsv", "mnli_part2.tsv")
 
@@ -33,12 +39,15 @@ class NliTask(Task):
         test = {p.stem for p in (root / "test").glob("*.tsv")}
         return sorted(dev | test)
 
+    def hub_targets(self) -> list[str]:
+        return list(hub.AMERICAS_LANGS)
+
     def load_train(self, cfg: Any = None) -> datasets.Dataset:
         cfg = TaskData.coerce(cfg)
         if (cfg.source_lang or SOURCE_LANG) != SOURCE_LANG:
             raise RaysftError(f"nli trains on English only, got source language {cfg.source_lang!r}: set source_lang to eng")
-        if cfg.source == "hub":
-            ds = _load_hub()
+        if cfg.use_hub():
+            ds = hub.labeled(hub.load(hub.MNLI, "train"), PAIR, LABELS, "MultiNLI (hub)")
         else:
             root = cfg.root() / "nli_en" / "mnli_subset"
             parts = MNLI_PARTS if cfg.use_all_source else MNLI_PARTS[:1]
@@ -52,6 +61,10 @@ class NliTask(Task):
         cfg = TaskData.coerce(cfg)
         self.check_split(split)
         self.check_lang(lang, cfg)
+        if cfg.use_hub():
+            repo, what = (hub.XNLI, f"XNLI-en {split}") if lang == SOURCE_LANG else (hub.AMERICAS_NLI, f"AmericasNLI {lang} {split}")
+            ds = hub.load(repo, split, name="en" if lang == SOURCE_LANG else lang)
+            return take_first(hub.labeled(ds, PAIR, LABELS, f"{what} (hub)"), cfg.max_eval_examples)
         root = cfg.root()
         if lang == SOURCE_LANG:
             path, what = root / "nli_en" / "xnli_en" / f"{split}.tsv", f"XNLI-en {split}"
@@ -60,17 +73,4 @@ class NliTask(Task):
         ds = load_csv(require_file(path, what), tsv=True)
         ds = to_label_ids(ds, {"premise": "text", "hypothesis": "text_pair"}, LABELS, what)
         return take_first(ds, cfg.max_eval_examples)
-
-
-def _load_hub() -> datasets.Dataset:
-    try:
-        ds = datasets.load_dataset(HUB_NAME, split="train", cache_dir=str(cache_dir()))
-    except Exception as e:  # offline: ConnectionError / OSError / DatasetNotFoundError / ... depending on the version
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise RaysftError(
-            f"could not load hub dataset {HUB_NAME} ({type(e).__name__}: {msg[:200]}): use the local data (data source: local)"
-        ) from e
-    ds = ds.filter(lambda b: [lab >= 0 for lab in b["label"]], batched=True, desc="dropping unlabeled pairs")
-    ds = ds.select_columns(["premise", "hypothesis", "label"]).rename_columns({"premise": "text", "hypothesis": "text_pair"})
-    return ds.cast_column("label", datasets.ClassLabel(names=LABELS))
 

@@ -2,6 +2,10 @@
 
 The 12 NusaX languages are sentence-parallel, so any of them is also accepted as an evaluation language (the source
 language's own dev/test included).
+
+Hub source: ``indonlp/NusaX-senti`` at its parquet export (``refs/convert/parquet``), folder <lang>, splits
+train/validation/test, columns id, text, lang, label (layout cited in raysft/tasks/hub.py): the same rows, in the
+same order, as the local ``nusax_senti/<lang>/{train,valid,test}.csv``.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from typing import Any
 import datasets
 
 from raysft.errors import RaysftError
+from raysft.tasks import hub
 from raysft.tasks.base import Task, TaskData, load_csv, require_file, resolve_data_dir, take_first, take_shuffled, to_label_ids
 
 LABELS = ["negative", "neutral", "positive"]
@@ -37,12 +42,16 @@ class SaTask(Task):
         extra = [lang for lang in SOURCE_LANGS if (root / lang).is_dir()]
         return self.available_targets(data_dir) + extra
 
+    def hub_targets(self) -> list[str]:
+        return list(LOCAL_LANGS)
+
+    def hub_eval_languages(self, source_lang: str | None = None) -> list[str]:
+        return list(LOCAL_LANGS) + list(SOURCE_LANGS)
+
     def load_train(self, cfg: Any = None) -> datasets.Dataset:
         cfg = TaskData.coerce(cfg)
-        if cfg.source == "hub":
-            raise RaysftError("the sa task has no hub source: use the local NusaX data (data source: local)")
         lang = cfg.source_lang or SOURCE_LANG
-        ok = self.eval_languages(cfg.root())
+        ok = self.languages(cfg)
         if lang not in ok:
             raise RaysftError(f"unknown sa source language {lang!r}: available are {', '.join(ok)}")
         ds = self._load(cfg, lang, "train")
@@ -57,5 +66,7 @@ class SaTask(Task):
     @staticmethod
     def _load(cfg: TaskData, lang: str, split: str) -> datasets.Dataset:
         what = f"NusaX-Senti {lang} {split}"
+        if cfg.use_hub():
+            return hub.labeled(hub.load(hub.NUSAX_SENTI, split, data_dir=lang), {"text": "text"}, LABELS, f"{what} (hub)")
         path = require_file(cfg.root() / "nusax_senti" / lang / SPLIT_FILES[split], what)
         return to_label_ids(load_csv(path), {"text": "text"}, LABELS, what)

@@ -127,8 +127,8 @@ def prepare_lang(
     method_name = method_name or lc.method
     method = make_method(method_name, cfg.method_settings(method_name))
     data = TaskData(data_dir=cfg.data.dir, source=cfg.data.source)
-    train, heldout = load_text(lang, data.root())  # no text, or too little, is refused here with the count
-    corpus = corpus_of(lang, data.root())
+    train, heldout = load_text(lang, data)  # no text, or too little, is refused here with the count
+    corpus = corpus_of(lang, data)
     torch.manual_seed(cfg.seed)
     tokenizer = load_tokenizer(cfg.model)
     model, head_fresh = load_for_mlm(cfg.model, with_info=True)

@@ -103,7 +103,7 @@ def prepare(
     method = make_method(method_name, cfg.method_settings(method_name))
     task = get_task(cfg.task)
     data = task_data(cfg)
-    data.root()  # a missing data folder is reported now, not after the model loads
+    task.check_data(data)  # a missing data folder (or hub dataset) is reported now, not after the model loads
     targets = task.target_langs(data)
     source = data.source_lang or task.source_lang
     eval_langs = targets + ([source] if source and source not in targets else [])
