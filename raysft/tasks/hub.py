@@ -13,8 +13,7 @@ Where the layouts were read (the dataset cards' YAML and the repos' file trees):
   hypothesis_binary_parse, hypothesis_parse, genre, label (ClassLabel entailment/neutral/contradiction).
   https://huggingface.co/datasets/nyu-mll/multi_nli/tree/main/data
 - ``nala-cub/americas_nli`` (main; the old id ``americas_nli`` redirects here): configs aym, bzd, cni, gn, hch, nah,
-  oto, quy, shp, tar and all_languages, files ``<config>/{validation,test}-00000-of-00001.parquet`` (commit
-  "Convert dataset to Parquet (#3)"); columns premise, hypothesis, label (ClassLabel entailment/neutral/
+  oto, quy, shp, tar and all_languages, files ``<config>/{validation,test}-00000-of-00001.parquet``; columns premise, hypothesis, label (ClassLabel entailment/neutral/
   contradiction); all_languages adds ``language``. https://huggingface.co/datasets/nala-cub/americas_nli
   (commit aa38975 "Convert dataset to Parquet (#3)")
 - ``facebook/xnli`` (main; formerly ``xnli``): config ``en``, ``en/{train,validation,test}-*.parquet``; columns
