@@ -236,7 +236,10 @@ def cluster_file(m: Machine, ports: dict[str, int]) -> Path:
         return " ".join(head) + " " + shlex.join(args[4:] + (["--", *extra] if extra else []))
 
     for key in ("head_setup_commands", "worker_setup_commands"):
-        c[key] = [rewrite(cmd, setup, [], ["RAY_AUTH_MODE=disabled"]) for cmd in c[key]]
+        # no token auth between this machine's users; no Ray memory monitor (it counts the whole shared machine's
+        # memory, and killed this test's job supervisor while other people's runs filled it)
+        c[key] = [rewrite(cmd, setup, [], ["RAY_AUTH_MODE=disabled", "RAY_memory_monitor_refresh_ms=0"])
+                  for cmd in c[key]]
     for key, (updates, extra) in starts.items():
         c[key] = [rewrite(cmd, updates, extra) for cmd in c[key]]
     path = m.root / "cluster.yaml"

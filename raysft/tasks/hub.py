@@ -13,19 +13,23 @@ Where the layouts were read (the dataset cards' YAML and the repos' file trees):
   hypothesis_binary_parse, hypothesis_parse, genre, label (ClassLabel entailment/neutral/contradiction).
   https://huggingface.co/datasets/nyu-mll/multi_nli/tree/main/data
 - ``nala-cub/americas_nli`` (main; the old id ``americas_nli`` redirects here): configs aym, bzd, cni, gn, hch, nah,
-  oto, quy, shp, tar and all_languages, files ``<config>/{validation,test}-00000-of-00001.parquet`` (commit
-  "Convert dataset to Parquet (#3)"); columns premise, hypothesis, label (ClassLabel entailment/neutral/
+  oto, quy, shp, tar and all_languages, files ``<config>/{validation,test}-00000-of-00001.parquet``; columns premise, hypothesis, label (ClassLabel entailment/neutral/
   contradiction); all_languages adds ``language``. https://huggingface.co/datasets/nala-cub/americas_nli
+  (commit aa38975 "Convert dataset to Parquet (#3)")
 - ``facebook/xnli`` (main; formerly ``xnli``): config ``en``, ``en/{train,validation,test}-*.parquet``; columns
   premise, hypothesis, label (same ClassLabel). The local ``xnli_en`` files are its English validation/test rows.
+  https://huggingface.co/datasets/facebook/xnli/tree/main/en (commit "Convert dataset to Parquet (#10)")
 - ``indonlp/NusaX-senti``: main holds only a loading script (``NusaX-senti.py``), which ``datasets`` >= 4 no longer
   runs; the hub's parquet export (revision ``refs/convert/parquet``) has one folder per language,
   ``<lang>/<split>/0000.parquet`` (older exports: ``<lang>/nusa_x-senti-<split>.parquet``; both are read by their
   split names), splits train/validation/test; columns id, text, lang, label (ClassLabel negative/neutral/positive).
+  https://huggingface.co/datasets/indonlp/NusaX-senti (card: features id, text, lang, label) and its parquet
+  branch https://huggingface.co/datasets/indonlp/NusaX-senti/tree/refs%2Fconvert%2Fparquet
 - ``indonlp/NusaX-MT``: a loading script only, with no parquet export (its viewer says it "requires arbitrary Python
   code execution"), so it cannot be read by ``datasets`` 5. NusaX is sentence-parallel: NusaX-MT's train.csv rows
   are NusaX-Senti's train rows in every language (see the data README), so the language-SFT text of a NusaX language
   comes from NusaX-senti's ``<lang>`` train split (text column), the same 500 sentences as ``nusax_mt/train.csv``.
+  https://huggingface.co/datasets/indonlp/NusaX-MT (files: NusaX-MT.py, README.md)
 - AmericasNLP 2021 texts (``americas_text/``): not on the hub as a dataset; they stay local-only.
 """
 
