@@ -466,14 +466,20 @@ def test_pareto_front_and_axis_names():
         "loss/dense"]
 
 
-def test_compare_pareto_plots_the_front_of_logged_runs(tmp_path, monkeypatch, capsys):
-    """Runs logged into a fresh store (as a sweep's trials are): the front printed, the PNG written."""
+@pytest.fixture(scope="module")
+def local_store(tmp_path_factory):
+    """One sqlite store for the quick tests below (creating one costs seconds)."""
+    return f"sqlite:///{tmp_path_factory.mktemp('store')}/mlflow.db"
+
+
+def test_compare_pareto_plots_the_front_of_logged_runs(local_store, tmp_path, capsys):
+    """Runs logged into a store (as a sweep's trials are): the front printed, the PNG written."""
     from mlflow import MlflowClient
 
     from raysft.cli import main
     from raysft.tracking import record
 
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = local_store
     c = MlflowClient(uri)
     exp = c.create_experiment("pareto")
     runs = {"trial-a": ("lt-sft", 0.50, 1000), "trial-b": ("sc-sft", 0.60, 4000), "trial-c": ("rand-sft", 0.40, 4000),
@@ -495,7 +501,7 @@ def test_compare_pareto_plots_the_front_of_logged_runs(tmp_path, monkeypatch, ca
     assert exc.value.code == 2 and "has the metric 'nosuchmetric'" in err and len(err.strip().splitlines()) == 1
 
 
-def test_lang_run_carries_the_jobs_real_start_and_end(tmp_path):
+def test_lang_run_carries_the_jobs_real_start_and_end(local_store, tmp_path):
     """`raysft lang` logs each language's run after its job ended: the run shows the job's own start and end."""
     from mlflow import MlflowClient
 
@@ -510,7 +516,7 @@ def test_lang_run_carries_the_jobs_real_start_and_end(tmp_path):
                "train_lines": 45, "head_fresh": True, "mlm_loss": {"before": 5.0, "head_only": 4.0, "after": 3.5},
                "timings": {"dense_s": 30.0, "sparse_s": 20.0}, "losses": {"dense": [5.0, 4.0]}, "delta_bytes": 81,
                "started_at": now - 600.0, "ended_at": now - 60.0, "peak_memory_bytes": 123_000_000}
-    uri = resolve_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    uri = resolve_uri(local_store)
     _, run_id = log_lang_run(uri, "smoke-lang", load_config("smoke"), metrics, sft)
     r = MlflowClient(uri.uri).get_run(run_id)
     assert r.info.start_time == int((now - 600.0) * 1000) and r.info.end_time == int((now - 60.0) * 1000)

@@ -121,3 +121,23 @@ def test_terminal_live_table_of_running_trials():
 
 def test_duration():
     assert [duration(x) for x in (None, 5, 75, 3725)] == ["?", "5s", "1m15s", "1h02m"]
+
+
+def test_board_logs_phase_changes_and_restarts_a_retried_trials_clock():
+    clock = Clock()
+    board = Board(clock=clock)
+    board.push("t", {"phase": "starting", "method": "lt-sft"})
+    clock.now += 10
+    board.push("t", {"phase": "workers"})
+    board.push("t", {"plan": {"dense": 4, "sparse": 4}})
+    board.push("t", {"phase": "dense", "step": 0, "total": 4})
+    board.push("t", {"step": 2, "loss": 0.5})  # a step: state, not an event
+    states, events, cursor = board.read()
+    assert [e["phase"] for e in events] == ["starting", "workers", "dense"] and cursor == 3
+    assert states["t"]["running_since"] == 1010.0 and states["t"]["plan"] == {"dense": 4, "sparse": 4}
+    assert states["t"]["step"] == 2 and fraction_done(states["t"]) == pytest.approx(0.25)
+    clock.now += 50
+    board.push("t", {"phase": "starting"})  # Tune retries it (a worker was lost)
+    states, events, _ = board.read(cursor)
+    assert [e["phase"] for e in events] == ["starting"]
+    assert "running_since" not in states["t"] and states["t"]["started"] == 1060.0 and "step" not in states["t"]

@@ -35,6 +35,9 @@ class Board:
             state["phase_started"] = now
             state.pop("step", None)
             state.pop("total", None)
+            if phase == "starting" and "running_since" in state:  # a retried trial: its time counts afresh
+                state.pop("running_since")
+                state["started"] = now
             if phase == "workers" and "running_since" not in state:
                 state["running_since"] = now  # its own work starts: waits for a slot or for θ1 are behind it
             self.events.append({"time": now, "trial_id": trial_id, **fields})

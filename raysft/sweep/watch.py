@@ -136,7 +136,7 @@ class SweepWatch:
 
     def table(self) -> Table:
         table = Table(title="running trials", title_justify="left", caption=self.summary(), caption_justify="left")
-        for col in ("trial", "method", "phase", "step", "loss", "dev", "time"):
+        for col in ("trial", "configuration", "phase", "step", "loss", "dev", "time"):
             table.add_column(col, justify="right" if col in ("step", "loss", "dev", "time") else "left", no_wrap=True)
         now = self.clock()
         for tid, s in sorted(self.states.items()):
