@@ -48,9 +48,7 @@ def run_trial(config: dict, base: dict, storage: str) -> None:
             # Renewed until θ1 is published; the rank-0 worker publishes it (done) as soon as it is written.
             lease = Lease(cache, key, trial_id, cfg.tune.dense_lease_s)
             extra.update(theta1_key=key, theta1_actor=ACTOR_NAME)
-            if _test_hook_computing():
-                lease.stop()
-                return
+            _test_hook_computing()
         extra["dense_ready_at"] = time.time()
     try:
         fit_trial(
@@ -71,23 +69,26 @@ def run_trial(config: dict, base: dict, storage: str) -> None:
         ray.get(cache.done.remote(key, trial_id))
 
 
-def _test_hook_computing() -> bool:
+def _test_hook_computing() -> None:
     """Tests only. ``RAYSFT_TEST_DENSE_HOOK=<folder>`` whose ``actions`` file lists, one per line, what the next trials
-    that claim a dense phase do: ``stop`` (end at once without a word to the cache, as a trial that the scheduler
-    stops: True is returned) or ``kill`` (the process exits, as on a lost node)."""
+    that claim a dense phase do, before any of it: ``stop`` (the process is terminated, SIGTERM, as Ray ends a trial
+    that the scheduler stops: no exception reaches this driver) or ``kill`` (it exits at once, as on a lost node)."""
     folder = os.environ.get("RAYSFT_TEST_DENSE_HOOK")
     if not folder:
-        return False
+        return
     actions = Path(folder) / "actions"
     todo = actions.read_text().split() if actions.exists() else []
     if not todo:
-        return False
+        return
     actions.write_text("\n".join(todo[1:]))
     with open(Path(folder) / "done", "a") as f:
         f.write(todo[0] + "\n")
     if todo[0] == "kill":
         os._exit(1)
-    return True
+    import signal
+
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(60)  # terminated meanwhile; never returns into the trial
 
 
 def describe(sampled: dict) -> str:
