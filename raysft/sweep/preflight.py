@@ -171,11 +171,12 @@ def check_model_and_spaces(cfg: Config, strict: bool = True) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------------------------- the searcher
 def make_sampler(cfg: Config):
-    """The Optuna sampler the sweep's OptunaSearch uses (the dry run draws from the same one)."""
+    """The Optuna sampler the sweep's OptunaSearch uses (the dry run draws from the same one): TPE, seeded, with
+    ``constant_liar`` (many trials run at once); with ``tune.multi_objective`` the same TPE runs multi-objective
+    (MOTPE). Not NSGA-II: Optuna 5's holds a lock, and Tune pickles its searcher (tuner.pkl), so the sweep died
+    before its first trial."""
     import optuna
 
-    if cfg.tune.multi_objective:
-        return optuna.samplers.NSGAIISampler(seed=cfg.tune.seed)
     return optuna.samplers.TPESampler(seed=cfg.tune.seed, constant_liar=True)
 
 
@@ -203,7 +204,7 @@ def dry_run_lines(cfg: Config, trials: int, max_concurrent: int | None = None, s
     check_not_exhausted(cfg, trials)
     facts = check_model_and_spaces(cfg, strict=False)
     t = cfg.tune
-    sampler = "NSGA-II (multi-objective: dev ↑, K ↓)" if t.multi_objective else "TPE (constant_liar)"
+    sampler = "TPE (constant_liar" + (", multi-objective: dev ↑, K ↓)" if t.multi_objective else ")")
     scheduler = (f"ASHA (grace {t.grace_period}, reduction {t.reduction_factor})"
                  if t.scheduler == "asha" and not t.multi_objective else "none")
     out = [f"{cfg.name}: dry run, nothing started · {trials} trials of {', '.join(t.methods)} on {cfg.model} · "
