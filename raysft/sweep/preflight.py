@@ -213,7 +213,7 @@ def dry_run_lines(cfg: Config, trials: int, max_concurrent: int | None = None, s
     check_not_exhausted(cfg, trials)
     facts = check_model_and_spaces(cfg, strict=False)
     t = cfg.tune
-    sampler = "NSGA-II (multi-objective: dev ↑, K ↓)" if t.multi_objective else "TPE (constant_liar)"
+    sampler = "TPE (constant_liar" + (", multi-objective: dev ↑, K ↓)" if t.multi_objective else ")")
     scheduler = (f"ASHA (grace {t.grace_period}, reduction {t.reduction_factor})"
                  if t.scheduler == "asha" and not t.multi_objective else "none")
     out = [f"{cfg.name}: dry run, nothing started · {trials} trials of {', '.join(t.methods)} on {cfg.model} · "

@@ -52,17 +52,15 @@ def startup_trials(cfg: Config, trials: int) -> tuple[int, int]:
 
 def make_study(cfg: Config, spaces: dict, trials: int):
     """The sweep's Optuna study (in memory) and sampler: the swept methods at their spaces' defaults enqueued first
-    (``enqueue_trial`` with the user attribute ``raysft.default``), then random start-up trials, then TPE (NSGA-II
+    (``enqueue_trial`` with the user attribute ``raysft.default``), then random start-up trials, then TPE (MOTPE
     when multi-objective). The dry run asks the same study. Returns (study, storage, sampler, n_defaults, n_startup)."""
     import optuna
 
     n_defaults, n_startup = startup_trials(cfg, trials)
-    if cfg.tune.multi_objective:
-        sampler = optuna.samplers.NSGAIISampler(seed=cfg.tune.seed)
-        directions = {"directions": ["maximize", "minimize"]}
-    else:
-        sampler = optuna.samplers.TPESampler(seed=cfg.tune.seed, constant_liar=True, n_startup_trials=n_startup)
-        directions = {"direction": "maximize"}
+    # TPE, seeded, constant_liar (many trials run at once); multi-objective, the same TPE runs as MOTPE. Not
+    # NSGA-II: Optuna 5's holds a lock and Tune pickles its searcher (tuner.pkl), so such a sweep died at once.
+    sampler = optuna.samplers.TPESampler(seed=cfg.tune.seed, constant_liar=True, n_startup_trials=n_startup)
+    directions = ({"directions": ["maximize", "minimize"]} if cfg.tune.multi_objective else {"direction": "maximize"})
     storage = optuna.storages.InMemoryStorage()
     study = optuna.create_study(storage=storage, study_name=STUDY, sampler=sampler, **directions)
     several = len(cfg.tune.methods) > 1
@@ -120,9 +118,7 @@ def run_trial(config: dict, base: dict, storage: str) -> None:
             # Renewed until θ1 is published; the rank-0 worker publishes it (done) as soon as it is written.
             lease = Lease(cache, key, trial_id, cfg.tune.dense_lease_s)
             extra.update(theta1_key=key, theta1_actor=ACTOR_NAME)
-            if _test_hook_computing():
-                lease.stop()
-                return
+            _test_hook_computing()
         extra["dense_ready_at"] = time.time()
     push(board, trial_id, phase="workers")
     try:
@@ -144,23 +140,26 @@ def run_trial(config: dict, base: dict, storage: str) -> None:
         ray.get(cache.done.remote(key, trial_id))
 
 
-def _test_hook_computing() -> bool:
+def _test_hook_computing() -> None:
     """Tests only. ``RAYSFT_TEST_DENSE_HOOK=<folder>`` whose ``actions`` file lists, one per line, what the next trials
-    that claim a dense phase do: ``stop`` (end at once without a word to the cache, as a trial that the scheduler
-    stops: True is returned) or ``kill`` (the process exits, as on a lost node)."""
+    that claim a dense phase do, before any of it: ``stop`` (the process is terminated, SIGTERM, as Ray ends a trial
+    that the scheduler stops: no exception reaches this driver) or ``kill`` (it exits at once, as on a lost node)."""
     folder = os.environ.get("RAYSFT_TEST_DENSE_HOOK")
     if not folder:
-        return False
+        return
     actions = Path(folder) / "actions"
     todo = actions.read_text().split() if actions.exists() else []
     if not todo:
-        return False
+        return
     actions.write_text("\n".join(todo[1:]))
     with open(Path(folder) / "done", "a") as f:
         f.write(todo[0] + "\n")
     if todo[0] == "kill":
         os._exit(1)
-    return True
+    import signal
+
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(60)  # terminated meanwhile; never returns into the trial
 
 
 def describe(sampled: dict) -> str:
