@@ -387,8 +387,8 @@ def run_sweep(
         searcher, n_defaults, n_startup = make_searcher(cfg, spaces, trials)
         if console is not None:
             console.print(
-                f"{trials} trials: {n_defaults} at the defaults ({', '.join(cfg.tune.methods[:n_defaults]) or 'none'}), "
-                f"{max(0, n_startup - n_defaults)} random, then TPE"
+                f"{trials} trials: {n_defaults} at the defaults ({', '.join(cfg.tune.methods[:n_defaults]) or 'none'})"
+                + (", then NSGA-II" if cfg.tune.multi_objective else f", {max(0, n_startup - n_defaults)} random, then TPE")
                 + (f"; ASHA stops weak trials after {cfg.tune.grace_period} report(s)"
                    if cfg.tune.scheduler == "asha" and not cfg.tune.multi_objective else ""),
                 highlight=False,
