@@ -473,7 +473,9 @@ def compare_table(ranking) -> Table:
     for r in ranking.rows:
         k = r.params.get("k")
         table.add_row(
-            r.run_id[:8] + ("" if r.status == "FINISHED" else "*"), r.describe(varying), f"{int(k):,}" if k else "–", f"{r.score:.4f}",
+            r.run_id[:8] + ("" if r.status == "FINISHED" else "*"),
+            ("(default) " if r.tags.get("raysft.default") == "true" else "") + r.describe(varying),
+            f"{int(k):,}" if k else "–", f"{r.score:.4f}",
             *[cell(r.metrics.get(f"{tm}/dev/{lang}")) for lang in ranking.langs], cell(r.metrics.get(f"{tm}/test/avg")),
         )
     if any(r.status != "FINISHED" for r in ranking.rows):

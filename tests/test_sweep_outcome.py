@@ -115,6 +115,17 @@ def test_a_default_budget_outside_the_candidates_is_recorded_as_the_dirichlet_dr
     assert all(abs(x[g] / sum(x.values()) - want[g]) < 1e-12 for g in groups)
 
 
+def test_trial_config_leaves_the_base_alone():
+    """The tracking callback builds every trial's config from one base: a trial's overrides must not leak into the
+    next (a default trial was logged with the previous trial's sparse.lr)."""
+    cfg = load_config("smoke")
+    base = cfg.model_dump(mode="json")
+    before = json.dumps(base, sort_keys=True)
+    c = trial_config(base, {"method": "sc-sft", "settings": {"budget": {"layer.0": 1.0}}, "overrides": {"sparse.lr": 7e-4}})
+    assert c.sparse.lr == 7e-4 and json.dumps(base, sort_keys=True) == before
+    assert trial_config(base, {"method": "sc-sft", "settings": {}, "overrides": {}, "default": True}).sparse.lr == cfg.sparse.lr
+
+
 def test_startup_is_sized_to_the_sweep():
     cfg = load_config("smoke", ["tune.methods=[lt-sft, sc-sft]", "tune.n_startup_trials=null"])
     assert startup_trials(cfg, 2) == (2, 3)  # fewer trials than methods: only defaults (and a floor of 1 random)

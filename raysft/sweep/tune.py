@@ -3,6 +3,7 @@ driver function that fits a Ray Train `TorchTrainer` (Ray 2.60 runs Train V2: `T
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 import os
@@ -84,8 +85,9 @@ def define_by_run(trial, methods: list[str], spaces: dict) -> dict:
 
 
 def trial_config(base: dict, sampled: dict) -> Config:
-    """The base config with one trial's sampled values applied (validated again: a sampled value can be invalid)."""
-    raw = apply_overrides(dict(base), [])
+    """The base config with one trial's sampled values applied (validated again: a sampled value can be invalid).
+    ``base`` is never changed (a deep copy: the tracking callback reuses one base for every trial)."""
+    raw = apply_overrides(copy.deepcopy(base), [])
     for key, value in sampled["overrides"].items():
         node = raw
         *parents, leaf = key.split(".")
