@@ -396,6 +396,8 @@ def tune(
     cfg = load_config(space, set_ or [])
     if trials is not None and trials < 1:
         raise RaysftError(f"--trials {trials}: a sweep needs at least 1 trial")
+    if confirm < 0 or (confirm and seeds < 1):
+        raise RaysftError(f"--confirm {confirm} --seeds {seeds}: confirm at least 1 configuration with at least 1 seed")
     console.print(f"[bold]{cfg.name}[/]: sweeping {', '.join(cfg.tune.methods)} on {cfg.model}")
     grid, counts, experiment, wall = run_sweep(
         cfg, trials=trials, max_concurrent=max_concurrent, address=address, storage=storage, resume=resume,
@@ -526,6 +528,8 @@ def confirm_cmd(
     from raysft.tracking.store import all_runs, connect, download, get_experiment, resolve_uri
 
     _quiet_libraries()
+    if top < 1 or seeds < 1:
+        raise RaysftError(f"--top {top} --seeds {seeds}: confirm at least 1 configuration with at least 1 seed")
     uri = resolve_uri(tracking_uri)
     c = connect(uri, create=False)
     exp = get_experiment(c, uri, experiment)

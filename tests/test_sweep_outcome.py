@@ -248,3 +248,18 @@ def test_sweep_runs_the_default_first_and_confirm_logs_distinct_seeds(tmp_path):
     finals = [r[-1] for r in trial_results(next((storage).glob("smoke-confirm-*"))).values()]
     assert len(finals) == 4 and all(f["phase"] == "final" for f in finals)
     assert "confirm: mean ± sd" in out and "confirmed: best" in out
+
+
+@pytest.mark.parametrize("args,message", [
+    (["tune", "smoke", "--confirm", "1", "--seeds", "0"], "--confirm 1 --seeds 0"),
+    (["tune", "smoke", "--confirm", "-1"], "--confirm -1"),
+    (["confirm", "smoke", "--top", "0"], "--top 0"),
+])
+def test_bad_confirm_input_exit_2_before_anything_runs(args, message, capsys, tmp_path):
+    from raysft.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main([*args, "--storage", str(tmp_path / "s")] if args[0] == "tune" else args)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "s").exists()
