@@ -412,6 +412,8 @@ def tune(
     experiment: Annotated[str | None, typer.Option(help="MLflow experiment (default: the space's name)")] = None,
     track: Annotated[bool, typer.Option(help="log a parent run and one child run per trial to MLflow")] = True,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="check the sweep, print its first trials and their resources; start nothing")] = False,
+    confirm: Annotated[int, typer.Option(help="then rerun the top N configurations and the default with --seeds new seeds")] = 0,
+    seeds: Annotated[int, typer.Option(help="with --confirm: new seeds per configuration")] = 3,
 ) -> None:
     """Sweep methods and their search spaces with Ray Tune + Optuna (TPE) + ASHA; one Ray Train run per trial, one
     MLflow child run per trial under a parent run per invocation (--resume continues the same parent)."""
@@ -422,6 +424,8 @@ def tune(
     cfg = load_config(space, set_ or [])
     if trials is not None and trials < 1:
         raise RaysftError(f"--trials {trials}: a sweep needs at least 1 trial")
+    if confirm < 0 or (confirm and seeds < 1):
+        raise RaysftError(f"--confirm {confirm} --seeds {seeds}: confirm at least 1 configuration with at least 1 seed")
     if dry_run:
         from raysft.sweep.preflight import dry_run_lines
 
@@ -451,6 +455,42 @@ def tune(
         f"reused {counts['reused']}" + (f", taken over {counts['takeovers']}" if counts.get("takeovers") else "")
         + f" · results in {experiment}"
     )
+    if confirm:
+        from raysft.sweep.tune import confirm_picks, confirm_seeds
+
+        picks = confirm_picks(list(grid), confirm)
+        _confirm(cfg.model_dump(mode="json"), picks, confirm_seeds(cfg.seed, seeds), experiment, address=address,
+                 verbose=verbose, tracking_uri=tracking_uri if track else None, track=track)
+
+
+def confirm_table(summary, metric_name: str) -> Table:
+    table = Table(title=f"confirm: mean ± sd over seeds (dev / test {metric_name}, targets' average)")
+    for col in ("configuration", "method", "seeds", "dev", "test"):
+        table.add_column(col, justify="right" if col in ("dev", "test") else "left")
+    for c in summary:
+        table.add_row(("default " if c.default else "trial ") + c.label, c.method, ",".join(map(str, c.seeds)),
+                      str(c.dev), str(c.test))
+    return table
+
+
+def _confirm(base: dict, picks, seed_list: list[int], experiment_dir: str, *, address, verbose, tracking_uri, track) -> None:
+    """Rerun ``picks`` with ``seed_list`` beside the sweep at ``experiment_dir`` (its storage, its parent run)."""
+    from raysft.storage import join as storage_join
+    from raysft.sweep.tune import run_confirm
+    from raysft.tasks import get_task
+
+    root, name = experiment_dir.rstrip("/").rsplit("/", 1)
+    tracking = None
+    if track:
+        from raysft.tracking.runs import SweepTracking
+
+        tracking = SweepTracking.attach(experiment_dir, root, base, tracking_uri)
+    run_name = f"{name}-confirm-{datetime.now():%Y%m%d-%H%M%S}"
+    summary, verdict, grid = run_confirm(base, picks, seed_list, root=root, name=run_name, address=address,
+                                         verbose=verbose, console=console, tracking=tracking)
+    console.print(confirm_table(summary, get_task(base["task"]).metric))
+    console.print(verdict, highlight=False)
+    console.print(f"confirm runs in {storage_join(root, run_name)}", highlight=False)
 
 
 def _number(v: float) -> str:
@@ -481,7 +521,9 @@ def compare_table(ranking) -> Table:
     for r in ranking.rows:
         k = r.params.get("k")
         table.add_row(
-            r.run_id[:8] + ("" if r.status == "FINISHED" else "*"), r.describe(varying), f"{int(k):,}" if k else "–", f"{r.score:.4f}",
+            r.run_id[:8] + ("" if r.status == "FINISHED" else "*"),
+            ("(default) " if r.tags.get("raysft.default") == "true" else "") + r.describe(varying),
+            f"{int(k):,}" if k else "–", f"{r.score:.4f}",
             *[cell(r.metrics.get(f"{tm}/dev/{lang}")) for lang in ranking.langs], cell(r.metrics.get(f"{tm}/test/avg")),
         )
     if any(r.status != "FINISHED" for r in ranking.rows):
@@ -516,10 +558,65 @@ def compare(
         console.print(table)
         console.print(f"wrote {p.plot}", highlight=False)
         return
-    ranking = rank(tracking_uri, experiment, metric, top)
+    from raysft.export import outcome_of_runs
+
+    if top < 1:
+        raise RaysftError(f"--top {top}: show at least 1 run")
+    ranking = rank(tracking_uri, experiment, metric)
+    outcome = outcome_of_runs(ranking.rows)
+    ranking.rows = ranking.rows[:top]
     console.print(compare_table(ranking))
+    console.print(outcome.line(), highlight=False)
     console.print(f"{len(ranking.rows)} runs shown · {ranking.uri} · raysft export {ranking.experiment.name} --run-id RUN "
                   "(a prefix will do)", highlight=False)
+
+
+@app.command("confirm")
+def confirm_cmd(
+    experiment: Annotated[str, typer.Argument(help="an MLflow experiment with a finished sweep (a space's name)")],
+    top: Annotated[int, typer.Option(help="searched configurations to rerun (best dev first), beside the default")] = 2,
+    seeds: Annotated[int, typer.Option(help="new seeds per configuration (data order, head init, Rand-SFT's mask)")] = 3,
+    address: Annotated[str | None, typer.Option(help="a Ray cluster to join (default: a local Ray)")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show Ray's logs")] = False,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow store (default $MLFLOW_TRACKING_URI, else sqlite:///runs/mlflow.db)")] = None,
+) -> None:
+    """Rerun the latest sweep's top configurations and its default with new seeds, as Ray trials; print mean ± sd
+    per configuration on dev and test and log them under the sweep's parent run."""
+    import tempfile
+
+    import yaml
+
+    from raysft.sweep.tune import confirm_picks, confirm_seeds
+    from raysft.tracking import record
+    from raysft.tracking.store import all_runs, connect, download, get_experiment, resolve_uri
+
+    _quiet_libraries()
+    if top < 1 or seeds < 1:
+        raise RaysftError(f"--top {top} --seeds {seeds}: confirm at least 1 configuration with at least 1 seed")
+    uri = resolve_uri(tracking_uri)
+    c = connect(uri, create=False)
+    exp = get_experiment(c, uri, experiment)
+    parents = [r for r in all_runs(c, exp.experiment_id, "tags.`raysft.kind` = 'sweep'") if r.data.tags.get("raysft.storage")]
+    if not parents:
+        raise RaysftError(f"experiment '{exp.name}' has no sweep: run raysft tune {exp.name} first")
+    parent = max(parents, key=lambda r: r.info.start_time)
+    experiment_dir = parent.data.tags["raysft.storage"]
+    with tempfile.TemporaryDirectory(prefix="raysft-confirm-") as d:
+        f = download(c, parent.info.run_id, record.CONFIG_FILE, Path(d))
+        if f is None:
+            raise RaysftError(f"the sweep's parent run {parent.info.run_id} has no {record.CONFIG_FILE}: cannot rebuild its configurations")
+        base = yaml.safe_load(f.read_text())
+    from ray.tune import ExperimentAnalysis
+
+    try:
+        trials = ExperimentAnalysis(experiment_dir).trials
+    except Exception as e:
+        raise RaysftError(f"cannot read the sweep at {experiment_dir} ({type(e).__name__}): is its storage reachable from here?") from None
+    picks = confirm_picks(trials, top)
+    console.print(f"confirm {exp.name}: sweep {parent.info.run_id[:8]} at {experiment_dir}: "
+                  + ", ".join(("default " if (s or {}).get("default") else "") + label for label, s in picks), highlight=False)
+    _confirm(base, picks, confirm_seeds(int(base.get("seed", 0)), seeds), experiment_dir, address=address,
+             verbose=verbose, tracking_uri=tracking_uri, track=True)
 
 
 @app.command()
@@ -528,6 +625,7 @@ def export(
     out: Annotated[Path, typer.Option(help="the folder to write (task delta, README.md model card, metrics, plots)")],
     run_id: Annotated[str | None, typer.Option(help="the run to export (see raysft compare)")] = None,
     best: Annotated[bool, typer.Option(help="export the best finished run by --metric")] = False,
+    confirmed: Annotated[bool, typer.Option(help="with --best: the configuration raysft confirm found best (its sweep trial)")] = False,
     metric: Annotated[str | None, typer.Option(help="with --best: rank by this metric (default objective)")] = None,
     force: Annotated[bool, typer.Option(help="replace a non-empty --out")] = False,
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow store (default $MLFLOW_TRACKING_URI, else sqlite:///runs/mlflow.db)")] = None,
@@ -535,7 +633,8 @@ def export(
     """Export one trial: its task delta, a model card (README.md) and the language SFTs it was evaluated with."""
     from raysft.export import export_run
 
-    info = export_run(tracking_uri, experiment, out, run_id=run_id, best=best, metric=metric, force=force)
+    info = export_run(tracking_uri, experiment, out, run_id=run_id, best=best, metric=metric, force=force,
+                      confirmed=confirmed)
     score = info.get("score")
     console.print(
         f"exported run {info['run_id']}" + (f" ({info['metric']} {score:.4f})" if isinstance(score, float) else "")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 from typing import Any, Literal
@@ -259,8 +260,9 @@ def pin_lang_sfts(source: str | None, model: str) -> str | None:
 def trial_config(base: dict, sampled: dict) -> Config:
     """The base config (``Config.model_dump(mode="json")``) with one trial's sampled values applied: ``sampled`` is
     ``{"method": m, "settings": {...}, "overrides": {"sparse.lr": ...}}`` (:func:`raysft.sweep.space.sample`). Validated
-    again: a sampled value can be invalid."""
-    raw = apply_overrides(dict(base), [])
+    again: a sampled value can be invalid. ``base`` is never changed (a deep copy: the tracking callback reuses one
+    base for every trial)."""
+    raw = apply_overrides(copy.deepcopy(base), [])
     for key, value in sampled["overrides"].items():
         node = raw
         *parents, leaf = key.split(".")

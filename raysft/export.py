@@ -247,6 +247,34 @@ def pareto_plot(rows: list[RunRow], front: set[int], x: str, y: str, path: Path,
     return path
 
 
+def outcome_of_runs(rows: list[RunRow]):
+    """Best searched trial vs default (:func:`raysft.outcome.versus_default`) over an experiment's runs."""
+    from raysft.outcome import Row, versus_default
+
+    return versus_default([
+        Row(id=r.trial_id or r.run_id[:8], method=r.method, dev=r.metrics.get(record.DEFAULT_METRIC),
+            test=r.metrics.get("avg/test"), default=r.tags.get("raysft.default") == "true",
+            final=r.status == "FINISHED" and r.kind == "trial")
+        for r in rows
+    ])
+
+
+def confirmed_run(c, experiment_id: str, rows: list[RunRow]) -> RunRow:
+    """The sweep trial of the configuration the latest ``raysft confirm`` found best (the parent run's tag
+    ``raysft.confirmed_best``)."""
+    from raysft.tracking.store import all_runs
+
+    parents = [r for r in all_runs(c, experiment_id, "tags.`raysft.kind` = 'sweep'") if r.data.tags.get("raysft.confirmed_best")]
+    if not parents:
+        raise RaysftError("no sweep of this experiment has been confirmed: run raysft confirm EXPERIMENT first, or drop --confirmed")
+    parent = max(parents, key=lambda r: r.info.start_time)
+    label = parent.data.tags["raysft.confirmed_best"]
+    match = [r for r in rows if r.trial_id == label and r.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    if not match:
+        raise RaysftError(f"the confirmed best trial {label} has no finished run in this experiment: pass --run-id")
+    return match[0]
+
+
 # ------------------------------------------------------------------------------------------------------------ export
 def check_target(out: Path, force: bool) -> None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
@@ -260,12 +288,14 @@ def _publish(staging: Path, out: Path) -> None:
 
 
 def export_run(tracking_uri: str | None, experiment: str, out: Path, *, run_id: str | None = None, best: bool = False,
-               metric: str | None = None, force: bool = False) -> dict:
+               metric: str | None = None, force: bool = False, confirmed: bool = False) -> dict:
     """Write a trial's task delta, its metrics, config, plots and a model card README.md into ``out``."""
     from raysft.tracking.store import connect, download, get_experiment, get_run, resolve_uri
 
     if bool(run_id) == bool(best):
         raise RaysftError("give exactly one of --run-id ID and --best")
+    if confirmed and not best:
+        raise RaysftError("--confirmed goes with --best (the confirmed best configuration): drop --run-id or --confirmed")
     check_target(out, force)
     if run_id:
         uri = resolve_uri(tracking_uri)
@@ -286,7 +316,8 @@ def export_run(tracking_uri: str | None, experiment: str, out: Path, *, run_id: 
         finished = [r for r in ranking.rows if r.status == "FINISHED"]
         if not finished:
             raise RaysftError(f"no finished run in experiment '{exp.name}' has '{metric}': wait for the sweep or pass --run-id")
-        run = get_run(c, uri, finished[0].run_id, exp)
+        chosen = confirmed_run(c, exp.experiment_id, finished) if confirmed else finished[0]
+        run = get_run(c, uri, chosen.run_id, exp)
     rid = run.info.run_id
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))

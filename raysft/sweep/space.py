@@ -18,6 +18,13 @@ A key without a dot is a method setting; a dotted key (`sparse.lr`, `sft.density
 path, so shared knobs work for every method. Budget vectors: `dirichlet` (the Optuna FAQ's recipe: x_i = −log u_i,
 normalised; logged as `budget/<group>`), `shape` (an embeddings share plus a Gaussian depth profile with a searched
 peak and width), and `fixed` (a categorical choice among named vectors, e.g. the seeds' best).
+`budget` mixes them: a categorical family (`dirichlet`, `shape`, or one of its named `fixed` vectors), then that
+family's parameters. `candidates`: named choices that each set several keys at once (a report's variant: `sft.k`,
+`sft.freeze_embeddings`, `sparse.lr`); later keys can depend on the choice with `when:`.
+
+The sweep's first trials run each swept method at its defaults (the config as it is, no sampled value):
+:func:`default_params` gives the Optuna parameters that express those defaults (for `enqueue_trial`), and
+:func:`sample` recognises such a trial by its user attribute and labels it ``default``.
 Pure Python + Optuna: no Ray import, so it is testable without a cluster. The schema itself (what a `space:` block
 may hold, the `tune:` section) is :mod:`raysft.space_schema`, at the config level.
 """

@@ -489,8 +489,8 @@ def run_sweep(
         searcher, n_defaults, n_startup = make_searcher(cfg, spaces, trials)
         if console is not None:
             console.print(
-                f"{trials} trials: {n_defaults} at the defaults ({', '.join(cfg.tune.methods[:n_defaults]) or 'none'}), "
-                f"{max(0, n_startup - n_defaults)} random, then TPE"
+                f"{trials} trials: {n_defaults} at the defaults ({', '.join(cfg.tune.methods[:n_defaults]) or 'none'})"
+                + (", then NSGA-II" if cfg.tune.multi_objective else f", {max(0, n_startup - n_defaults)} random, then TPE")
                 + (f"; ASHA stops weak trials after {cfg.tune.grace_period} report(s)"
                    if cfg.tune.scheduler == "asha" and not cfg.tune.multi_objective else ""),
                 highlight=False,
@@ -537,3 +537,108 @@ def run_sweep(
         # sections: more markdown for the parent run's description (best vs default, issue 10, goes here)
         tracking.finish(grid, cache_counts, wall, sections=[])
     return grid, cache_counts, experiment, wall
+
+
+# ------------------------------------------------------------------------------------------------------------ confirm
+def confirm_seeds(base_seed: int, n: int) -> list[int]:
+    """n seeds, none equal to the sweep's own (``base_seed``) nor to the neighbours the recipe derives from a seed
+    (seed + 1 orders the sparse phase's data)."""
+    if n < 1:
+        raise RaysftError(f"--seeds {n}: confirm needs at least 1 seed")
+    return [base_seed + 1000 * (i + 1) for i in range(n)]
+
+
+def confirm_picks(items, top: int) -> list[tuple[str, dict]]:
+    """(label, sampled) of the top ``top`` searched trials with a full evaluation, by dev objective, and the best
+    default trial (label: its trial id; the default's sample keeps ``default: True``)."""
+    from raysft.outcome import rows_of
+
+    if top < 1:
+        raise RaysftError(f"--top {top}: confirm at least 1 configuration")
+    rows = rows_of(items)
+    samples = {}
+    for t in items:
+        r = getattr(t, "last_result", None) or getattr(t, "metrics", None) or {}
+        samples[str(r.get("trial_id") or getattr(t, "trial_id", "?"))] = (getattr(t, "config", None) or {}).get("sample")
+    finals = sorted((r for r in rows if r.final and isinstance(r.dev, (int, float))), key=lambda r: -r.dev)
+    searched = [r for r in finals if not r.default][:top]
+    default = [r for r in finals if r.default][:1]
+    if not searched and not default:
+        raise RaysftError("no trial of this sweep has a full evaluation: nothing to confirm (let the sweep finish first)")
+    return [(r.id, samples[r.id]) for r in default + searched]
+
+
+def confirm_samples(picks: list[tuple[str, dict]], seeds: list[int]) -> list[dict]:
+    """One trial sample per (configuration, seed): the configuration's own sample with ``seed`` overridden (the seed
+    drives the data order, the head's init and Rand-SFT's mask) and a ``confirm`` record {config, seed}."""
+    out = []
+    for label, sampled in picks:
+        for seed in seeds:
+            s = {"method": sampled["method"], "settings": dict(sampled.get("settings") or {}),
+                 "overrides": {**(sampled.get("overrides") or {}), "seed": seed},
+                 "confirm": {"config": label, "seed": seed}}
+            if sampled.get("default"):
+                s["default"] = True
+            out.append(s)
+    return out
+
+
+def confirm_rows(items) -> list:
+    """(configuration label, seed, outcome row) of every confirm trial."""
+    from raysft.outcome import rows_of
+
+    out = []
+    for t, row in zip(items, rows_of(items)):
+        c = (getattr(t, "config", None) or {}).get("sample", {}).get("confirm") or {}
+        out.append((str(c.get("config")), int(c.get("seed", -1)), row))
+    return out
+
+
+def run_confirm(
+    base: dict,
+    picks: list[tuple[str, dict]],
+    seeds: list[int],
+    *,
+    root: str,
+    name: str,
+    address: str | None = None,
+    verbose: bool = False,
+    console=None,
+    tracking=None,
+    max_concurrent: int | None = None,
+):
+    """Rerun each picked configuration with each seed, as Ray trials (one Ray Train run each, no scheduler: every
+    run goes to its full evaluation), logged under the sweep's parent run when ``tracking`` is given. Returns the
+    confirm summary (:func:`raysft.outcome.confirm_summary`), its verdict line and the result grid."""
+    import ray
+    from ray import tune
+
+    from raysft.outcome import confirm_summary, confirm_verdict
+
+    cfg = Config.model_validate(base)
+    connect(address, verbose)
+    cluster = ray.cluster_resources()
+    concurrent = max_concurrent or cfg.tune.max_concurrent or default_max_concurrent(cfg, cluster_capacity(cluster))
+    samples = confirm_samples(picks, seeds)
+    trainable = tune.with_resources(tune.with_parameters(run_trial, base=base, storage=root), driver_resources(cluster))
+    callbacks = ([tracking.callback()] if tracking else []) + ([trial_lines_callback()] if console is not None else [])
+    if console is not None:
+        console.print(f"confirm: {len(picks)} configurations × seeds {', '.join(map(str, seeds))} = {len(samples)} runs",
+                      highlight=False)
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"sample": tune.grid_search(samples)},
+        tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=concurrent),
+        run_config=tune.RunConfig(name=name, storage_path=root, callbacks=callbacks, verbose=1 if verbose else 0,
+                                  failure_config=tune.FailureConfig(max_failures=1)),
+    )
+    from raysft.sweep.dense_cache import get_cache
+
+    get_cache(root)  # lives as long as this driver (see run_sweep)
+    grid = tuner.fit()
+    results = list(grid)
+    summary = confirm_summary(confirm_rows(results))
+    verdict = confirm_verdict(summary)
+    if tracking is not None:
+        tracking.log_confirm(summary, verdict, seeds)
+    return summary, verdict, grid

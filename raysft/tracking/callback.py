@@ -112,7 +112,10 @@ class TrackingCallback(Callback):
         sampled = trial.config["sample"]
         params = record.config_params(self._cfg(trial), sampled["method"], sampled)
         tags = {"raysft.default": "true"} if sampled.get("default") else {}
-        tags.update({f"raysft.{k}": str(v) for k, v in (trial.config.get("confirm") or {}).items()})
+        confirm = sampled.get("confirm") or {}
+        if confirm:  # a confirm run: one seed of a sweep's configuration (not ranked with the sweep's trials)
+            tags.update({"raysft.kind": "confirm", "raysft.confirm_config": str(confirm.get("config")),
+                         "raysft.confirm_seed": str(confirm.get("seed"))})
         self._writer().submit(f"run of trial {tid}", self._op_open, tid, params, tags, record._now_ms())
 
     def _intermediate(self, trial, result: dict) -> None:

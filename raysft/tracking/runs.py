@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from raysft import storage
+from raysft.errors import RaysftError
 from raysft.tracking import record
 from raysft.tracking.store import (
     TrackingURI,
@@ -285,6 +286,41 @@ class SweepTracking:
         _write_state(experiment_dir, {"tracking_uri": uri.uri, "experiment": name, "experiment_id": exp_id,
                                       "parent_run_id": parent})
         return cls(uri, name, exp_id, parent, bool(state), cfg.model_dump(mode="json"), storage_root, experiment_dir)
+
+    @classmethod
+    def attach(cls, experiment_dir: str, storage_root: str, base: dict, tracking_uri: str | None = None) -> SweepTracking:
+        """The parent run of the sweep at ``experiment_dir`` (its tracking state file), to log more child runs under
+        it (``raysft confirm``) without starting a new invocation."""
+        state = _read_state(experiment_dir)
+        if not state or not state.get("parent_run_id"):
+            raise RaysftError(f"{experiment_dir} has no tracking state: the sweep was run with --no-track, or elsewhere")
+        uri = resolve_uri(tracking_uri)
+        if not uri.explicit:
+            uri = TrackingURI(state["tracking_uri"], True)
+        connect(uri)
+        return cls(uri, state["experiment"], state["experiment_id"], state["parent_run_id"], True, base, storage_root,
+                   experiment_dir)
+
+    def log_confirm(self, summary, verdict: str, seeds: list[int]) -> None:
+        """The confirm step's mean ± sd per configuration and its verdict, on the parent run."""
+        metrics: list[tuple[str, float, int]] = []
+        for c in summary:
+            label = "default" if c.default else c.label
+            for split, sp in (("dev", c.dev), ("test", c.test)):
+                if sp.mean is not None:
+                    metrics.append((f"confirm/{label}/{split}_mean", sp.mean, 0))
+                if sp.sd is not None:
+                    metrics.append((f"confirm/{label}/{split}_sd", sp.sd, 0))
+        tags = {"raysft.confirm": verdict[:5000], "raysft.confirm_seeds": ",".join(map(str, seeds))}
+        if summary and summary[0].dev.mean is not None:  # the best mean dev, the default included
+            tags["raysft.confirmed_best"] = summary[0].label
+        cb = self._callback
+        writer = cb._writer() if cb is not None else Writer(self.uri.uri)
+        writer.submit("confirm summary", _log_batch, self.parent_run_id, None, metrics, tags)
+        if not writer.drain(attempts=3, wait_s=3.0):
+            _warn(f"the confirm summary could not reach {self.uri.uri}")
+        if cb is not None:
+            cb.cleanup()
 
     def callback(self):
         """The Tune callback that writes this sweep's child runs (one instance per invocation)."""

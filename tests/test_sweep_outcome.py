@@ -1,0 +1,265 @@
+"""Sweeps that beat their default: the presets' spaces, the default trials enqueued first (and labelled), TPE's
+start-up sized to the sweep, best vs default (one pure function), and the confirm step's seeds."""
+
+import json
+import math
+import subprocess
+import sys
+
+import optuna
+import pytest
+
+from raysft.config import load_config
+from raysft.outcome import Row, confirm_summary, confirm_verdict, spread, versus_default
+from raysft.sft.mask import expand_budget
+from raysft.sweep.space import (
+    DEFAULT_ATTR,
+    BudgetFamilies,
+    Candidates,
+    CategoricalDist,
+    FloatDist,
+    IntDist,
+    default_params,
+    sample,
+)
+from raysft.sweep.tune import confirm_samples, confirm_seeds, default_lookup, make_searcher, startup_trials, trial_config
+from tests.conftest import REPO, needs_data
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+HIDDEN = {"sa": 768, "nli": 768, "sa-cpu": 384, "nli-cpu": 384, "smoke": 32}
+
+
+def _spaces(cfg, methods=None):
+    return {m: cfg.method_space(m) for m in (methods or cfg.tune.methods)}
+
+
+# ------------------------------------------------------------------------------------------------------ presets
+@pytest.mark.parametrize("name", ["nli", "sa", "nli-cpu", "sa-cpu", "smoke"])
+def test_every_preset_searches_what_its_methods_need(name):
+    cfg = load_config(name)
+    assert cfg.tune.methods and cfg.tune.trials >= 3
+    sc, dx, rs = (cfg.method_space(m) for m in ("sc-sft", "deft-x", "rand-sft"))
+    budget = sc["budget"]
+    assert isinstance(budget, BudgetFamilies) and set(budget.families) == {"dirichlet", "shape"} and budget.fixed
+    assert isinstance(dx["rank_strategy"], CategoricalDist) and set(dx["rank_strategy"].choices) == {"energy", "uniform"}
+    assert isinstance(dx["energy"], FloatDist) and dx["energy"].when == {"rank_strategy": "energy"}
+    assert isinstance(dx["rank"], IntDist) and dx["rank"].high == HIDDEN[name] and dx["rank"].when == {"rank_strategy": "uniform"}
+    assert isinstance(rs["variant"], Candidates) and "searched" in rs["variant"].choices
+    lr = rs["sparse.lr"]
+    assert lr.log and lr.high / lr.low >= 100  # lower density wants a much higher lr: a wide log range
+    if name != "smoke":
+        for m in ("lt-sft", "sc-sft", "deft-x"):
+            space = cfg.method_space(m)
+            assert space["sparse.lr"].low < cfg.sparse.lr < space["sparse.lr"].high  # centred where runs learn
+        assert "budget" in rs
+        report = rs["variant"].choices["report-k141557"]
+        assert report["sft.k"] == 141557 and report["sft.freeze_embeddings"] is True and report["sparse.lr"] == 2e-3
+    if name in ("nli", "sa"):
+        assert cfg.tune.gpus_per_worker == 1 and cfg.tune.max_concurrent is None  # concurrency from the cluster
+        assert cfg.sparse.lr == 2e-5 and cfg.sft.k == 14155776 and cfg.sparse.epochs == 5  # the papers' defaults
+
+
+@pytest.mark.parametrize("name", ["nli", "sa", "nli-cpu", "sa-cpu", "smoke"])
+def test_the_swept_methods_defaults_are_what_the_default_trial_records(name):
+    """Every searched key of every swept method is expressed at its default in the enqueued trial (so the searcher
+    learns what the default trial really ran)."""
+    cfg = load_config(name)
+    for m in cfg.tune.methods:
+        space = cfg.method_space(m)
+        params = default_params(m, space, default_lookup(cfg, m), several_methods=True)
+        assert params["method"] == m
+        for key, dist in space.items():
+            if dist.when and any(default_lookup(cfg, m)(k) != v for k, v in dist.when.items()):
+                continue
+            assert any(p == f"{m}.{key}" or p.startswith(f"{m}.{key}/") or p.startswith(f"{m}.{key}_u/")
+                       for p in params), (m, key, params)
+
+
+# ------------------------------------------------------------------------------------------------------ defaults
+def test_default_trials_come_first_labelled_and_reproduce_the_config():
+    cfg = load_config("sa-cpu", ["tune.methods=[lt-sft, sc-sft, deft-x]"])
+    spaces = _spaces(cfg)
+    searcher, n_defaults, n_startup = make_searcher(cfg, spaces, trials=12)
+    assert (n_defaults, n_startup) == (3, 5)  # 3 defaults + tune.n_startup_trials 2, then TPE
+    study = searcher._ot_study
+    base = cfg.model_dump(mode="json")
+    seen = []
+    for i in range(5):
+        trial = study.ask()
+        s = sample(trial, cfg.tune.methods, spaces)
+        seen.append(s)
+        if i < 3:
+            assert s["default"] is True and s["method"] == cfg.tune.methods[i]
+            assert trial.user_attrs[DEFAULT_ATTR] == s["method"]
+            assert s["settings"] == {} and s["overrides"] == {}  # the config exactly as it is
+            assert trial_config(base, s) == trial_config(base, {"method": s["method"], "settings": {}, "overrides": {}})
+            assert trial.params[f"{s['method']}.sparse.lr"] == cfg.sparse.lr
+            if s["method"] == "sc-sft":  # the default vector is one of the fixed candidates: recorded as that one
+                assert trial.params["sc-sft.budget/family"] == "sa-best"
+        else:
+            assert "default" not in s and (s["settings"] or s["overrides"])
+        study.tell(trial, 0.5 + 0.01 * i)
+    assert len({json.dumps(s, sort_keys=True) for s in seen[3:]}) == 2  # searched trials differ
+
+
+def test_a_default_budget_outside_the_candidates_is_recorded_as_the_dirichlet_draw_that_gives_it_back():
+    cfg = load_config("smoke")
+    spaces = _spaces(cfg)
+    searcher, n_defaults, _ = make_searcher(cfg, spaces, trials=3)
+    trial = searcher._ot_study.ask()
+    s = sample(trial, ["sc-sft"], spaces)
+    assert n_defaults == 1 and s["default"] is True and trial.params["sc-sft.budget/family"] == "dirichlet"
+    groups = ["embeddings", "layer.0", "layer.1"]
+    x = {g: -math.log(trial.params[f"sc-sft.budget.dirichlet_u/{g}"]) for g in groups}
+    want = expand_budget(cfg.method_settings("sc-sft").budget, groups)
+    assert all(abs(x[g] / sum(x.values()) - want[g]) < 1e-12 for g in groups)
+
+
+def test_trial_config_leaves_the_base_alone():
+    """The tracking callback builds every trial's config from one base: a trial's overrides must not leak into the
+    next (a default trial was logged with the previous trial's sparse.lr)."""
+    cfg = load_config("smoke")
+    base = cfg.model_dump(mode="json")
+    before = json.dumps(base, sort_keys=True)
+    c = trial_config(base, {"method": "sc-sft", "settings": {"budget": {"layer.0": 1.0}}, "overrides": {"sparse.lr": 7e-4}})
+    assert c.sparse.lr == 7e-4 and json.dumps(base, sort_keys=True) == before
+    assert trial_config(base, {"method": "sc-sft", "settings": {}, "overrides": {}, "default": True}).sparse.lr == cfg.sparse.lr
+
+
+def test_startup_is_sized_to_the_sweep():
+    cfg = load_config("smoke", ["tune.methods=[lt-sft, sc-sft]", "tune.n_startup_trials=null"])
+    assert startup_trials(cfg, 2) == (2, 3)  # fewer trials than methods: only defaults (and a floor of 1 random)
+    assert startup_trials(cfg, 11) == (2, 5)  # 9 searched: a third random, then TPE
+    assert startup_trials(cfg, 100) == (2, 12)  # at most 10 random
+    off = load_config("smoke", ["tune.run_defaults=false", "tune.n_startup_trials=4"])
+    assert startup_trials(off, 8) == (0, 4)
+
+
+def test_candidates_set_several_keys_and_gate_later_ones():
+    cfg = load_config("sa-cpu")
+    spaces = _spaces(cfg, ["rand-sft"])
+    fixed = {"rand-sft.variant": "report-k141557", "rand-sft.sparse.head_lr": 1e-3, "rand-sft.sparse.epochs": 5,
+             "rand-sft.budget/family": "sa-best"}
+    s = sample(optuna.trial.FixedTrial(fixed), ["rand-sft"], spaces)
+    assert s["overrides"]["sft.k"] == 141557 and s["overrides"]["sparse.lr"] == 2e-3  # not sampled: gated by `when`
+    c = trial_config(cfg.model_dump(mode="json"), s)
+    assert (c.sft.k, c.sft.density, c.sft.freeze_embeddings, c.sparse.lr, c.sparse.epochs) == (141557, None, True, 2e-3, 5)
+    assert c.method_settings("rand-sft").budget == cfg.method_space("rand-sft")["budget"].fixed["sa-best"]
+    searched = sample(optuna.trial.FixedTrial({**fixed, "rand-sft.variant": "searched", "rand-sft.sparse.lr": 3e-3,
+                                               "rand-sft.budget/family": "shape", "rand-sft.budget.shape/embeddings_share": 0.05,
+                                               "rand-sft.budget.shape/peak": 6.0, "rand-sft.budget.shape/width": 2.0}),
+                      ["rand-sft"], spaces)
+    c = trial_config(cfg.model_dump(mode="json"), searched)
+    assert c.sparse.lr == 3e-3 and c.sft.density == 0.05 and c.sft.k is None
+    assert abs(sum(c.method_settings("rand-sft").budget.values()) - 1) < 1e-9
+
+
+# ------------------------------------------------------------------------------------------------------ outcome
+def test_best_vs_default_uses_finished_trials_only():
+    rows = [
+        Row("a", "lt-sft", 0.600, 0.575, default=True),
+        Row("b", "sc-sft", 0.590, 0.560, default=True),
+        Row("c", "sc-sft", 0.621, 0.580),
+        Row("d", "deft-x", 0.700, None, final=False),  # stopped early: an intermediate score
+        Row("e", "lt-sft", 0.610, 0.590),
+    ]
+    o = versus_default(rows)
+    assert (o.best.id, o.default.id) == ("c", "a")
+    assert o.line().startswith("best dev 0.621 vs default 0.600 (+0.021) · test 0.580 vs 0.575 (+0.005)")
+    assert o.metrics() == pytest.approx({"default/dev": 0.6, "default/test": 0.575, "best_searched/dev": 0.621,
+                                         "best_searched/test": 0.58, "best_vs_default/dev": 0.021,
+                                         "best_vs_default/test": 0.005})
+    losing = versus_default([Row("a", "lt-sft", 0.6, 0.5, default=True), Row("c", "sc-sft", 0.487, 0.45)])
+    assert losing.beats_default is False and "(-0.113)" in losing.line()
+    assert "no default trial" in versus_default([Row("c", "sc-sft", 0.5)]).line()
+
+
+def test_confirm_summary_and_verdict():
+    rows = [("default", s, Row(f"d{s}", "lt-sft", dev, 0.5, default=True)) for s, dev in ((1, 0.60), (2, 0.61), (3, 0.59))]
+    rows += [("t1", s, Row(f"t{s}", "sc-sft", dev, 0.55)) for s, dev in ((1, 0.64), (2, 0.65), (3, 0.63))]
+    summary = confirm_summary(rows)
+    assert [c.label for c in summary] == ["t1", "default"] and summary[0].seeds == [1, 2, 3]
+    assert summary[1].dev.mean == pytest.approx(0.60) and summary[1].dev.sd == pytest.approx(0.01)
+    assert str(summary[0].dev) == "0.640 ± 0.010"
+    assert "holds beyond the seeds' noise" in confirm_verdict(summary)
+    noisy = confirm_summary([("default", 1, Row("a", "m", 0.60, default=True)), ("default", 2, Row("b", "m", 0.64, default=True)),
+                             ("t", 1, Row("c", "m", 0.63)), ("t", 2, Row("d", "m", 0.62))])
+    assert "NOT beyond" in confirm_verdict(noisy)
+    assert spread([None]).mean is None
+
+
+def test_confirm_seeds_are_new_and_each_configuration_gets_each():
+    seeds = confirm_seeds(0, 3)
+    assert len(set(seeds)) == 3 and not {0, 1} & set(seeds)  # the sweep's seed (and seed + 1, its sparse order)
+    picks = [("d1", {"method": "lt-sft", "settings": {}, "overrides": {}, "default": True}),
+             ("t7", {"method": "sc-sft", "settings": {"budget": {"layer.0": 1.0}}, "overrides": {"sparse.lr": 1e-4}})]
+    samples = confirm_samples(picks, seeds)
+    assert [(s["confirm"]["config"], s["overrides"]["seed"]) for s in samples] == [(c, s) for c, _ in picks for s in seeds]
+    assert all(s.get("default") for s in samples[:3]) and not any(s.get("default") for s in samples[3:])
+    assert all(s["overrides"]["sparse.lr"] == 1e-4 for s in samples[3:])
+
+
+# ------------------------------------------------------------------------------------------------------ Ray
+@pytest.mark.slow
+def test_sweep_runs_the_default_first_and_confirm_logs_distinct_seeds(tmp_path):
+    """A real smoke sweep (2 trials) with --confirm 1 --seeds 2: the first trial Tune starts is the default, labelled
+    in the table, the MLflow child run and the parent's best-vs-default; the confirm runs use new, distinct seeds,
+    and their mean ± sd lands on the parent run."""
+    needs_data()
+    from mlflow import MlflowClient
+
+    from tests.test_tune import ENV, trial_results
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    storage = tmp_path / "tune"
+    proc = subprocess.run(
+        [sys.executable, "-m", "raysft.cli", "tune", "smoke", "--trials", "2", "--storage", str(storage),
+         "--tracking-uri", uri, "--set", "tune.scheduler=none", "--confirm", "1", "--seeds", "2"],
+        capture_output=True, text=True, env=ENV, cwd=REPO, timeout=1200,
+    )
+    out = " ".join(proc.stdout.split())
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "1 at the defaults (sc-sft)" in out and "sc-sft (default)" in out and "vs default" in out
+    trials = sorted((storage / "smoke").glob("run_trial_*"), key=lambda p: int(p.name.split("_")[3]))
+    first = json.loads((trials[0] / "params.json").read_text())["sample"]
+    assert first["default"] is True and first["settings"] == {} and first["overrides"] == {}
+    assert "default" not in json.loads((trials[1] / "params.json").read_text())["sample"]
+
+    c = MlflowClient(uri)
+    runs = c.search_runs([c.get_experiment_by_name("smoke").experiment_id])
+    parent = next(r for r in runs if r.data.tags.get("raysft.kind") == "sweep")
+    trial_runs = [r for r in runs if r.data.tags.get("raysft.kind") == "trial"]
+    defaults = [r for r in trial_runs if r.data.tags.get("raysft.default") == "true"]
+    assert len(trial_runs) == 2 and len(defaults) == 1
+    assert parent.data.tags["raysft.default_trial"] == defaults[0].data.tags["trial_id"]
+    assert parent.data.metrics["default/dev"] == defaults[0].data.metrics["objective"]
+    assert "best_vs_default/dev" in parent.data.metrics and "vs default" in parent.data.tags["raysft.best_vs_default"]
+
+    confirm = [r for r in runs if r.data.tags.get("raysft.kind") == "confirm"]
+    assert len(confirm) == 4  # (default + the best searched trial) x 2 seeds
+    by_config: dict[str, list[int]] = {}
+    for r in confirm:
+        seed = int(r.data.tags["raysft.confirm_seed"])
+        assert int(r.data.params["seed"]) == seed and r.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        by_config.setdefault(r.data.tags["raysft.confirm_config"], []).append(seed)
+    assert set(by_config) == {t.data.tags["trial_id"] for t in trial_runs}
+    assert all(sorted(s) == [1000, 2000] for s in by_config.values())  # distinct, and not the sweep's seed 0
+    assert parent.data.tags["raysft.confirm_seeds"] == "1000,2000" and "confirm/default/dev_mean" in parent.data.metrics
+    finals = [r[-1] for r in trial_results(next((storage).glob("smoke-confirm-*"))).values()]
+    assert len(finals) == 4 and all(f["phase"] == "final" for f in finals)
+    assert "confirm: mean ± sd" in out and "confirmed: best" in out
+
+
+@pytest.mark.parametrize("args,message", [
+    (["tune", "smoke", "--confirm", "1", "--seeds", "0"], "--confirm 1 --seeds 0"),
+    (["tune", "smoke", "--confirm", "-1"], "--confirm -1"),
+    (["confirm", "smoke", "--top", "0"], "--top 0"),
+])
+def test_bad_confirm_input_exit_2_before_anything_runs(args, message, capsys, tmp_path):
+    from raysft.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main([*args, "--storage", str(tmp_path / "s")] if args[0] == "tune" else args)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "s").exists()
