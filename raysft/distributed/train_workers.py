@@ -56,6 +56,7 @@ from raysft.train.loop import predict, restore, set_trainable, train_dense, trai
 from raysft.train.recipe import (
     Run,
     delta_from_updater,
+    device_info,
     eval_loaders,
     evaluate,
     evaluation_metrics,
@@ -613,6 +614,7 @@ class _Worker:
         metric = run.task.metric
         metrics = {
             "method": run.method.name,
+            **device_info(run),
             "k": sel["k"],
             "n": run.space.n,
             "task": cfg.task,
