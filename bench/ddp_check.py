@@ -54,8 +54,8 @@ def _worker(rank: int, args, port: int, backend: str, queue) -> None:
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     device = resolve_device(args.device)
-    if device.type == "cuda" and backend == "nccl":
-        device = torch.device("cuda", rank)
+    if device.type == "cuda":  # NCCL: one GPU per rank; gloo: every rank on the one GPU asked for
+        device = torch.device("cuda", rank if backend == "nccl" else (device.index or 0))
     if device.type == "cuda":
         torch.cuda.set_device(device)
     dist.init_process_group(backend, rank=rank, world_size=args.world)

