@@ -58,6 +58,9 @@ class PhaseConfig(_Strict):
     l1: float = Field(0.0, ge=0)  # sparse phase: L1 toward θ0
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
     head_lr: float | None = Field(None, gt=0)  # None: lr
+    # Recompute each layer's activations in backward instead of keeping them (raysft train): ~1 GB less on
+    # multilingual-e5-small at batch 16 x 128, bitwise the same weights, ~30 % more compute in the phase.
+    checkpoint_activations: bool = False
 
 
 class EvalConfig(_Strict):
