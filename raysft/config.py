@@ -63,6 +63,9 @@ class PhaseConfig(_Strict):
     # bf16: forward and backward under torch.autocast(bfloat16) on the run's device; the weights, gradients, the
     # sparse δ and every optimizer state stay float32, so a saved delta still reproduces the model bitwise.
     precision: Literal["fp32", "bf16"] = "fp32"
+    # Recompute each layer's activations in backward instead of keeping them (raysft train): ~1 GB less on
+    # multilingual-e5-small at batch 16 x 128, bitwise the same weights, ~30 % more compute in the phase.
+    checkpoint_activations: bool = False
 
 
 class EvalConfig(_Strict):

@@ -11,8 +11,9 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Mapping
 import warnings
+from collections.abc import Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +31,6 @@ from raysft.sft.mask import entries_per_group
 from raysft.sft.methods import Method, SelectionContext, make_method
 from raysft.tasks import Task, TaskData, get_task
 from raysft.train.device import resolve_device
-from raysft.train.spill import SpilledParams
 from raysft.train.loop import (
     Reporter,
     model_device,
@@ -42,6 +42,7 @@ from raysft.train.loop import (
     train_mask_scores,
     train_sparse,
 )
+from raysft.train.spill import SpilledParams, trim_heap
 
 
 @dataclass
@@ -244,6 +245,28 @@ def training_base(run: Run, spill: bool = True) -> tuple[Mapping[str, torch.Tens
     return theta0, snapshot()
 
 
+@contextmanager
+def activation_checkpointing(model: torch.nn.Module, on: bool):
+    """The model recomputes its layers' activations in backward while inside (HF gradient checkpointing, RNG state
+    preserved, so dropout masks and the resulting weights are bitwise the same)."""
+    if not on:
+        yield
+        return
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise RaysftError(
+            f"{type(model).__name__} does not support activation checkpointing: set checkpoint_activations: false"
+        )
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x names
+        enable, disable, key = model.activation_checkpointing_enable, model.activation_checkpointing_disable, "activation"
+    else:
+        enable, disable, key = model.gradient_checkpointing_enable, model.gradient_checkpointing_disable, "gradient"
+    enable(**{f"{key}_checkpointing_kwargs": {"use_reentrant": False}})
+    try:
+        yield
+    finally:
+        disable()
+
+
 def live_params(space: ParamSpace) -> dict[str, torch.Tensor]:
     """The maskable parameters as they are now, as detached views (no copy): θ1 for a selection that runs before the
     rewind."""
@@ -377,7 +400,7 @@ def gated_delta(space: ParamSpace, base: dict, gates: dict, meta: dict[str, str]
 
 def run_training(run: Run, reporter: Reporter = SilentReporter(), *, low_memory: bool = True) -> tuple[SparseDelta, dict]:
     """One run. ``low_memory`` (default) keeps θ0 on disk (:func:`training_base`), selects on the live θ1 (no copy)
-    and frees each phase's optimizer before the next: the same delta, bitwise, for about half the peak memory."""
+    and frees each phase's optimizer before the next: the same delta, bitwise (bench/memory.py measures the peak)."""
     cfg, space, model = run.cfg, run.space, run.model
     train_ds = run.task.tokenize(run.task.load_train(run.data), run.tokenizer, cfg.data.max_seq_len)
     loaders = eval_loaders(run)
@@ -391,9 +414,11 @@ def run_training(run: Run, reporter: Reporter = SilentReporter(), *, low_memory:
     if run.method.first_phase == "dense":
         steps = steps_for(cfg.dense, len(train_ds))
         train_loader = loader(train_ds, run.tokenizer, cfg.dense.batch_size, True, cfg.seed)
-        losses["dense"] = train_dense(model, space, train_loader, steps, cfg.dense, reporter=reporter)
+        with activation_checkpointing(model, cfg.dense.checkpoint_activations):
+            losses["dense"] = train_dense(model, space, train_loader, steps, cfg.dense, reporter=reporter)
         if low_memory:
             gc.collect()  # the dense AdamW state (2 copies of the model) must not wait for a later collection
+            trim_heap()
         ctx.theta1 = live_params(space) if low_memory else space.snapshot()
     elif run.method.first_phase == "mask":
         steps = steps_for(cfg.mask_phase, len(train_ds))
@@ -417,12 +442,16 @@ def run_training(run: Run, reporter: Reporter = SilentReporter(), *, low_memory:
         restore(space, base, head0)  # rewind to θ0 (head too), then train only the selected entries
         steps = steps_for(cfg.sparse, len(train_ds))
         train_loader = loader(train_ds, run.tokenizer, cfg.sparse.batch_size, True, cfg.seed + 1)
-        updater, losses["sparse"] = train_sparse(model, space, selection.mask, train_loader, steps, cfg.sparse, reporter=reporter)
+        with activation_checkpointing(model, cfg.sparse.checkpoint_activations):
+            updater, losses["sparse"] = train_sparse(
+                model, space, selection.mask, train_loader, steps, cfg.sparse, reporter=reporter
+            )
         delta = delta_from_updater(updater, space, meta)
         optimizer_state = updater.state_bytes()
         del updater
         if low_memory:
             gc.collect()
+            trim_heap()
     elif run.method.gated_phase:
         # M fixed, W trained with W ⊙ M in the forward pass (no rewind: W is still the base after the mask phase)
         gates = run.method.gates(ctx.scores)
