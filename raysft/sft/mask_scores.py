@@ -68,5 +68,5 @@ def fold_gates(space: ParamSpace, base: dict[str, torch.Tensor], gates: dict[str
         folded = t0.clone()
         folded.add_(delta.to(folded.dtype))
         param.detach().view(-1).copy_(folded)
-        out[name] = delta.cpu()
+        out[name] = delta.cpu()  # host: a dense delta the size of the gated weights is kept off the device
     return out
