@@ -220,6 +220,9 @@ def dry_run_lines(cfg: Config, trials: int, max_concurrent: int | None = None, s
            f"sampler {sampler}, seed {t.seed} · scheduler {scheduler}"]
     if "skipped" in facts:
         out.append(f"not checked against the model here: {facts['skipped']}")
+        # the objective's languages come from the config even when the model cannot be loaded here
+        targets = cfg.data.target_langs
+        out.append(f"targets (the objective averages them): {', '.join(targets) if targets else 'every language the data has'}")
     else:
         out.append(f"model: {facts['n']:,} maskable entries, K = {facts['k']:,} ({facts['k'] / facts['n']:.2%}); "
                    f"targets {', '.join(facts['targets'])}; language SFTs: {', '.join(facts['lang_sfts']) or 'none'}; "
