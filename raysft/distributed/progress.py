@@ -11,6 +11,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from raysft.train.loop import SilentReporter
+
 ACTOR_NAME = "raysft-progress"
 
 
@@ -111,15 +113,8 @@ class BoardReporter:
         push(self.board, self.trial_id, **fields)
 
 
-class NullReporter:
-    def start(self, phase: str, total: int) -> None:
-        pass
-
-    def step(self, loss: float) -> None:
-        pass
-
-    def end(self) -> None:
-        pass
+class NullReporter(SilentReporter):
+    """The loop's silent reporter, plus the board's ``note`` (a trial with no progress board)."""
 
     def note(self, **fields) -> None:
         pass
