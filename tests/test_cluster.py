@@ -101,6 +101,17 @@ def test_cluster_file_validates_with_rays_own_validator(kind):
     assert full["head_node_type"] in full["available_node_types"]
 
 
+def _check_repo_mounts(c: dict, root: str) -> None:
+    """The nodes get what they install and run (package, presets, node.sh, the files pip builds from), mounted part by
+    part: `ray up` hashes every file of a mounted folder, so mounting `.` would read the user's in-repo virtualenv
+    (and fail where its python is not readable, as CI's was)."""
+    mounts = {remote: local for remote, local in c["file_mounts"].items() if remote.startswith(root + "/")}
+    assert root not in c["file_mounts"] and "." not in c["file_mounts"].values(), "the repository root is not mounted whole"
+    assert set(mounts) == {f"{root}/{part}" for part in ("raysft", "search_spaces", "deploy", "pyproject.toml", "README.md")}
+    for remote, local in mounts.items():
+        assert local == "./" + remote.rsplit("/", 1)[1] and (REPO / local).exists(), (remote, local)
+
+
 def test_aws_cluster_choices():
     import ray
 
@@ -110,7 +121,8 @@ def test_aws_cluster_choices():
     assert not {"head_image", "worker_image"} & set(c["docker"]), "one image: the same versions on every node"
     setup, start, extra = _setup_and_start(c)
     assert "--venv" not in setup and setup["--pip-extra"] == "boto3", "the image's python, with Ray kept at its version"
-    assert c["file_mounts"]["/home/ray/raysft-repo"] == "." and all(
+    _check_repo_mounts(c, "/home/ray/raysft-repo")
+    assert all(
         cmd.startswith("bash /home/ray/raysft-repo/deploy/node.sh") for cmd in c["head_setup_commands"])
     assert "--object-manager-port=8076" in extra
 
@@ -134,7 +146,7 @@ def test_local_cluster_choices():
 
     c = _load("local")
     assert c["provider"]["type"] == "local" and c["provider"]["worker_ips"]
-    assert c["file_mounts"]["~/raysft-repo"] == "."
+    _check_repo_mounts(c, "~/raysft-repo")
     setup, start, _ = _setup_and_start(c)
     assert setup["--venv"] == "~/raysft-venv" and "--reuse-site" not in setup, "a real install from the index"
     mount = re.search(r"mount -t nfs4 \S+ (\S+)", " ".join(c["initialization_commands"])).group(1)

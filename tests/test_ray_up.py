@@ -205,7 +205,8 @@ def cluster_file(m: Machine, ports: dict[str, int]) -> Path:
     c["cluster_name"] = f"raysft-test-{os.getpid()}"
     c["provider"].update(head_ip=HEAD, worker_ips=[WORKER])
     c["auth"] = {"ssh_user": m.user, "ssh_private_key": str(m.home / ".ssh" / "id_ed25519")}
-    c["file_mounts"] = {"~/raysft-repo": str(REPO)}
+    # the product's own mounts (its parts of the repo, not `.`), made absolute: `ray up` runs from REPO anyway
+    c["file_mounts"] = {remote: str((REPO / local).resolve()) for remote, local in c["file_mounts"].items()}
     c["initialization_commands"] = []  # no NFS here: one machine shares its disk
     home = str(m.home)
     setup = {"--reuse-site": sysconfig.get_paths()["purelib"], "--storage": f"{home}/storage",
