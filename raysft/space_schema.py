@@ -89,7 +89,9 @@ class BudgetFamilies(_Dist):
     dist: Literal["budget"]
     layers: int = Field(ge=1)
     families: list[Literal["dirichlet", "shape"]] = Field(default_factory=lambda: ["dirichlet", "shape"])
-    fixed: dict[str, dict[str, float]] = {}  # name -> budget vector (group or layer-range keys)
+    # name -> budget vector (group or layer-range keys); null: no vector, the method's own whole-model rule (one global
+    # top-K, one uniform random mask), so a method whose default has no budget can still start from its default
+    fixed: dict[str, dict[str, float] | None] = {}
     max_embeddings: float = Field(0.1, ge=0, lt=1)  # the shape family's cap on the embeddings' share
 
     @model_validator(mode="after")

@@ -95,6 +95,10 @@ def test_dry_run_prints_the_searchers_first_draws_and_resources_and_starts_nothi
     assert first_samples(cfg, 4) == expected
     listed = [line.split(maxsplit=1)[1] for line in out.splitlines() if line.startswith("    ") and "sc-sft" in line]
     assert listed == [describe(s) for s in expected] and len(set(listed)) == 4
+    # and the spaces themselves, one line per swept method: what a reader checks before paying for a sweep
+    spaces_lines = {line.split(":")[0].strip(): line for line in out.splitlines() if line.startswith("  ") and not line.startswith("   ")}
+    assert set(cfg.tune.methods) <= set(spaces_lines)
+    assert "budget vectors {dirichlet, shape, even}" in spaces_lines["sc-sft"], spaces_lines
 
 
 def test_pareto_front():

@@ -22,7 +22,15 @@ from raysft.sweep.space import (
     default_params,
     sample,
 )
-from raysft.sweep.tune import confirm_samples, confirm_seeds, default_lookup, make_searcher, startup_trials, trial_config
+from raysft.sweep.tune import (
+    confirm_samples,
+    confirm_seeds,
+    default_lookup,
+    describe,
+    make_searcher,
+    startup_trials,
+    trial_config,
+)
 from tests.conftest import REPO, needs_data
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -152,6 +160,25 @@ def test_candidates_set_several_keys_and_gate_later_ones():
     c = trial_config(cfg.model_dump(mode="json"), searched)
     assert c.sparse.lr == 3e-3 and c.sft.density == 0.05 and c.sft.k is None
     assert abs(sum(c.method_settings("rand-sft").budget.values()) - 1) < 1e-9
+
+
+@pytest.mark.parametrize("name", ["sa", "nli"])
+def test_rand_sft_starts_from_its_whole_model_default_then_searches_per_group_budgets(name):
+    """Rand-SFT's default draws one uniform random mask over the whole model (no budget vector): the space names
+    that rule (`global: null`), so the paper presets can sweep Rand-SFT from its default like every other method."""
+    cfg = load_config(name)
+    assert "rand-sft" in cfg.tune.methods and cfg.method_settings("rand-sft").budget is None
+    spaces = _spaces(cfg)
+    params = default_params("rand-sft", spaces["rand-sft"], default_lookup(cfg, "rand-sft"), several_methods=True)
+    assert params["rand-sft.budget/family"] == "global" and params["rand-sft.variant"] == "searched"
+    pick = {"method": "rand-sft", "rand-sft.variant": "searched", "rand-sft.sparse.lr": 3e-3, "rand-sft.sparse.epochs": 5}
+    whole = sample(optuna.trial.FixedTrial({**pick, "rand-sft.budget/family": "global"}), cfg.tune.methods, spaces)
+    assert whole["settings"]["budget"] is None and "budget global" in describe(whole)
+    c = trial_config(cfg.model_dump(mode="json"), whole)
+    assert c.method_settings("rand-sft").budget is None and c.sparse.lr == 3e-3
+    best = f"{name}-best"
+    per_group = sample(optuna.trial.FixedTrial({**pick, "rand-sft.budget/family": best}), cfg.tune.methods, spaces)
+    assert per_group["settings"]["budget"] == spaces["rand-sft"]["budget"].fixed[best]
 
 
 # ------------------------------------------------------------------------------------------------------ outcome

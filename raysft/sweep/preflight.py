@@ -102,7 +102,7 @@ def _extremes(dist) -> list[Any]:
         share = (1 - dist.max_embeddings) / dist.layers
         return [{"embeddings": dist.max_embeddings, **{f"layer.{i}": share for i in range(dist.layers)}}]
     if isinstance(dist, BudgetFamilies):
-        out = [dict(v) for v in dist.fixed.values()]
+        out = [None if v is None else dict(v) for v in dist.fixed.values()]
         if "dirichlet" in dist.families:
             out.append({g: 1 / (dist.layers + 1) for g in ["embeddings"] + [f"layer.{i}" for i in range(dist.layers)]})
         if "shape" in dist.families:
@@ -130,6 +130,8 @@ def space_corners(method: str, space: dict[str, Any]) -> Iterator[tuple[str, Any
 
 
 def _short(value: Any) -> str:
+    if value is None:
+        return "null (no budget vector)"
     if isinstance(value, dict):
         return "a budget vector over " + ",".join(list(value)[:4]) + ("…" if len(value) > 4 else "")
     return repr(value)
@@ -146,7 +148,7 @@ def check_spaces_against_model(cfg: Config, param_space) -> None:
         cases = [("(defaults)", None, {"method": m, "settings": {}, "overrides": {}})]
         cases += list(space_corners(m, cfg.method_space(m)))
         for key, value, sampled in cases:
-            where = f"methods.{m}" if value is None else f"methods.{m}.space.{key} = {_short(value)}"
+            where = f"methods.{m}" if key == "(defaults)" else f"methods.{m}.space.{key} = {_short(value)}"
             try:
                 tcfg = trial_config(base, sampled)
                 method = make_method(m, tcfg.method_settings(m))
@@ -204,6 +206,26 @@ def first_samples(cfg: Config, n: int, trials: int | None = None) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------------------------------- dry run
+def describe_dist(dist) -> str:
+    """One space key's distribution, short: `log 2e-05…0.0004`, `{energy, uniform}`, `vectors {dirichlet, shape, sa-best}`."""
+    when = f" (when {', '.join(f'{k}={v}' for k, v in dist.when.items())})" if dist.when else ""
+    if isinstance(dist, (FloatDist, IntDist)):
+        body = f"{'log ' if dist.log else ''}{dist.low:g}…{dist.high:g}"
+    elif isinstance(dist, CategoricalDist):
+        body = "{" + ", ".join(str(c) for c in dist.choices) + "}"
+    elif isinstance(dist, Candidates):
+        body = "{" + ", ".join(f"{n}" + (f" ({', '.join(f'{k}={v}' for k, v in sets.items())})" if sets else "")
+                               for n, sets in dist.choices.items()) + "}"
+    elif isinstance(dist, BudgetFamilies):
+        body = "vectors {" + ", ".join(list(dist.families) + [f"{n} (whole model)" if v is None else n
+                                                              for n, v in dist.fixed.items()]) + "}"
+    elif isinstance(dist, FixedBudget):
+        body = "vectors {" + ", ".join(dist.choices) + "}"
+    else:
+        body = f"vectors {dist.dist}"
+    return body + when
+
+
 def dry_run_lines(cfg: Config, trials: int, max_concurrent: int | None = None, show: int = 8) -> list[str]:
     """`raysft tune --dry-run`: the resolved sweep, checked (as a real sweep is, except that a model this machine
     cannot load is noted instead of refused), its first trials' sampled configurations and what each trial asks
@@ -235,6 +257,10 @@ def dry_run_lines(cfg: Config, trials: int, max_concurrent: int | None = None, s
         f"{local['CPU']:g} CPU, {local['GPU']:g} GPU locally ({cluster['CPU']:g} CPU, {cluster['GPU']:g} GPU on workers "
         f"of a cluster); trials at once: {max_concurrent or t.max_concurrent or 'as many as the cluster holds'}"
     )
+    out.append("spaces (each method starts at its defaults, then samples these):")
+    for m in t.methods:
+        space = cfg.method_space(m)
+        out.append(f"  {m}: " + (" · ".join(f"{key} {describe_dist(d)}" for key, d in space.items()) or "nothing (defaults only)"))
     n = min(trials, show)
     out.append(f"first {n} trial(s), as the sweep's searcher draws them:")
     for i, sampled in enumerate(first_samples(cfg, n, trials), 1):

@@ -88,7 +88,8 @@ def _suggest(trial, name: str, dist) -> Any:
             return _dirichlet(trial, f"{name}.dirichlet", ["embeddings"] + [f"layer.{i}" for i in range(dist.layers)])
         if family == "shape":
             return _shape(trial, f"{name}.shape", dist.layers, dist.max_embeddings)
-        return dict(dist.fixed[family])
+        vector = dist.fixed[family]
+        return None if vector is None else dict(vector)
     if isinstance(dist, Candidates):
         return trial.suggest_categorical(name, list(dist.choices))
     raise TypeError(dist)
@@ -126,11 +127,15 @@ def default_params(method: str, space: dict[str, Any], defaults: Callable[[str],
             match = [n for n, v in dist.choices.items() if value and _same(v, value, list(set(v) | set(value)))]
             if match:
                 out[name] = chosen[key] = match[0]
+        elif isinstance(dist, BudgetFamilies) and value is None:
+            match = [n for n, v in dist.fixed.items() if v is None]  # the whole-model rule, named in the space
+            if match:
+                out[f"{name}/family"] = chosen[key] = match[0]
         elif isinstance(dist, (DirichletBudget, BudgetFamilies)) and isinstance(value, dict):
             groups = (dist.group_names() if isinstance(dist, DirichletBudget)
                       else ["embeddings"] + [f"layer.{i}" for i in range(dist.layers)])
             if isinstance(dist, BudgetFamilies):
-                match = [n for n, v in dist.fixed.items() if _same(v, value, groups)]
+                match = [n for n, v in dist.fixed.items() if v is not None and _same(v, value, groups)]
                 if match:
                     out[f"{name}/family"] = chosen[key] = match[0]
                     continue
@@ -188,7 +193,7 @@ def sample(trial, methods: list[str], spaces: dict[str, dict[str, Any]]) -> dict
         else:
             put(key, value)
             settings_key = key
-        if settings_key == "budget" and not is_default:
+        if settings_key == "budget" and not is_default and value is not None:
             for g, share in value.items():
                 trial.set_user_attr(f"budget/{g}", share)
     if is_default:

@@ -167,7 +167,9 @@ def describe(sampled: dict) -> str:
     if sampled.get("default"):
         parts.append("(default)")
     for key, value in {**sampled["settings"], **sampled["overrides"]}.items():
-        if key == "budget":
+        if key == "budget" and value is None:
+            parts.append("budget global")
+        elif key == "budget":
             top = sorted(value.items(), key=lambda kv: -kv[1])[:3]
             parts.append("budget " + ",".join(f"{g}={v:.2f}" for g, v in top))
         elif isinstance(value, float):
