@@ -100,6 +100,24 @@ def test_non_terminal_one_line_per_phase_change_and_finished_lines():
     assert all(len(line) <= 200 for line in lines)  # never broken mid-row: one soft-wrapped line each
 
 
+def test_non_terminal_says_where_each_trial_is_after_a_quiet_minute():
+    out = io.StringIO()
+    clock = Clock()
+    watch = SweepWatch(Console(file=out, force_terminal=False, width=150), trials=2, concurrent=1, clock=clock)
+    board = Board(clock=clock)
+    cursor = 0
+    for dt, fields in [(0, {"phase": "starting", "method": "lt-sft"}), (1, {"plan": {"dense": 96, "sparse": 96}}),
+                       (1, {"phase": "dense", "step": 0, "total": 96}), (30, {"step": 20, "loss": 1.1}),
+                       (29, {"step": 39, "loss": 0.93}), (2, {"step": 41, "loss": 0.9}), (30, {"step": 60, "loss": 0.8})]:
+        clock.now += dt
+        board.push("t1", fields)
+        states, events, cursor = board.read(cursor)
+        watch.update(states, events)
+    lines = out.getvalue().splitlines()
+    assert [line.split("] ", 1)[1].split(" ·")[0] for line in lines] == [
+        "t1 lt-sft: starting", "t1 lt-sft: dense (96 steps)", "t1 lt-sft: dense 41/96, loss 0.9000"]  # 60 s quiet: one
+
+
 def test_terminal_live_table_of_running_trials():
     out = io.StringIO()
     clock = Clock()

@@ -79,10 +79,14 @@ def duration(seconds: float | None) -> str:
 class SweepWatch:
     """Draws a sweep's progress on ``console``: live when it is a terminal (or ``live=True``), else phase lines."""
 
-    def __init__(self, console: Console, trials: int, concurrent: int, live: bool | None = None, clock=time.time):
+    def __init__(self, console: Console, trials: int, concurrent: int, live: bool | None = None, clock=time.time,
+                 heartbeat_s: float = 60.0):
         self.console, self.trials, self.concurrent, self.clock = console, trials, concurrent, clock
         self.live_mode = console.is_terminal if live is None else live
-        self.started = clock()
+        # off a terminal, a phase can run for minutes (a dense phase on CPU): after this long without a line, one
+        # line per running trial says where it is (phase, step/total, loss), so a log never goes quiet
+        self.heartbeat_s = heartbeat_s
+        self.started = self._last_line = clock()
         self.states: dict[str, dict[str, Any]] = {}
         self._live = None
 
@@ -109,8 +113,15 @@ class SweepWatch:
                                        style="red" if event["phase"] == "failed" else None)
             elif not self.live_mode:
                 self.console.print(self.phase_line(event), highlight=False, soft_wrap=True)
+            else:
+                continue
+            self._last_line = self.clock()
         if self._live is not None:
             self._live.update(self.table())
+        elif self.clock() - self._last_line >= self.heartbeat_s:
+            for line in self.progress_lines():
+                self.console.print(line, highlight=False, soft_wrap=True)
+            self._last_line = self.clock()
 
     # ------------------------------------------------------------------------------------------------ output
     def summary(self) -> str:
@@ -133,6 +144,18 @@ class SweepWatch:
         detail += f", dev {dev:.4f}" if isinstance(dev, float) else ""
         at = duration(event.get("time", self.clock()) - self.started)
         return f"[{at:>6}] {tid} {what}: {phase}{detail} · {self.summary()}"
+
+    def progress_lines(self) -> list[str]:
+        """Where each running trial is, one line each (the non-terminal heartbeat)."""
+        at = duration(self.clock() - self.started)
+        out = []
+        for tid, s in sorted(self.states.items()):
+            if s.get("phase") in ENDED:
+                continue
+            step = f" {s.get('step', 0)}/{s['total']}" if s.get("total") else ""
+            loss = f", loss {s['loss']:.4f}" if isinstance(s.get("loss"), float) and s.get("phase") not in ("eval", "final") else ""
+            out.append(f"[{at:>6}] {tid} {s.get('method', '')}: {s.get('phase', '')}{step}{loss} · {self.summary()}")
+        return out
 
     def table(self) -> Table:
         table = Table(title="running trials", title_justify="left", caption=self.summary(), caption_justify="left")
