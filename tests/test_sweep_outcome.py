@@ -290,3 +290,24 @@ def test_bad_confirm_input_exit_2_before_anything_runs(args, message, capsys, tm
     err = capsys.readouterr().err
     assert exc.value.code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "s").exists()
+
+
+def test_asha_records_a_default_trials_scores_but_never_stops_it():
+    """The defaults are the baseline: ASHA stopped sc-sft's default at its first rung in a sa-cpu sweep here."""
+    from types import SimpleNamespace
+
+    from ray.tune.schedulers import TrialScheduler
+
+    from raysft.sweep.scheduler import DefaultsFinishASHA
+
+    asha = DefaultsFinishASHA(metric="objective", mode="max", grace_period=1, reduction_factor=2, max_t=100)
+    trials = [SimpleNamespace(trial_id=f"t{i}", config={"sample": {"method": "lt-sft", **({"default": True} if i < 2 else {})}})
+              for i in range(4)]
+    for t in trials:
+        asha.on_trial_add(None, t)
+    actions = {t.trial_id: asha.on_trial_result(None, t, {"training_iteration": 1, "objective": score})
+               for t, score in zip(trials, [0.60, 0.10, 0.20, 0.70])}
+    assert actions["t1"] == TrialScheduler.CONTINUE  # a default below the rung's cut still runs on
+    assert actions["t2"] == TrialScheduler.STOP  # a searched one below it is stopped, against the default's 0.60
+    assert actions["t3"] == TrialScheduler.CONTINUE
+    assert asha._num_stopped == 1

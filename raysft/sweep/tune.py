@@ -430,7 +430,6 @@ def run_sweep(
     import optuna
     import ray
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
 
     from raysft.sweep.preflight import check_model_and_spaces, check_not_exhausted
@@ -493,13 +492,15 @@ def run_sweep(
             console.print(
                 f"{trials} trials: {n_defaults} at the defaults ({', '.join(cfg.tune.methods[:n_defaults]) or 'none'})"
                 + (", then NSGA-II" if cfg.tune.multi_objective else f", {max(0, n_startup - n_defaults)} random, then TPE")
-                + (f"; ASHA stops weak trials after {cfg.tune.grace_period} report(s)"
+                + (f"; ASHA stops weak searched trials after {cfg.tune.grace_period} report(s)"
                    if cfg.tune.scheduler == "asha" and not cfg.tune.multi_objective else ""),
                 highlight=False,
             )
         scheduler = None
         if cfg.tune.scheduler == "asha" and not cfg.tune.multi_objective:
-            scheduler = ASHAScheduler(
+            from raysft.sweep.scheduler import DefaultsFinishASHA
+
+            scheduler = DefaultsFinishASHA(  # ASHA, except that the default trials (the baseline) run to the end
                 metric=OBJECTIVE, mode="max", grace_period=cfg.tune.grace_period,
                 reduction_factor=cfg.tune.reduction_factor, max_t=10_000,
             )
