@@ -311,3 +311,17 @@ def test_asha_records_a_default_trials_scores_but_never_stops_it():
     assert actions["t2"] == TrialScheduler.STOP  # a searched one below it is stopped, against the default's 0.60
     assert actions["t3"] == TrialScheduler.CONTINUE
     assert asha._num_stopped == 1
+
+
+def test_an_interrupted_sweep_is_told_apart_from_a_finished_one():
+    """Tune returns normally from Ctrl-C; a trial it left running marks the sweep interrupted (no confirm follows)."""
+    from types import SimpleNamespace
+
+    from raysft.sweep.tune import unfinished_trials
+
+    def grid(*statuses):
+        trials = [SimpleNamespace(trial_id=f"t{i}", status=s) for i, s in enumerate(statuses)]
+        return SimpleNamespace(_experiment_analysis=SimpleNamespace(trials=trials))
+
+    assert unfinished_trials(grid("TERMINATED", "ERROR", "TERMINATED")) == []
+    assert unfinished_trials(grid("TERMINATED", "RUNNING", "PENDING")) == ["t1", "t2"]
