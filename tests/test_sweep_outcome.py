@@ -272,8 +272,12 @@ def test_sweep_runs_the_default_first_and_confirm_logs_distinct_seeds(tmp_path):
     assert set(by_config) == {t.data.tags["trial_id"] for t in trial_runs}
     assert all(sorted(s) == [1000, 2000] for s in by_config.values())  # distinct, and not the sweep's seed 0
     assert parent.data.tags["raysft.confirm_seeds"] == "1000,2000" and "confirm/default/dev_mean" in parent.data.metrics
-    finals = [r[-1] for r in trial_results(next((storage).glob("smoke-confirm-*"))).values()]
+    confirm_reports = trial_results(next((storage).glob("smoke-confirm-*"))).values()
+    finals = [r[-1] for r in confirm_reports]
     assert len(finals) == 4 and all(f["phase"] == "final" for f in finals)
+    # no searcher or scheduler ranks a confirm run: only its final evaluation scores dev (no per-epoch dev passes)
+    assert all("objective" not in r for reports in confirm_reports for r in reports[:-1])
+    assert any(len(reports) > 1 for reports in confirm_reports)  # it did report (checkpoints) before the end
     assert "confirm: mean ± sd" in out and "confirmed: best" in out
 
 
