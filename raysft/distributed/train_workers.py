@@ -53,7 +53,16 @@ from raysft.sft.groups import ParamSpace
 from raysft.sft.mask import Mask, entries_per_group
 from raysft.sft.methods import SelectionContext
 from raysft.sft.sparse import SparseUpdater
-from raysft.train.loop import predict, restore, set_trainable, train_dense, train_gated, train_mask_scores, train_sparse
+from raysft.train.loop import (
+    predict,
+    restore,
+    seed_second_phase,
+    set_trainable,
+    train_dense,
+    train_gated,
+    train_mask_scores,
+    train_sparse,
+)
 from raysft.train.recipe import (
     Run,
     delta_from_updater,
@@ -503,6 +512,7 @@ class _Worker:
         t = time.perf_counter()
         if run.method.sparse_phase:
             restore(space, base, head0)  # rewind to the base (head too); a restarted worker is there already
+            seed_second_phase(cfg.seed, rank)  # a restarted worker then restores its checkpoint's generator state
             info = {"selection": sel, "timings": timings, "losses": losses, "distributed": dist_info}
             updater = self.sparse_phase(run, train_ds, mask, state, info, losses, dist_info)
             delta = delta_from_updater(updater, space, meta)
@@ -510,6 +520,7 @@ class _Worker:
         elif run.method.gated_phase:
             if state is not None:
                 raise RaysftError(f"{run.method.name} keeps no sparse checkpoint to resume from: start the trial afresh")
+            seed_second_phase(cfg.seed, rank)
             gates = run.method.gates(self.scores)
             steps = steps_for(cfg.sparse, len(train_ds))
             loader, sampler = sharded_loader(train_ds, run.tokenizer, cfg.sparse.batch_size, cfg.seed + 1, rank, world)

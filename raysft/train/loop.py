@@ -40,6 +40,17 @@ class SilentReporter:
         pass
 
 
+def seed_second_phase(seed: int, rank: int = 0) -> None:
+    """Reseed torch's global generator (dropout) before the second phase (sparse or gated), so that its randomness
+    does not depend on what this process ran before: a sweep trial that reuses a cached θ1 never ran the dense phase,
+    and used to train its sparse phase on other dropout masks than the trial that computed θ1 (same config and seed,
+    dev 0.5947 vs 0.5981 on sa-cpu). Ranks keep distinct masks (seed + rank), as in the first phase."""
+    torch.manual_seed(seed + SECOND_PHASE_SEED_OFFSET + rank)
+
+
+SECOND_PHASE_SEED_OFFSET = 1_000  # apart from the first phase's seed + rank for any realistic number of ranks
+
+
 def cycle(loader: DataLoader) -> Iterator[dict]:
     """Batches forever, reshuffling each epoch (the sampler's generator advances)."""
     epoch = 0

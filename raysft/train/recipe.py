@@ -37,6 +37,7 @@ from raysft.train.loop import (
     SilentReporter,
     predict,
     restore,
+    seed_second_phase,
     train_dense,
     train_gated,
     train_mask_scores,
@@ -440,6 +441,7 @@ def run_training(run: Run, reporter: Reporter = SilentReporter(), *, low_memory:
     meta = task_delta_meta(run, selection.k)
     if run.method.sparse_phase:
         restore(space, base, head0)  # rewind to θ0 (head too), then train only the selected entries
+        seed_second_phase(cfg.seed)
         steps = steps_for(cfg.sparse, len(train_ds))
         train_loader = loader(train_ds, run.tokenizer, cfg.sparse.batch_size, True, cfg.seed + 1)
         with activation_checkpointing(model, cfg.sparse.checkpoint_activations):
@@ -455,6 +457,7 @@ def run_training(run: Run, reporter: Reporter = SilentReporter(), *, low_memory:
     elif run.method.gated_phase:
         # M fixed, W trained with W ⊙ M in the forward pass (no rewind: W is still the base after the mask phase)
         gates = run.method.gates(ctx.scores)
+        seed_second_phase(cfg.seed)
         steps = steps_for(cfg.sparse, len(train_ds))
         train_loader = loader(train_ds, run.tokenizer, cfg.sparse.batch_size, True, cfg.seed + 1)
         losses["gated"] = train_gated(model, space, gates, train_loader, steps, cfg.sparse, reporter=reporter)
