@@ -456,9 +456,11 @@ def tune(
         f"reused {counts['reused']}" + (f", taken over {counts['takeovers']}" if counts.get("takeovers") else "")
         + f" · results in {experiment}"
     )
+    from ray.tune import ExperimentAnalysis
+
     from raysft.sweep.tune import unfinished_trials
 
-    unfinished = unfinished_trials(grid)
+    unfinished = unfinished_trials(ExperimentAnalysis(experiment).trials)
     budget_ended = cfg.tune.time_budget_s is not None and wall >= cfg.tune.time_budget_s
     if unfinished and not budget_ended:  # Ctrl-C: Tune saved the state and returned; stop here, whatever else was asked
         console.print(f"sweep interrupted with {len(unfinished)} trial(s) unfinished: finish it with `raysft tune "

@@ -318,14 +318,13 @@ def test_asha_records_a_default_trials_scores_but_never_stops_it():
 
 
 def test_an_interrupted_sweep_is_told_apart_from_a_finished_one():
-    """Tune returns normally from Ctrl-C; a trial it left running marks the sweep interrupted (no confirm follows)."""
+    """Tune returns normally from Ctrl-C; a trial its saved state still holds RUNNING marks the sweep interrupted."""
     from types import SimpleNamespace
 
     from raysft.sweep.tune import unfinished_trials
 
-    def grid(*statuses):
-        trials = [SimpleNamespace(trial_id=f"t{i}", status=s) for i, s in enumerate(statuses)]
-        return SimpleNamespace(_experiment_analysis=SimpleNamespace(trials=trials))
+    def trials(*statuses):
+        return [SimpleNamespace(trial_id=f"t{i}", status=s) for i, s in enumerate(statuses)]
 
-    assert unfinished_trials(grid("TERMINATED", "ERROR", "TERMINATED")) == []
-    assert unfinished_trials(grid("TERMINATED", "RUNNING", "PENDING")) == ["t1", "t2"]
+    assert unfinished_trials(trials("TERMINATED", "ERROR", "TERMINATED")) == []
+    assert unfinished_trials(trials("TERMINATED", "RUNNING", "PENDING")) == ["t1", "t2"]

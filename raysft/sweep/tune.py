@@ -241,11 +241,11 @@ def outcome_of(items):
     return _outcome_of(items)
 
 
-def unfinished_trials(grid) -> list[str]:
-    """Ids of the trials a sweep left neither finished nor failed: Tune returns normally from Ctrl-C (it saves the
-    state for --resume), so this is how the caller knows the sweep was interrupted rather than done."""
-    analysis = getattr(grid, "_experiment_analysis", None)  # ResultGrid keeps the trials (with status) only here
-    return [t.trial_id for t in getattr(analysis, "trials", None) or [] if t.status not in ("TERMINATED", "ERROR")]
+def unfinished_trials(trials) -> list[str]:
+    """Ids of the trials a sweep left neither finished nor failed. Tune returns normally from Ctrl-C, after saving
+    the experiment for --resume: read ``trials`` from that saved state (``ExperimentAnalysis(path).trials``), where an
+    interrupted trial is still RUNNING (the returned ResultGrid already shows it TERMINATED)."""
+    return [t.trial_id for t in trials if t.status not in ("TERMINATED", "ERROR")]
 
 
 def watch_sweep(console, trials: int, concurrent: int, interval_s: float = 1.0):
