@@ -460,7 +460,11 @@ def tune(
 
     from raysft.sweep.tune import unfinished_trials
 
-    unfinished = unfinished_trials(ExperimentAnalysis(experiment).trials)
+    try:
+        saved = ExperimentAnalysis(experiment).trials
+    except Exception:  # the saved state could not be read back: nothing says the sweep was interrupted
+        saved = []
+    unfinished = unfinished_trials(saved)
     budget_ended = cfg.tune.time_budget_s is not None and wall >= cfg.tune.time_budget_s
     if unfinished and not budget_ended:  # Ctrl-C: Tune saved the state and returned; stop here, whatever else was asked
         console.print(f"sweep interrupted with {len(unfinished)} trial(s) unfinished: finish it with `raysft tune "
