@@ -279,6 +279,8 @@ def test_sweep_runs_the_default_first_and_confirm_logs_distinct_seeds(tmp_path):
     assert all("objective" not in r for reports in confirm_reports for r in reports[:-1])
     assert any(len(reports) > 1 for reports in confirm_reports)  # it did report (checkpoints) before the end
     assert "confirm: mean ± sd" in out and "confirmed: best" in out
+    confirm_out = out[out.index("confirm: 2 configurations"):]
+    assert ": sparse (" in confirm_out and ": eval (" in confirm_out  # the confirm runs' phases are shown as they run
 
 
 @pytest.mark.parametrize("args,message", [

@@ -648,7 +648,13 @@ def run_confirm(
     from raysft.sweep.dense_cache import get_cache
 
     get_cache(root)  # lives as long as this driver (see run_sweep)
-    grid = tuner.fit()
+    # the same live display as the sweep's: a confirm run takes minutes (its own dense phase per seed)
+    stop_watch = watch_sweep(console, len(samples), concurrent) if console is not None else None
+    try:
+        grid = tuner.fit()
+    finally:
+        if stop_watch is not None:
+            stop_watch()
     results = list(grid)
     summary = confirm_summary(confirm_rows(results))
     verdict = confirm_verdict(summary)
