@@ -434,7 +434,6 @@ def tune(
         console.print("\n".join(lines), highlight=False, soft_wrap=True)
         return
     console.print(f"[bold]{cfg.name}[/]: sweeping {', '.join(cfg.tune.methods)} on {cfg.model}")
-    mlflow_experiment = experiment or cfg.name  # `experiment` becomes the sweep's folder below
     grid, counts, experiment, wall = run_sweep(
         cfg, trials=trials, max_concurrent=max_concurrent, address=address, storage=storage, resume=resume,
         verbose=verbose, console=console, tracking_uri=tracking_uri, experiment_name=experiment, track=track,
@@ -456,21 +455,6 @@ def tune(
         f"reused {counts['reused']}" + (f", taken over {counts['takeovers']}" if counts.get("takeovers") else "")
         + f" · results in {experiment}"
     )
-    from ray.tune import ExperimentAnalysis
-
-    from raysft.sweep.tune import unfinished_trials
-
-    try:
-        saved = ExperimentAnalysis(experiment).trials
-    except Exception:  # the saved state could not be read back: nothing says the sweep was interrupted
-        saved = []
-    unfinished = unfinished_trials(saved)
-    budget_ended = cfg.tune.time_budget_s is not None and wall >= cfg.tune.time_budget_s
-    if unfinished and not budget_ended:  # Ctrl-C: Tune saved the state and returned; stop here, whatever else was asked
-        console.print(f"sweep interrupted with {len(unfinished)} trial(s) unfinished: finish it with `raysft tune "
-                      f"{cfg.name} --resume`" + (f", then `raysft confirm {mlflow_experiment} --top {confirm}`" if confirm else ""),
-                      highlight=False)
-        raise typer.Exit(130)
     if confirm:
         from raysft.sweep.tune import confirm_picks, confirm_seeds
 

@@ -318,15 +318,3 @@ def test_asha_records_a_default_trials_scores_but_never_stops_it():
     assert actions["t3"] == TrialScheduler.CONTINUE
     assert asha._num_stopped == 1
 
-
-def test_an_interrupted_sweep_is_told_apart_from_a_finished_one():
-    """Tune returns normally from Ctrl-C; a trial its saved state still holds RUNNING marks the sweep interrupted."""
-    from types import SimpleNamespace
-
-    from raysft.sweep.tune import unfinished_trials
-
-    def trials(*statuses):
-        return [SimpleNamespace(trial_id=f"t{i}", status=s) for i, s in enumerate(statuses)]
-
-    assert unfinished_trials(trials("TERMINATED", "ERROR", "TERMINATED")) == []
-    assert unfinished_trials(trials("TERMINATED", "RUNNING", "PENDING")) == ["t1", "t2"]

@@ -241,13 +241,6 @@ def outcome_of(items):
     return _outcome_of(items)
 
 
-def unfinished_trials(trials) -> list[str]:
-    """Ids of the trials a sweep left neither finished nor failed. Tune returns normally from Ctrl-C, after saving
-    the experiment for --resume: read ``trials`` from that saved state (``ExperimentAnalysis(path).trials``), where an
-    interrupted trial is still RUNNING (the returned ResultGrid already shows it TERMINATED)."""
-    return [t.trial_id for t in trials if t.status not in ("TERMINATED", "ERROR")]
-
-
 def watch_sweep(console, trials: int, concurrent: int, interval_s: float = 1.0):
     """Start drawing the sweep's progress (a thread reading the progress board every ``interval_s``); returns a
     function that draws what is left and stops."""
