@@ -221,9 +221,10 @@ def test_confirm_seeds_are_new_and_each_configuration_gets_each():
     picks = [("d1", {"method": "lt-sft", "settings": {}, "overrides": {}, "default": True}),
              ("t7", {"method": "sc-sft", "settings": {"budget": {"layer.0": 1.0}}, "overrides": {"sparse.lr": 1e-4}})]
     samples = confirm_samples(picks, seeds)
-    assert [(s["confirm"]["config"], s["overrides"]["seed"]) for s in samples] == [(c, s) for c, _ in picks for s in seeds]
-    assert all(s.get("default") for s in samples[:3]) and not any(s.get("default") for s in samples[3:])
-    assert all(s["overrides"]["sparse.lr"] == 1e-4 for s in samples[3:])
+    # seed-major: the configurations at one seed, then the next seed (complete pairs first)
+    assert [(s["confirm"]["config"], s["overrides"]["seed"]) for s in samples] == [(c, s) for s in seeds for c, _ in picks]
+    assert [bool(s.get("default")) for s in samples] == [True, False] * 3
+    assert all(s["overrides"]["sparse.lr"] == 1e-4 for s in samples[1::2])
 
 
 # ------------------------------------------------------------------------------------------------------ Ray

@@ -578,8 +578,10 @@ def confirm_samples(picks: list[tuple[str, dict]], seeds: list[int]) -> list[dic
     """One trial sample per (configuration, seed): the configuration's own sample with ``seed`` overridden (the seed
     drives the data order, the head's init and Rand-SFT's mask) and a ``confirm`` record {config, seed}."""
     out = []
-    for label, sampled in picks:
-        for seed in seeds:
+    # seed-major: each seed's configurations run one after the other, so they share that seed's dense phase while it
+    # is fresh, and a confirm stopped early still holds complete pairs (every configuration at the same seeds)
+    for seed in seeds:
+        for label, sampled in picks:
             s = {"method": sampled["method"], "settings": dict(sampled.get("settings") or {}),
                  "overrides": {**(sampled.get("overrides") or {}), "seed": seed},
                  "confirm": {"config": label, "seed": seed}}
