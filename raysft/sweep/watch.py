@@ -152,9 +152,9 @@ class SweepWatch:
         for tid, s in sorted(self.states.items()):
             if s.get("phase") in ENDED:
                 continue
-            step = f" {s.get('step', 0)}/{s['total']}" if s.get("total") else ""
-            loss = f", loss {s['loss']:.4f}" if isinstance(s.get("loss"), float) and s.get("phase") not in ("eval", "final") else ""
-            out.append(f"[{at:>6}] {tid} {s.get('method', '')}: {s.get('phase', '')}{step}{loss} · {self.summary()}")
+            step, loss = _step_and_loss(s)
+            out.append(f"[{at:>6}] {tid} {s.get('method', '')}: {s.get('phase', '')}{' ' + step if step else ''}"
+                       f"{', loss ' + loss if loss else ''} · {self.summary()}")
         return out
 
     def table(self) -> Table:
@@ -165,9 +165,15 @@ class SweepWatch:
         for tid, s in sorted(self.states.items()):
             if s.get("phase") in ENDED:
                 continue
-            step = f"{s.get('step', 0)}/{s['total']}" if s.get("total") else ""
-            loss = f"{s['loss']:.4f}" if isinstance(s.get("loss"), float) and s.get("phase") not in ("eval", "final") else ""
+            step, loss = _step_and_loss(s)
             dev = f"{s['dev']:.4f}" if isinstance(s.get("dev"), float) else ""
             table.add_row(tid, s.get("desc") or s.get("method", ""), s.get("phase", ""), step, loss, dev,
                           duration(now - s["started"]))
         return table
+
+
+def _step_and_loss(state: dict[str, Any]) -> tuple[str, str]:
+    """A running trial's `step/total` and training loss, as text ("" where it has none or is evaluating)."""
+    step = f"{state.get('step', 0)}/{state['total']}" if state.get("total") else ""
+    training = isinstance(state.get("loss"), float) and state.get("phase") not in ("eval", "final")
+    return step, f"{state['loss']:.4f}" if training else ""
