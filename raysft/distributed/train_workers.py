@@ -685,6 +685,10 @@ class _Worker:
         if self.loop.report_dev:
             metrics["objective"] = self.dev_objective(handles["updater"])
             self.progress.note(dev=metrics["objective"])
+        else:
+            # Not measured at this checkpoint (nothing ranks on it): NaN, since Tune wants the searcher's metric in
+            # every report. Tracking and the outcome tables skip non-finite objectives.
+            metrics["objective"] = float("nan")
         if self.loop.dense_ready_at is not None:
             metrics["dense_ready_at"] = self.loop.dense_ready_at
         if self.rank == 0:

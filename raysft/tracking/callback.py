@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import tempfile
 from pathlib import Path
@@ -124,7 +125,7 @@ class TrackingCallback(Callback):
         if result.get("phase") == "final" or step is None:
             return
         metrics = [("train_loss", float(result["loss"]), int(step))] if "loss" in result else []
-        if isinstance(result.get("objective"), (int, float)):
+        if isinstance(result.get("objective"), (int, float)) and math.isfinite(result["objective"]):
             metrics.append(("objective", float(result["objective"]), int(step)))
         if metrics:
             self._writer().submit(f"metrics of trial {trial.trial_id}", self._op(_log_batch), trial.trial_id, None, metrics)
