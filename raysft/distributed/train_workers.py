@@ -53,6 +53,7 @@ from raysft.sft.groups import ParamSpace
 from raysft.sft.mask import Mask, entries_per_group
 from raysft.sft.methods import SelectionContext
 from raysft.sft.sparse import SparseUpdater
+from raysft.train.rows import data_rows, row_subset_embeddings
 from raysft.train.loop import (
     predict,
     restore,
@@ -565,18 +566,25 @@ class _Worker:
         elif run.method.first_phase == "dense":
             steps = steps_for(cfg.dense, len(train_ds))
             loader, sampler = sharded_loader(train_ds, run.tokenizer, cfg.dense.batch_size, cfg.seed, rank, world)
-            set_trainable(space, maskable=True)  # before wrapping: DDP registers the parameters that need grads
-            kwargs = {"device_ids": [self.device.index]} if self.device.type == "cuda" else {}
-            ddp = nn.parallel.DistributedDataParallel(model, **kwargs)
-            counter = {"bytes": 0}
-            ddp.register_comm_hook(counter, _counting_allreduce_hook)
+            # The same rows on every rank: the distinct ids of the whole training set, not of the rank's shard.
+            rows = data_rows([train_ds], extra=[run.tokenizer.pad_token_id]) if cfg.dense.embedding_rows else None
+            with row_subset_embeddings(model, rows, cfg.dense.weight_decay) as sub:
+                set_trainable(space, maskable=True)  # before wrapping: DDP registers the parameters that need grads
+                if sub is not None:
+                    sub.table.requires_grad_(True)  # set_trainable froze every model parameter first
+                kwargs = {"device_ids": [self.device.index]} if self.device.type == "cuda" else {}
+                ddp = nn.parallel.DistributedDataParallel(model, **kwargs)
+                counter = {"bytes": 0}
+                ddp.register_comm_hook(counter, _counting_allreduce_hook)
 
-            def loss_fn(m, batch):
-                loss = m(**batch).loss
-                return loss * sampler.scale if sampler.scale != 1.0 else loss
+                def loss_fn(m, batch):
+                    loss = m(**batch).loss
+                    return loss * sampler.scale if sampler.scale != 1.0 else loss
 
-            local = train_dense(ddp, space, loader, steps, cfg.dense, loss_fn=loss_fn, reporter=self.progress)
-            del ddp  # the sparse phase runs on the unwrapped module, without DDP's hooks
+                local = train_dense(
+                    ddp, space, loader, steps, cfg.dense, loss_fn=loss_fn, reporter=self.progress, rows=sub
+                )
+                del ddp  # the sparse phase runs on the unwrapped module, without DDP's hooks
             losses["dense"] = _mean_losses(_gather(local))
             dist_info["dense_allreduce_bytes_per_step"] = counter["bytes"] // max(1, steps)
             if rank == 0:

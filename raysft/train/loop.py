@@ -19,6 +19,7 @@ from raysft.sft.groups import ParamSpace
 from raysft.sft.mask import Mask
 from raysft.sft.mask_scores import MaskScores, gated_call
 from raysft.sft.sparse import SparseUpdater
+from raysft.train.rows import RowSubsetEmbedding
 
 GradSync = Callable[[list[torch.Tensor]], None]  # all-reduces (averages) gradient tensors in place
 
@@ -151,11 +152,22 @@ def train_dense(
     reporter: Reporter = SilentReporter(),
     grad_sync: GradSync | None = None,
     loss_fn: Callable[[nn.Module, dict], torch.Tensor] = _loss,
+    rows: RowSubsetEmbedding | None = None,
 ) -> list[float]:
-    """Dense fine-tuning of every maskable parameter and the head (LayerNorms frozen)."""
+    """Dense fine-tuning of every maskable parameter and the head (LayerNorms frozen). With ``rows`` (the model's
+    input embedding swapped for a :class:`RowSubsetEmbedding`) the embedding is trained through its row table."""
     set_trainable(space, maskable=True)
     model.train()
     body = [space.param(p.name) for p in space.maskable]
+    if rows is not None:
+        # The original weight is out of the model while swapped: its rows train in the table instead. AdamW updates
+        # each tensor on its own, so moving one to the end of the group changes no value.
+        in_model = {id(p) for p in model.parameters()}
+        for p in body:
+            if id(p) not in in_model:
+                p.requires_grad_(False)
+        body = [p for p in body if id(p) in in_model] + [rows.table]
+        rows.table.requires_grad_(True)  # set_trainable froze every model parameter first
     optimizer = torch.optim.AdamW(
         [
             {"params": body, "lr": cfg.lr, "weight_decay": cfg.weight_decay},

@@ -43,6 +43,7 @@ from raysft.train.loop import (
     train_mask_scores,
     train_sparse,
 )
+from raysft.train.rows import data_rows, row_subset_embeddings
 from raysft.train.spill import SpilledParams, trim_heap
 
 
@@ -415,8 +416,12 @@ def run_training(run: Run, reporter: Reporter = SilentReporter(), *, low_memory:
     if run.method.first_phase == "dense":
         steps = steps_for(cfg.dense, len(train_ds))
         train_loader = loader(train_ds, run.tokenizer, cfg.dense.batch_size, True, cfg.seed)
-        with activation_checkpointing(model, cfg.dense.checkpoint_activations):
-            losses["dense"] = train_dense(model, space, train_loader, steps, cfg.dense, reporter=reporter)
+        rows = data_rows([train_ds], extra=[run.tokenizer.pad_token_id]) if cfg.dense.embedding_rows else None
+        with (
+            activation_checkpointing(model, cfg.dense.checkpoint_activations),
+            row_subset_embeddings(model, rows, cfg.dense.weight_decay) as sub,
+        ):
+            losses["dense"] = train_dense(model, space, train_loader, steps, cfg.dense, reporter=reporter, rows=sub)
         if low_memory:
             gc.collect()  # the dense AdamW state (2 copies of the model) must not wait for a later collection
             trim_heap()

@@ -1,0 +1,100 @@
+"""The dense phase trains only the word-embedding rows its data can touch: the same θ1, bitwise, at a fraction of
+the memory.
+
+The word-embedding matrix holds most of a multilingual encoder's entries (82 % of multilingual-e5-small's: 250k
+rows × 384), but a task's training set uses a few thousand distinct tokens (~3 % of the rows). A row no batch
+contains gets a zero gradient at every step; with no weight decay, AdamW leaves it, and its zero moments, exactly as
+they were. So the dense phase can train a table of just the touched rows (plus the padding row, which the original
+embedding excludes from the gradient) and write them back at the end. Every kept row sees the same values and the
+same arithmetic as in the full matrix: the forward is an exact gather, the embedding backward sums each row's
+contributions in token order either way, and AdamW's update is element-wise. What goes away is the full matrix's
+gradient (0.38 GB on e5-small), its two AdamW moments (0.77 GB) and the step's temporary (0.38 GB), and the time
+AdamW spends sweeping them.
+
+Pure torch. Not for MLM (the data collator substitutes random vocabulary ids, and an MLM decoder tied to the
+embedding reaches every row) nor with weight decay (it moves untouched rows too): :func:`row_subset_for` says
+when it applies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class RowSubsetEmbedding(nn.Module):
+    """Stands in for an ``nn.Embedding`` during the dense phase: ``table`` holds the rows ``rows`` (sorted ids) of
+    the original weight; ids are looked up through ``remap`` (-1: not a kept row, an error)."""
+
+    def __init__(self, original: nn.Embedding, rows: torch.Tensor):
+        super().__init__()
+        weight = original.weight
+        self.rows = rows.to(weight.device)
+        self.remap = torch.full((weight.shape[0],), -1, dtype=torch.long, device=weight.device)
+        self.remap[self.rows] = torch.arange(len(self.rows), device=weight.device)
+        pad = original.padding_idx
+        self.padding_idx = int(self.remap[pad]) if pad is not None and int(self.remap[pad]) >= 0 else None
+        self.table = nn.Parameter(weight.detach().index_select(0, self.rows), requires_grad=True)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        local = self.remap[input_ids]
+        if bool((local < 0).any()):  # host: one flag per batch, so a stray id fails loudly instead of reading row -1
+            missing = input_ids[local < 0].unique()[:5].tolist()
+            raise RuntimeError(f"token ids {missing} are not among the dense phase's kept embedding rows")
+        return F.embedding(local, self.table, self.padding_idx)
+
+
+def data_rows(datasets: Iterable, column: str = "input_ids", extra: Iterable[int | None] = ()) -> torch.Tensor:
+    """The sorted distinct token ids of tokenized datasets (a ``datasets.Dataset``, or a list of id lists), with
+    ``extra`` ids (the padding id, which the collator adds)."""
+    seen: set[int] = {int(i) for i in extra if i is not None}
+    for ds in datasets:
+        for ids in ds[column] if hasattr(ds, "column_names") else ds:
+            seen.update(ids)
+    return torch.tensor(sorted(seen), dtype=torch.long)
+
+
+def row_subset_for(model: nn.Module, weight_decay: float) -> nn.Embedding | None:
+    """The input embedding the dense phase may train by rows, or None where that would change θ1: weight decay
+    (it moves untouched rows too), an embedding tied to another module (an MLM decoder reaches every row), or an
+    embedding with ``max_norm``/``scale_grad_by_freq``/``sparse`` (other arithmetic)."""
+    get = getattr(model, "get_input_embeddings", None)
+    emb = get() if get else None
+    if not isinstance(emb, nn.Embedding) or weight_decay != 0:
+        return None
+    if emb.max_norm is not None or emb.scale_grad_by_freq or emb.sparse:
+        return None
+    out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if out is not None and getattr(out, "weight", None) is emb.weight:
+        return None
+    if sum(1 for p in model.parameters() if p is emb.weight) != 1:
+        return None
+    return emb
+
+
+@contextmanager
+def row_subset_embeddings(model: nn.Module, rows: torch.Tensor | None, weight_decay: float) -> Iterator[RowSubsetEmbedding | None]:
+    """Within the block the model's input embedding is a :class:`RowSubsetEmbedding` of ``rows`` (the
+    original weight frozen, out of the model); on leaving, the trained rows are copied back into the original weight
+    and the original module returns. Yields None (and changes nothing) where rows don't apply."""
+    emb = row_subset_for(model, weight_decay) if rows is not None else None
+    if emb is None:
+        yield None
+        return
+    if emb.padding_idx is not None:  # batches are padded with it: a kept row (outside the gradient, as before)
+        rows = torch.unique(torch.cat([rows.cpu(), torch.tensor([emb.padding_idx])]))
+    sub = RowSubsetEmbedding(emb, rows)
+    requires_grad = emb.weight.requires_grad
+    emb.weight.requires_grad_(False)
+    model.set_input_embeddings(sub)
+    try:
+        yield sub
+    finally:
+        with torch.no_grad():
+            emb.weight.index_copy_(0, sub.rows, sub.table.detach())
+        model.set_input_embeddings(emb)
+        emb.weight.requires_grad_(requires_grad)

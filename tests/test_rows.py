@@ -1,0 +1,81 @@
+"""The dense phase trains the word embedding by the rows its data contains (raysft.train.rows): θ1 bitwise the same
+as training the whole matrix, and only where that holds."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from raysft.config import PhaseConfig
+from raysft.sft.groups import ParamSpace
+from raysft.train.loop import train_dense
+from raysft.train.rows import RowSubsetEmbedding, data_rows, row_subset_embeddings, row_subset_for
+from tests.conftest import random_batches, tiny_classifier
+
+VOCAB = 200  # the batches use ids 5..59 (and the padding id 1): most rows are never touched
+
+
+def _batches():
+    batches = random_batches(6, seed=3, vocab=60, length=10, batch=4)
+    for b in batches[::2]:  # padded tails: the padding row must stay out of the gradient, as in the original
+        b["input_ids"][:, -3:] = 1
+        b["attention_mask"][:, -3:] = 0
+    return batches
+
+
+def _dense(rows: bool, weight_decay: float = 0.0) -> tuple[dict, list[float], torch.Tensor]:
+    model = tiny_classifier(seed=1, vocab=VOCAB, hidden=32)
+    theta0 = {n: p.detach().clone() for n, p in model.named_parameters()}
+    space = ParamSpace(model)
+    batches = _batches()
+    cfg = PhaseConfig(lr=3e-2, batch_size=4, warmup_ratio=0.2, head_lr=1e-2, weight_decay=weight_decay)
+    ids = data_rows([[row.tolist() for row in b["input_ids"]] for b in batches])
+    torch.manual_seed(7)  # dropout: both runs draw the same masks
+    with row_subset_embeddings(model, ids if rows else None, cfg.weight_decay) as sub:
+        assert (sub is not None) == (rows and weight_decay == 0)
+        losses = train_dense(model, space, batches, 9, cfg, rows=sub)
+    assert isinstance(model.get_input_embeddings(), torch.nn.Embedding)  # the original module is back
+    after = {n: p.detach().clone() for n, p in model.named_parameters()}
+    emb = "roberta.embeddings.word_embeddings.weight"
+    untouched = torch.ones(VOCAB, dtype=torch.bool)
+    untouched[ids] = False
+    if weight_decay == 0:
+        assert torch.equal(after[emb][untouched], theta0[emb][untouched])  # rows no batch contains never move
+        assert torch.equal(after[emb][1], theta0[emb][1])  # nor the padding row
+    else:
+        assert not torch.equal(after[emb][untouched], theta0[emb][untouched])  # decay moves them: no row subset
+    assert not torch.equal(after[emb], theta0[emb])
+    return after, losses, ids
+
+
+def test_training_by_rows_gives_the_whole_matrix_theta1_bitwise():
+    full, full_losses, ids = _dense(rows=False)
+    by_rows, row_losses, _ = _dense(rows=True)
+    assert full_losses == row_losses
+    assert full.keys() == by_rows.keys()
+    for name in full:
+        assert torch.equal(full[name], by_rows[name]), name
+    assert 1 < len(ids) < VOCAB // 2
+
+
+def test_rows_do_not_apply_with_weight_decay_or_a_tied_decoder():
+    model = tiny_classifier(vocab=VOCAB)
+    assert row_subset_for(model, 0.0) is model.get_input_embeddings()
+    assert row_subset_for(model, 0.01) is None  # decay moves untouched rows too
+    _dense(rows=True, weight_decay=0.01)  # falls back to the whole matrix
+
+    from transformers import XLMRobertaConfig, XLMRobertaForMaskedLM
+
+    mlm = XLMRobertaForMaskedLM(XLMRobertaConfig(
+        vocab_size=VOCAB, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+        max_position_embeddings=24, type_vocab_size=1, tie_word_embeddings=True,
+    ))
+    assert row_subset_for(mlm, 0.0) is None  # its tied decoder reaches every row
+
+
+def test_an_id_outside_the_kept_rows_fails_loudly():
+    model = tiny_classifier(vocab=VOCAB)
+    sub = RowSubsetEmbedding(model.get_input_embeddings(), torch.tensor([1, 5, 7]))
+    assert torch.equal(sub(torch.tensor([[5, 7, 1]])), model.get_input_embeddings()(torch.tensor([[5, 7, 1]])))
+    with pytest.raises(RuntimeError, match=r"token ids \[9\]"):
+        sub(torch.tensor([[5, 9]]))
