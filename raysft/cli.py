@@ -455,6 +455,12 @@ def tune(
         f"reused {counts['reused']}" + (f", taken over {counts['takeovers']}" if counts.get("takeovers") else "")
         + f" · results in {experiment}"
     )
+    from raysft.sweep.interrupt import interrupted
+
+    if interrupted():
+        console.print(f"interrupted: the sweep stopped early{' and nothing was confirmed' if confirm else ''}; finish it "
+                      f"with `raysft tune {space} --resume`", highlight=False)
+        raise typer.Exit(130)
     if confirm:
         from raysft.sweep.tune import confirm_picks, confirm_seeds
 

@@ -136,6 +136,30 @@ def test_resume_after_the_driver_is_killed(tmp_path):
     assert all(r[-1]["phase"] == "final" for r in after.values())
 
 
+def test_ctrl_c_stops_the_sweep_and_skips_its_confirm(tmp_path):
+    """The first Ctrl-C stops the trials; the driver says the sweep was interrupted and starts no confirm run."""
+    needs_data()
+    storage = tmp_path / "tune"
+    args = ("--trials", "3", "--storage", str(storage), "--max-concurrent", "1", "--set", "tune.scheduler=none",
+            "--confirm", "1", "--seeds", "1", "--no-track")
+    proc = subprocess.Popen(tune_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV, cwd=REPO)
+    deadline = time.time() + 600
+    lines = []
+    for line in proc.stdout:  # the first finished trial, then Ctrl-C while the second runs
+        lines.append(line)
+        if line.startswith("trial "):
+            break
+        assert time.time() < deadline
+    proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=300)
+    out = "".join(lines) + rest
+    assert proc.returncode == 130, out[-3000:]
+    assert "interrupted: the sweep stopped early and nothing was confirmed" in out
+    assert "confirm:" not in out and not list(storage.glob("smoke-confirm-*"))
+    results = trial_results(storage / "smoke")
+    assert 1 <= sum(1 for r in results.values() if r and r[-1].get("phase") == "final") < 3
+
+
 @pytest.mark.parametrize("args,message", [
     (["--trials", "0"], "--trials 0"),
     (["--address", "127.0.0.1:1"], "cannot reach the Ray cluster at 127.0.0.1:1"),

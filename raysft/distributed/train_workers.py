@@ -53,7 +53,6 @@ from raysft.sft.groups import ParamSpace
 from raysft.sft.mask import Mask, entries_per_group
 from raysft.sft.methods import SelectionContext
 from raysft.sft.sparse import SparseUpdater
-from raysft.train.rows import data_rows, row_subset_embeddings
 from raysft.train.loop import (
     predict,
     restore,
@@ -80,6 +79,7 @@ from raysft.train.recipe import (
     write_outputs,
     zero_delta_selected,
 )
+from raysft.train.rows import data_rows, row_subset_embeddings
 
 STATE_FORMAT = "raysft.sparse-state/1"
 STATE_TENSORS = "sparse_state.safetensors"

@@ -440,6 +440,7 @@ def run_sweep(
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
 
+    from raysft.sweep.interrupt import InterruptStopper, graceful_interrupt
     from raysft.sweep.preflight import check_model_and_spaces, check_not_exhausted
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -494,6 +495,7 @@ def run_sweep(
         local = getattr(tuner, "_local_tuner", None)
         if local is not None:
             local.get_run_config().callbacks = callbacks
+            local.get_run_config().stop = InterruptStopper()  # a sweep saved before it had one stops on Ctrl-C too
     else:
         searcher, n_defaults, n_startup = make_searcher(cfg, spaces, trials)
         if console is not None:
@@ -522,7 +524,7 @@ def run_sweep(
             run_config=tune.RunConfig(
                 name=cfg.name, storage_path=root, callbacks=callbacks,
                 verbose=1 if verbose else 0,
-                failure_config=tune.FailureConfig(max_failures=1),
+                failure_config=tune.FailureConfig(max_failures=1), stop=InterruptStopper(),
             ),
         )
     from raysft.sweep.dense_cache import get_cache
@@ -532,8 +534,10 @@ def run_sweep(
     cache = get_cache(root)
     started = time.perf_counter()
     stop_watch = watch_sweep(console, trials, concurrent) if console is not None else None
+    say = console.print if console is not None else print
     try:
-        grid = tuner.fit()
+        with graceful_interrupt(lambda line: say(line, highlight=False) if console is not None else say(line)):
+            grid = tuner.fit()
     except BaseException as e:
         if stop_watch is not None:
             stop_watch()
@@ -546,7 +550,9 @@ def run_sweep(
     wall = time.perf_counter() - started
     if tracking is not None:
         # sections: more markdown for the parent run's description (best vs default, issue 10, goes here)
-        tracking.finish(grid, cache_counts, wall, sections=[])
+        from raysft.sweep.interrupt import interrupted
+
+        tracking.finish(grid, cache_counts, wall, sections=[], status="KILLED" if interrupted() else None)
     return grid, cache_counts, experiment, wall
 
 
