@@ -7,7 +7,8 @@ peak is the kernel's high-water mark (VmHWM), which no sampling can miss. The me
 step count after the first optimizer step, so the phases can be capped (``--dense-steps``/``--sparse-steps``; the
 defaults cap them, and the JSON says so). The run's output folder (task_sft.safetensors, metrics.json) stays in
 ``--out`` for bench/delta_file.py. Prints one JSON line last.
-    python bench/memory.py [--dense-steps 30] [--sparse-steps 10] [--eval-examples 64] [--out runs/bench-memory]
+``--lean`` recomputes activations in backward in both phases (the same delta, ~1 GB less, more compute).
+    python bench/memory.py [--lean] [--dense-steps 30] [--sparse-steps 10] [--eval-examples 64] [--out runs/bench-memory]
 """
 
 from __future__ import annotations
@@ -105,6 +106,8 @@ def main():
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--set", dest="sets", action="append", default=[], help="more config overrides")
+    ap.add_argument("--lean", action="store_true",
+                    help="recompute activations in backward in both phases (checkpoint_activations): same delta, less memory")
     ap.add_argument("--out", default="runs/bench-memory")
     args = ap.parse_args()
 
@@ -123,6 +126,8 @@ def main():
             sets.append(f"sparse.max_steps={args.sparse_steps}")
         if args.eval_examples:
             sets.append(f"data.max_eval_examples={args.eval_examples}")
+        if args.lean:
+            sets += ["dense.checkpoint_activations=true", "sparse.checkpoint_activations=true"]
         cfg = load_config(args.space, sets + args.sets)
         run = recipe.prepare(cfg, args.method)
         param_bytes = sum(p.numel() * p.element_size() for p in run.model.parameters())
@@ -154,6 +159,8 @@ def main():
         "peak_x_params": round(peak / param_bytes, 2),
         "param_gb": round(param_bytes / GB, 3),
         "phases": phases,
+        "lean": args.lean,
+        "embedding_rows": cfg.dense.embedding_rows,
         "capped": {"dense_steps": args.dense_steps or None, "sparse_steps": args.sparse_steps or None,
                    "eval_examples": args.eval_examples or None},
         "k": metrics["k"],
