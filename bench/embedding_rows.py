@@ -63,7 +63,7 @@ def main():
     torch.set_num_threads(max(1, torch.get_num_threads()))
     full_model, batches = load_model_and_batches(args.model, "cpu", args.steps + 1)
     rows_model = copy.deepcopy(full_model)
-    rows = data_rows([[r.tolist() for r in b["input_ids"]] for b in batches] + train_ids(args.model))
+    rows = data_rows([[r.tolist() for r in b["input_ids"]] for b in batches] + [train_ids(args.model)])
     vocab = full_model.get_input_embeddings().weight.shape[0]
     print(f"[rows] {len(rows):,} of {vocab:,} embedding rows in {len(batches)} batches", flush=True)
 
