@@ -110,6 +110,25 @@ def test_default_trials_come_first_labelled_and_reproduce_the_config():
     assert len({json.dumps(s, sort_keys=True) for s in seen[3:]}) == 2  # searched trials differ
 
 
+def test_a_method_with_nothing_to_sample_runs_once_as_its_default_never_again():
+    """lt-sft without a space beside a searched sc-sft: lt-sft's default runs, then every searched trial is sc-sft
+    (a searched lt-sft trial would repeat its default exactly)."""
+    cfg = load_config("sa-cpu", ["tune.methods=[lt-sft, sc-sft]", "methods.lt-sft.space={}"])
+    spaces = _spaces(cfg)
+    assert not spaces["lt-sft"] and spaces["sc-sft"]
+    searcher, n_defaults, _ = make_searcher(cfg, spaces, trials=8)
+    study = searcher._ot_study
+    seen = []
+    for i in range(8):
+        trial = study.ask()
+        s = sample(trial, cfg.tune.methods, spaces)
+        seen.append(s)
+        study.tell(trial, 0.5 + 0.01 * i)
+    assert [s["method"] for s in seen[:2]] == ["lt-sft", "sc-sft"] and all(s.get("default") for s in seen[:2])
+    assert all(s["method"] == "sc-sft" and not s.get("default") for s in seen[2:])
+    assert len({json.dumps(s, sort_keys=True) for s in seen}) == 8  # no trial repeats another
+
+
 def test_a_default_budget_outside_the_candidates_is_recorded_as_the_dirichlet_draw_that_gives_it_back():
     cfg = load_config("smoke")
     spaces = _spaces(cfg)

@@ -172,8 +172,15 @@ def sample(trial, methods: list[str], spaces: dict[str, dict[str, Any]]) -> dict
     vectors as user attributes `budget/<group>` so that they are comparable across trials. A default trial (enqueued
     with the user attribute ``raysft.default``) still asks every key (the searcher learns from it) but runs the
     config exactly as it is: its sample has no settings or overrides and ``"default": True``."""
-    method = methods[0] if len(methods) == 1 else trial.suggest_categorical("method", methods)
-    is_default = bool((getattr(trial, "user_attrs", None) or {}).get(DEFAULT_ATTR))
+    default_of = (getattr(trial, "user_attrs", None) or {}).get(DEFAULT_ATTR)
+    is_default = bool(default_of)
+    # A method with nothing to sample runs once, as its default trial; searched trials choose among the methods with
+    # a space, so a sweep never repeats a trial identical to a default (the categorical's choices stay the same for
+    # every trial that asks it, as TPE requires).
+    searchable = [m for m in methods if spaces.get(m)] or list(methods)
+    if is_default and default_of in methods and default_of not in searchable:
+        return {"method": default_of, "settings": {}, "overrides": {}, "default": True}
+    method = searchable[0] if len(searchable) == 1 else trial.suggest_categorical("method", searchable)
     chosen: dict[str, Any] = {}
     settings: dict[str, Any] = {}
     overrides: dict[str, Any] = {}

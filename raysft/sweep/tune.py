@@ -63,7 +63,7 @@ def make_study(cfg: Config, spaces: dict, trials: int):
     directions = ({"directions": ["maximize", "minimize"]} if cfg.tune.multi_objective else {"direction": "maximize"})
     storage = optuna.storages.InMemoryStorage()
     study = optuna.create_study(storage=storage, study_name=STUDY, sampler=sampler, **directions)
-    several = len(cfg.tune.methods) > 1
+    several = sum(1 for m in cfg.tune.methods if spaces.get(m)) > 1  # the methods a searched trial chooses from
     for method in cfg.tune.methods[:n_defaults]:
         params = default_params(method, spaces.get(method, {}), default_lookup(cfg, method), several)
         study.enqueue_trial(params, user_attrs={DEFAULT_ATTR: method})
