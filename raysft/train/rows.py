@@ -55,7 +55,7 @@ def data_rows(datasets: Iterable, column: str = "input_ids", extra: Iterable[int
     for ds in datasets:
         for ids in ds[column] if hasattr(ds, "column_names") else ds:
             seen.update(ids)
-    return torch.tensor(sorted(seen), dtype=torch.long)
+    return torch.tensor(sorted(seen), dtype=torch.long)  # host: ids read from the data; moved to the model's device
 
 
 def row_subset_for(model: nn.Module, weight_decay: float) -> nn.Embedding | None:
@@ -86,7 +86,8 @@ def row_subset_embeddings(model: nn.Module, rows: torch.Tensor | None, weight_de
         yield None
         return
     if emb.padding_idx is not None:  # batches are padded with it: a kept row (outside the gradient, as before)
-        rows = torch.unique(torch.cat([rows.cpu(), torch.tensor([emb.padding_idx])]))
+        device = emb.weight.device
+        rows = torch.unique(torch.cat([rows.to(device), torch.tensor([emb.padding_idx], device=device)]))
     sub = RowSubsetEmbedding(emb, rows)
     requires_grad = emb.weight.requires_grad
     emb.weight.requires_grad_(False)
