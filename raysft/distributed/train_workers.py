@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import pyarrow.fs as pafs
 import torch
 import torch.distributed as dist
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -71,6 +72,7 @@ from raysft.train.recipe import (
     evaluate,
     evaluation_metrics,
     gated_delta,
+    live_params,
     merge_results,
     peak_memory_bytes,
     prepare,
@@ -259,7 +261,11 @@ def publish_theta1(actor: str | None, key: str | None) -> None:
 
 
 def load_theta1(uri: str) -> dict[str, torch.Tensor]:
-    """The cache's θ1, read whole from the sweep's storage (a remote store has no mmap)."""
+    """The cache's θ1 from the sweep's storage: a local file memory-mapped (no whole-file bytes copy beside the
+    tensors), a remote one read whole (a remote store has no mmap). The same tensors, bitwise."""
+    fs, path = storage.resolve(uri)
+    if isinstance(fs, pafs.LocalFileSystem):
+        return safetensors.torch.load_file(path)
     return safetensors.torch.load(storage.read_bytes(uri))
 
 
@@ -606,10 +612,12 @@ class _Worker:
         if run.method.first_phase == "dense" and self.loop.theta1_mode == "load":
             theta1 = load_theta1(self.loop.theta1_path)  # the cache's θ1: no dense phase to run
             restore(space, {p.name: theta1[p.name] for p in space.maskable}, {n: theta1[n] for n in space.head})
+            del theta1
             dist_info["dense_cache"] = "reused"
             self.progress.note(phase="dense (reused)")
             if rank == 0:
-                ctx.theta1 = space.snapshot()
+                # The model holds θ1 until the rewind after the selection: the selection reads it there (no copy).
+                ctx.theta1 = live_params(space)
             timings["theta1_read_s"] = time.perf_counter() - t
         elif run.method.first_phase == "dense":
             steps = steps_for(cfg.dense, len(train_ds))
@@ -632,7 +640,7 @@ class _Worker:
             dist_info["dense_allreduce_bytes_per_step"] = counter["bytes"] // max(1, steps)
             if rank == 0:
                 t_save = time.perf_counter()
-                ctx.theta1 = space.snapshot()
+                ctx.theta1 = live_params(space)  # the model holds θ1 until the rewind after the selection (no copy)
                 if self.loop.theta1_mode == "save":
                     save_theta1(self.loop.theta1_path, ctx.theta1, space.head_snapshot())
                     dist_info["dense_cache"] = "computed"
