@@ -5,6 +5,7 @@ One local Ray for the module (never `ray stop`); the smoke space (tiny model, Nu
 
 import math
 import os
+from pathlib import Path
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
@@ -18,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from raysft.config import load_config
-from raysft.distributed.train_workers import ShardedBatchSampler, fit_trial
+from raysft.distributed.train_workers import ShardedBatchSampler, TimedLoader, fit_trial, timed_loaders
 from raysft.sft.delta import SparseDelta
 from raysft.train.loop import cycle
 from raysft.train.recipe import prepare, run_training
@@ -34,6 +35,25 @@ def smoke_cfg():
         f"data.dir={data}", f"dense.max_steps={DENSE_STEPS}", f"sparse.max_steps={SPARSE_STEPS}",
         "data.max_eval_examples=16", "eval.splits=[dev]",
     ])
+
+
+def test_timed_loaders_yield_the_same_batches_and_time_each_whole_pass():
+    import time
+
+    loaders = {("jav", "dev"): DataLoader(range(10), batch_size=4), ("jav", "test"): DataLoader(range(3), batch_size=4)}
+    totals: dict[str, float] = {}
+    timed = timed_loaders(loaders, totals)
+    assert isinstance(timed[("jav", "dev")], TimedLoader)
+    seen = []
+    for batch in timed[("jav", "dev")]:
+        time.sleep(0.01)  # the consumer's work between batches (predict's forward pass) counts
+        seen.append(batch.tolist())
+    assert seen == [b.tolist() for b in loaders[("jav", "dev")]] and set(totals) == {"dev/jav"}
+    assert totals["dev/jav"] >= 0.03
+    first = totals["dev/jav"]
+    assert [b.tolist() for b in timed[("jav", "dev")]] == seen  # a second pass: same batches, time added
+    assert totals["dev/jav"] > first and set(totals) == {"dev/jav"}
+    assert [b.tolist() for b in timed[("jav", "test")]] == [[0, 1, 2]] and "test/jav" in totals
 
 
 @pytest.mark.parametrize("n,batch,world", [(240, 16, 2), (37, 8, 3), (5, 4, 3)])
@@ -67,7 +87,10 @@ def two_workers(ray_session, tmp_path_factory):
     root = tmp_path_factory.mktemp("dist")
     path, metrics = fit_trial(
         smoke_cfg(), "lt-sft", num_workers=2, storage_path=root / "ray", name="two-workers",
-        controller_failure_limit=1, out_dir=root / "out", extra={"verify_sync": True, "no_dropout": True},
+        controller_failure_limit=1, out_dir=root / "out",
+        # θ1 also written as the sweep's dense-phase cache does (test_a_trial_reusing_theta1_trains_the_same_delta)
+        extra={"verify_sync": True, "no_dropout": True, "theta1_path": str(root / "theta1.safetensors"),
+               "theta1_mode": "save"},
     )
     return path, metrics
 
@@ -143,3 +166,23 @@ def test_lost_worker_resumes_from_sparse_checkpoint(ray_session, two_workers, tm
     assert ckpts, "no sparse checkpoint was written"
     state = ckpts[-1] / "sparse_state.safetensors"
     assert state.stat().st_size < metrics["n"] * 4
+
+
+def test_a_trial_reusing_theta1_trains_the_same_delta(ray_session, two_workers, tmp_path):
+    """A trial that reads θ1 from the dense-phase cache (memory-mapped) selects and trains exactly what the trial that
+    computed it did (the selection reading the model's live θ1, not a copy)."""
+    path, metrics = fit_trial(
+        smoke_cfg(), "lt-sft", num_workers=2, storage_path=tmp_path / "ray", name="reuse-theta1",
+        controller_failure_limit=1,
+        extra={"no_dropout": True, "theta1_path": str(Path(two_workers[0]).parent.parent / "theta1.safetensors"),
+               "theta1_mode": "load"},
+    )
+    assert metrics["distributed"]["dense_cache"] == "reused" and two_workers[1]["distributed"]["dense_cache"] == "computed"
+    assert metrics["timings"]["theta1_read_s"] > 0 and "dense_steps_s" not in metrics["timings"]
+    reused, computed = SparseDelta.load(path), SparseDelta.load(two_workers[0])
+    assert set(reused.diffs) == set(computed.diffs)
+    for name, (idx, val) in computed.diffs.items():
+        assert torch.equal(reused.diffs[name][0], idx) and torch.equal(reused.diffs[name][1], val), name
+    for name, t in computed.abs.items():
+        assert torch.equal(reused.abs[name], t), name
+    assert metrics["dev"] == two_workers[1]["dev"] and metrics["test"] == two_workers[1]["test"]

@@ -275,6 +275,31 @@ def test_tokenize_single_and_cache_reuse(root, tiny_tokenizer):
     assert sa.tokenize(ds, tiny_tokenizer, 12)._fingerprint != tok._fingerprint
 
 
+def test_tokenizer_fingerprint_is_memoised_exactly_and_follows_changes(tiny_tokenizer):
+    import copy
+    import hashlib
+    import json
+
+    def spec_hash(tok) -> str:  # the normalised spec's hash, computed in full (what every call used to do)
+        spec = json.loads(tok.backend_tokenizer.to_str())
+        spec.pop("truncation", None)
+        spec.pop("padding", None)
+        return hashlib.sha256(json.dumps(spec, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+    tasks_base._SPEC_HASHES.clear()
+    first = tasks_base.tokenizer_fingerprint(tiny_tokenizer)
+    assert tasks_base._spec_hash(tiny_tokenizer.backend_tokenizer.to_str()).hexdigest() == spec_hash(tiny_tokenizer)
+    assert tasks_base.tokenizer_fingerprint(tiny_tokenizer) == first  # from the memo
+    tiny_tokenizer("a call changes the truncation state", truncation=True, max_length=7)
+    assert tasks_base.tokenizer_fingerprint(tiny_tokenizer) == first
+    changed = copy.deepcopy(tiny_tokenizer)
+    changed.add_tokens(["zzqxv"])
+    assert tasks_base.tokenizer_fingerprint(changed) != first
+    assert tasks_base._spec_hash(changed.backend_tokenizer.to_str()).hexdigest() == spec_hash(changed)
+    tasks_base._SPEC_HASHES.clear()
+    assert tasks_base.tokenizer_fingerprint(tiny_tokenizer) == first  # recomputed: the same value
+
+
 def test_tokenize_pairs(root, tiny_tokenizer):
     nli = get_task("nli")
     ds = nli.load_eval("aym", "dev", TaskData(data_dir=root, max_eval_examples=10))

@@ -100,6 +100,30 @@ def test_trials_score_task_only_and_composed_in_their_workers(sweep):
         assert m["dev"]["jav"] == m["composed"]["dev"]["jav"] and m["dev"]["sun"] == m["task_only"]["dev"]["sun"]
 
 
+def test_trials_time_their_parts(sweep):
+    """Each trial's metrics.json splits its time (the time/* metrics): set-up, θ1 computed or read, the optimizer
+    steps inside each phase, checkpoints, the evaluation's data and passes; they fit inside their phases."""
+    storage, _ = sweep
+    finals = [json.loads(p.read_text()) for p in storage.rglob("metrics.json") if p.parent.name == "final"]
+    assert len(finals) == 3
+    for m in finals:
+        t = m["timings"]
+        for key in ("start_s", "load_s", "data_s", "base_s", "sparse_steps_s", "checkpoint_s", "eval_data_s",
+                    "eval_dev_s", "eval_test_s"):
+            assert t[key] >= 0, key
+        assert t["load_s"] > 0 and 0 < t["sparse_steps_s"] <= t["sparse_s"]
+        assert t["sparse_steps_s"] + t["checkpoint_s"] + t.get("dev_s", 0.0) <= t["sparse_s"]
+        assert 0 < t["eval_dev_s"] + t["eval_test_s"] + t["eval_data_s"] <= t["eval_s"]
+        passes = m["distributed"]["eval_pass_s"]
+        assert {k.split("/")[1] for k in passes} == {"jav", "sun", "eng"}
+        clock = m["distributed"]["clock"]
+        assert clock["worker_started"] < clock["final_report"]
+        if m["distributed"]["dense_cache"] == "computed":
+            assert 0 < t["dense_steps_s"] <= t["dense_s"] and "theta1_read_s" not in t
+        else:
+            assert 0 < t["theta1_read_s"] <= t["dense_s"] and "dense_steps_s" not in t
+
+
 def test_dense_phase_computed_once_for_trials_that_share_it(sweep):
     storage, stdout = sweep
     assert "dense phases computed 1, reused 2" in stdout

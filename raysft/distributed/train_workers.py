@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import pyarrow.fs as pafs
 import torch
 import torch.distributed as dist
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -71,6 +72,7 @@ from raysft.train.recipe import (
     evaluate,
     evaluation_metrics,
     gated_delta,
+    live_params,
     merge_results,
     peak_memory_bytes,
     prepare,
@@ -133,6 +135,7 @@ class LoopConfig(BaseModel):
     theta1_actor: str | None = None
     theta1_key: str | None = None
     dense_ready_at: float | None = None  # a sweep: when (time.time()) this trial's dense phase was settled (θ1 ready or ours to compute)
+    started_at: float | None = None  # a sweep: when (time.time()) the trial driver started (timings["start_s"] from it)
     report_dev: bool = False  # each sparse checkpoint also reports the targets' average dev score ("objective")
     # A sweep's trial: rank 0 tells the sweep's progress board (raysft.distributed.progress) its phase and step.
     trial_id: str | None = None
@@ -259,7 +262,11 @@ def publish_theta1(actor: str | None, key: str | None) -> None:
 
 
 def load_theta1(uri: str) -> dict[str, torch.Tensor]:
-    """The cache's θ1, read whole from the sweep's storage (a remote store has no mmap)."""
+    """The cache's θ1 from the sweep's storage: a local file memory-mapped (no whole-file bytes copy beside the
+    tensors), a remote one read whole (a remote store has no mmap). The same tensors, bitwise."""
+    fs, path = storage.resolve(uri)
+    if isinstance(fs, pafs.LocalFileSystem):
+        return safetensors.torch.load_file(path)
     return safetensors.torch.load(storage.read_bytes(uri))
 
 
@@ -358,6 +365,26 @@ def dev_scores(run: Run, updater: SparseUpdater, theta0: dict, base: dict, loade
     metric = run.task.metric
     return {lang: (results["composed"]["dev"].get(lang) or results["task_only"]["dev"][lang])[metric]
             for lang in run.eval_langs}
+
+
+class TimedLoader:
+    """A loader whose passes are timed: ``totals[key]`` gathers the seconds from the start of each pass to its end,
+    including what the consumer does between batches (``predict``'s forward passes). Batches are the loader's own."""
+
+    def __init__(self, loader, totals: dict[str, float], key: str):
+        self.loader, self.totals, self.key = loader, totals, key
+
+    def __iter__(self):
+        t = time.perf_counter()
+        try:
+            yield from self.loader
+        finally:
+            self.totals[self.key] = self.totals.get(self.key, 0.0) + time.perf_counter() - t
+
+
+def timed_loaders(loaders: dict[tuple[str, str], Any], totals: dict[str, float]) -> dict[tuple[str, str], TimedLoader]:
+    """Each (lang, split) loader timed into ``totals["<split>/<lang>"]``."""
+    return {(lang, split): TimedLoader(ld, totals, f"{split}/{lang}") for (lang, split), ld in loaders.items()}
 
 
 # ------------------------------------------------------------------------------------------------------- checkpoints
@@ -462,6 +489,8 @@ class _Worker:
             if board is not None:
                 self.progress = BoardReporter(board, loop.trial_id)
         self.scores: dict | None = None  # a mask phase's learned scores (every rank)
+        # Seconds inside the sparse phase's step callbacks: checkpoint saves and dev passes (not optimizer steps).
+        self.callback_s = {"checkpoint_s": 0.0, "dev_s": 0.0, "on_step_s": 0.0}
 
     # ----------------------------------------------------------------------------------------------- entry
     def run(self, checkpoint) -> dict | None:
@@ -471,26 +500,38 @@ class _Worker:
         if isinstance(state, dict):  # the run had already finished: hand its result back
             return state if self.rank == 0 else None
         cfg, rank, world = self.cfg, self.rank, self.world
+        # This attempt's set-up costs (time/* metrics; a resumed run reports its last attempt's). Wall clock stamps
+        # (time.time(), comparable across the processes of one machine) go to distributed.clock.
+        clock = {"worker_started": time.time()}
+        setup: dict[str, float] = {}
+        if self.loop.started_at is not None:
+            setup["start_s"] = clock["worker_started"] - self.loop.started_at  # trial driver → this worker's loop
+        t = time.perf_counter()
         self.progress.note(phase="loading")
         self.device = ray.train.torch.get_device()  # the trial's device: every tensor of this worker lives there
         run = self.run = prepare(cfg, self.method_name, device=self.device)
         if self.loop.no_dropout:
             _no_dropout(run.model)
+        setup["load_s"] = time.perf_counter() - t  # model, tokenizer, language SFTs
+        t = time.perf_counter()
         # Rank 0 fills the tokenised-data cache first; the others then read it rather than racing to write it.
         if rank != 0:
             dist.barrier()
         train_ds = run.task.tokenize(run.task.load_train(run.data), run.tokenizer, cfg.data.max_seq_len)
         if rank == 0:
             dist.barrier()
+        setup["data_s"] = time.perf_counter() - t  # training data read and tokenised (or read from the cache)
         first = {"dense": cfg.dense, "mask": cfg.mask_phase}.get(run.method.first_phase)
         plan = {"sparse": steps_for(cfg.sparse, len(train_ds)) if run.method.sparse_phase else 0}
         if first is not None and state is None and self.loop.theta1_mode != "load":
             plan[run.method.first_phase] = steps_for(first, len(train_ds))
         self.progress.note(plan=plan, method=self.method_name)
         space, model = run.space, run.model
+        t = time.perf_counter()
         theta0, base = training_base(run)  # base = θ0 + the source language's SFT when there is one
         self.theta0, self.base = theta0, base
         head0 = space.head_snapshot()
+        setup["base_s"] = time.perf_counter() - t  # θ0 kept (spilled to a temp file on the CPU)
         torch.manual_seed(cfg.seed + rank)  # ranks draw different dropout masks
 
         timings = {"dense_s": 0.0, "select_s": 0.0, "sparse_s": 0.0, "eval_s": 0.0}
@@ -505,6 +546,7 @@ class _Worker:
             losses.update(info["losses"])
             dist_info.update(info["distributed"])
             dist_info["resumed_from_step"] = state.step
+        timings.update(setup)
         nodes = _gather(ray.get_runtime_context().get_node_id())  # the Ray node of each rank, this attempt
         dist_info["node_ids"] = nodes
         dist_info["node_ids_per_attempt"] = [*dist_info.get("node_ids_per_attempt", []), nodes]
@@ -535,6 +577,9 @@ class _Worker:
             delta = SparseDelta.from_params(space, base, mask, meta=meta)
             optimizer_state = 2 * space.n * 4
         timings["sparse_s"] += time.perf_counter() - t
+        for key, v in self.callback_s.items():
+            if key != "on_step_s":
+                timings[key] = timings.get(key, 0.0) + v
 
         if self.loop.verify_sync:  # hashing all N weights on every rank costs seconds: only when asked
             dist_info["worker_param_hashes"] = _gather(param_hash(model))
@@ -545,10 +590,19 @@ class _Worker:
         self.progress.note(phase="eval", total=len(run.eval_langs))
         mine = run.eval_langs[rank :: self.world]
         sub = dataclasses.replace(run, eval_langs=mine)
-        results = evaluate(sub, delta, theta0, eval_loaders(sub))
-        gathered = _gather((results, time.perf_counter() - t))
-        timings["eval_s"] = max(s for _, s in gathered)
+        loaders = eval_loaders(sub)
+        passes: dict[str, float] = {"data": time.perf_counter() - t}  # the eval sets read and tokenised (cached)
+        results = evaluate(sub, delta, theta0, timed_loaders(loaders, passes))
+        passes["total"] = time.perf_counter() - t
+        gathered = _gather((results, passes))
+        # The slowest rank's: what the trial waited for.
+        timings["eval_s"] = max(p["total"] for _, p in gathered)
+        timings["eval_data_s"] = max(p["data"] for _, p in gathered)
+        for split in cfg.eval.splits:  # forward passes (predict) over each split, this rank's languages
+            timings[f"eval_{split}_s"] = max(sum(v for k, v in p.items() if k.startswith(split + "/")) for _, p in gathered)
+        dist_info["eval_pass_s"] = {k: round(v, 3) for _, p in gathered for k, v in p.items() if "/" in k}
         dist_info["eval_langs_per_rank"] = [run.eval_langs[r :: self.world] for r in range(self.world)]
+        dist_info["clock"] = clock
         return self.finish(run, delta, sel, [r for r, _ in gathered], timings, losses, optimizer_state, dist_info)
 
     # ------------------------------------------------------------------------------------- phase 1 + selection
@@ -559,10 +613,13 @@ class _Worker:
         if run.method.first_phase == "dense" and self.loop.theta1_mode == "load":
             theta1 = load_theta1(self.loop.theta1_path)  # the cache's θ1: no dense phase to run
             restore(space, {p.name: theta1[p.name] for p in space.maskable}, {n: theta1[n] for n in space.head})
+            del theta1
             dist_info["dense_cache"] = "reused"
             self.progress.note(phase="dense (reused)")
             if rank == 0:
-                ctx.theta1 = space.snapshot()
+                # The model holds θ1 until the rewind after the selection: the selection reads it there (no copy).
+                ctx.theta1 = live_params(space)
+            timings["theta1_read_s"] = time.perf_counter() - t
         elif run.method.first_phase == "dense":
             steps = steps_for(cfg.dense, len(train_ds))
             loader, sampler = sharded_loader(train_ds, run.tokenizer, cfg.dense.batch_size, cfg.seed, rank, world)
@@ -581,18 +638,22 @@ class _Worker:
                     loss = m(**batch).loss
                     return loss * sampler.scale if sampler.scale != 1.0 else loss
 
+                t_steps = time.perf_counter()
                 local = train_dense(
                     ddp, space, loader, steps, cfg.dense, loss_fn=loss_fn, reporter=self.progress, rows=sub
                 )
+                timings["dense_steps_s"] = time.perf_counter() - t_steps  # the dense phase's optimizer steps
                 del ddp  # the sparse phase runs on the unwrapped module, without DDP's hooks
             losses["dense"] = _mean_losses(_gather(local))
             dist_info["dense_allreduce_bytes_per_step"] = counter["bytes"] // max(1, steps)
             if rank == 0:
-                ctx.theta1 = space.snapshot()
+                t_save = time.perf_counter()
+                ctx.theta1 = live_params(space)  # the model holds θ1 until the rewind after the selection (no copy)
                 if self.loop.theta1_mode == "save":
                     save_theta1(self.loop.theta1_path, ctx.theta1, space.head_snapshot())
                     dist_info["dense_cache"] = "computed"
                     publish_theta1(self.loop.theta1_actor, self.loop.theta1_key)
+                timings["theta1_save_s"] = time.perf_counter() - t_save  # θ1 copied (and written to the cache)
         elif run.method.first_phase == "mask":
             steps = steps_for(cfg.mask_phase, len(train_ds))
             loader, sampler = sharded_loader(train_ds, run.tokenizer, cfg.mask_phase.batch_size, cfg.seed, rank, world)
@@ -640,12 +701,22 @@ class _Worker:
         local: list[float] = []
         fail_rank = min(self.loop.fail_rank, world - 1)
 
+        clock: dict[str, float] = {}
+
         def on_start(updater, head_opt, schedules):
             handles.update(updater=updater, head_opt=head_opt, schedules=schedules)
             if state is not None:
                 restore_sparse_state(state, updater, head_opt, schedules, space, rank, world)
+            clock["steps_from"] = time.perf_counter()
 
         def on_step(step: int, loss: float):
+            t_cb = time.perf_counter()
+            try:
+                _on_step(step, loss)
+            finally:
+                self.callback_s["on_step_s"] += time.perf_counter() - t_cb
+
+        def _on_step(step: int, loss: float):
             done = step + 1
             local.append(loss)
             if self.loop.verify_sync:
@@ -667,6 +738,10 @@ class _Worker:
             model, space, mask, loader, steps, cfg.sparse,
             grad_sync=sync, on_step=on_step, on_start=on_start, start_step=start, reporter=self.progress,
         )
+        # The optimizer steps (forward, backward, sync, update) of this attempt: the step loop less its callbacks.
+        if "steps_from" in clock:
+            steps_s = time.perf_counter() - clock["steps_from"] - self.callback_s["on_step_s"]
+            info["timings"]["sparse_steps_s"] = info["timings"].get("sparse_steps_s", 0.0) + steps_s
         losses["sparse"] = prior + _mean_losses(_gather(local))
         if sync.calls:
             dist_info["allreduce_bytes_per_sparse_step"] = sync.per_step()
@@ -674,6 +749,14 @@ class _Worker:
         return updater
 
     def save_checkpoint(self, handles, space, done, steps, prior, local, info, sync) -> None:
+        t = time.perf_counter()
+        dev_before = self.callback_s["dev_s"]
+        try:
+            self._save_checkpoint(handles, space, done, steps, prior, local, info, sync)
+        finally:
+            self.callback_s["checkpoint_s"] += time.perf_counter() - t - (self.callback_s["dev_s"] - dev_before)
+
+    def _save_checkpoint(self, handles, space, done, steps, prior, local, info, sync) -> None:
         import ray.train
 
         cuda = torch.cuda.get_rng_state() if self.device.type == "cuda" else None
@@ -691,7 +774,9 @@ class _Worker:
         metrics = {"phase": "sparse", "sparse_step": done, "loss": sparse_losses[-1], "k": info["selection"]["k"],
                    "peak_memory_bytes": max(_gather(peak_memory_bytes()))}
         if self.loop.report_dev:
+            t = time.perf_counter()
             metrics["objective"] = self.dev_objective(handles["updater"])
+            self.callback_s["dev_s"] += time.perf_counter() - t
             self.progress.note(dev=metrics["objective"])
         else:
             # Not measured at this checkpoint (nothing ranks on it): NaN, since Tune wants the searcher's metric in
@@ -766,6 +851,7 @@ class _Worker:
         if self.rank != 0:
             ray.train.report(summary)
             return None
+        dist_info.setdefault("clock", {})["final_report"] = time.time()
         self.progress.note(phase="final", dev=summary["objective"])
         if self.loop.out_dir:
             write_outputs(Path(self.loop.out_dir), delta, metrics, force=True)

@@ -101,6 +101,7 @@ def run_trial(config: dict, base: dict, storage: str) -> None:
     from raysft.sft.methods import method_class
     from raysft.sweep.dense_cache import ACTOR_NAME, Lease, acquire, dense_key, get_cache
 
+    started = time.time()
     sampled = config["sample"]
     trial_id = tune.get_context().get_trial_id()
     board = find_board()
@@ -109,7 +110,8 @@ def run_trial(config: dict, base: dict, storage: str) -> None:
     # Only ASHA reads the per-epoch dev objective (it stops trials on it; TPE reads the final one). Without it (no
     # scheduler, a multi-objective sweep, a confirm run) the dev passes are skipped: ~17 % of a sa-cpu trial here.
     report_dev = uses_asha(cfg) and not sampled.get("confirm")
-    extra: dict[str, Any] = {"report_dev": report_dev, "trial_id": trial_id, "progress": board is not None}
+    extra: dict[str, Any] = {"report_dev": report_dev, "trial_id": trial_id, "progress": board is not None,
+                             "started_at": started}
     cache, key, lease = None, None, None
     workers = cfg.tune.num_workers
     if cfg.tune.dense_cache and method_class(cfg.method).first_phase == "dense":
@@ -431,10 +433,12 @@ def run_sweep(
     experiment_name: str | None = None,
     track: bool = True,
     preflight: bool = True,
+    callbacks: list | None = None,
 ):
     """Run (or resume) the sweep; returns the Tune ResultGrid, the dense-cache counts, the experiment path and the
     wall time. With ``track``, a parent MLflow run for this invocation (the same one on --resume) and a child run per
-    trial, written by a Tune callback in this driver (:mod:`raysft.tracking`)."""
+    trial, written by a Tune callback in this driver (:mod:`raysft.tracking`). ``callbacks``: more Tune callbacks
+    (after the tracking and trial-line ones), e.g. a benchmark's clock."""
     import optuna
     import ray
     from ray import tune
@@ -487,7 +491,8 @@ def run_sweep(
                 highlight=False, soft_wrap=True,
             )
     # The tracking callback first: a trial's run is written before its line is printed.
-    callbacks = ([tracking.callback()] if tracking else []) + ([trial_lines_callback()] if console is not None else [])
+    callbacks = (([tracking.callback()] if tracking else []) + ([trial_lines_callback()] if console is not None else [])
+                 + list(callbacks or []))
     if resume:
         tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_errored=True, restart_errored=False)
         # Tuner.restore brings back the callbacks pickled at the first invocation; this invocation's replace them
