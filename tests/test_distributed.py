@@ -95,6 +95,15 @@ def two_workers(ray_session, tmp_path_factory):
     return path, metrics
 
 
+def assert_same_delta(got: SparseDelta, want: SparseDelta) -> None:
+    """The same entries and values, bitwise."""
+    assert set(got.diffs) == set(want.diffs)
+    for name, (idx, val) in want.diffs.items():
+        assert torch.equal(got.diffs[name][0], idx) and torch.equal(got.diffs[name][1], val), name
+    for name, t in want.abs.items():
+        assert torch.equal(got.abs[name], t), name
+
+
 def test_two_workers_match_one_process(two_workers):
     path, metrics = two_workers
     cfg = smoke_cfg()
@@ -154,12 +163,7 @@ def test_lost_worker_resumes_from_sparse_checkpoint(ray_session, two_workers, tm
     assert len(set(d["worker_param_hashes"])) == 1
 
     # The restart continued the same run: same data order, optimizer state, head and RNG, so the same delta bitwise.
-    resumed, uninterrupted = SparseDelta.load(path), SparseDelta.load(two_workers[0])
-    assert set(resumed.diffs) == set(uninterrupted.diffs)
-    for name, (idx, val) in uninterrupted.diffs.items():
-        assert torch.equal(resumed.diffs[name][0], idx) and torch.equal(resumed.diffs[name][1], val), name
-    for name, t in uninterrupted.abs.items():
-        assert torch.equal(resumed.abs[name], t), name
+    assert_same_delta(SparseDelta.load(path), SparseDelta.load(two_workers[0]))
 
     # The checkpoints hold the K-sized state only, not the model.
     ckpts = sorted((tmp_path / "ray" / "lose-a-worker").glob("sparse-*"))
@@ -179,10 +183,5 @@ def test_a_trial_reusing_theta1_trains_the_same_delta(ray_session, two_workers, 
     )
     assert metrics["distributed"]["dense_cache"] == "reused" and two_workers[1]["distributed"]["dense_cache"] == "computed"
     assert metrics["timings"]["theta1_read_s"] > 0 and "dense_steps_s" not in metrics["timings"]
-    reused, computed = SparseDelta.load(path), SparseDelta.load(two_workers[0])
-    assert set(reused.diffs) == set(computed.diffs)
-    for name, (idx, val) in computed.diffs.items():
-        assert torch.equal(reused.diffs[name][0], idx) and torch.equal(reused.diffs[name][1], val), name
-    for name, t in computed.abs.items():
-        assert torch.equal(reused.abs[name], t), name
+    assert_same_delta(SparseDelta.load(path), SparseDelta.load(two_workers[0]))
     assert metrics["dev"] == two_workers[1]["dev"] and metrics["test"] == two_workers[1]["test"]
