@@ -58,7 +58,7 @@ from raysft.train.loop import (
     predict,
     restore,
     seed_second_phase,
-    set_trainable,
+    set_dense_trainable,
     train_dense,
     train_gated,
     train_mask_scores,
@@ -626,9 +626,7 @@ class _Worker:
             # The same rows on every rank: the distinct ids of the whole training set, not of the rank's shard.
             rows = data_rows([train_ds], extra=[run.tokenizer.pad_token_id]) if cfg.dense.embedding_rows else None
             with row_subset_embeddings(model, rows, cfg.dense.weight_decay) as sub:
-                set_trainable(space, maskable=True)  # before wrapping: DDP registers the parameters that need grads
-                if sub is not None:
-                    sub.table.requires_grad_(True)  # set_trainable froze every model parameter first
+                set_dense_trainable(space, model, sub)  # before wrapping: DDP registers the parameters that need grads
                 kwargs = {"device_ids": [self.device.index]} if self.device.type == "cuda" else {}
                 ddp = nn.parallel.DistributedDataParallel(model, **kwargs)
                 counter = {"bytes": 0}

@@ -539,9 +539,9 @@ def run_sweep(
     cache = get_cache(root)
     started = time.perf_counter()
     stop_watch = watch_sweep(console, trials, concurrent) if console is not None else None
-    say = console.print if console is not None else print
+    say = (lambda line: console.print(line, highlight=False)) if console is not None else print
     try:
-        with graceful_interrupt(lambda line: say(line, highlight=False) if console is not None else say(line)):
+        with graceful_interrupt(say):
             grid = tuner.fit()
     except BaseException as e:
         if stop_watch is not None:

@@ -84,6 +84,22 @@ def set_trainable(space: ParamSpace, maskable: bool, head: bool = True) -> None:
             space.param(name).requires_grad_(True)
 
 
+def set_dense_trainable(space: ParamSpace, model: nn.Module, rows: RowSubsetEmbedding | None = None) -> list[nn.Parameter]:
+    """The dense phase's trainable set (every maskable parameter and the head); returns the maskable ones. With
+    ``rows`` the swapped-out embedding weight stays frozen and its row table trains instead (at the end of the list:
+    AdamW updates each tensor on its own, so the order changes no value)."""
+    set_trainable(space, maskable=True)
+    body = [space.param(p.name) for p in space.maskable]
+    if rows is None:
+        return body
+    in_model = {id(p) for p in model.parameters()}
+    for p in body:
+        if id(p) not in in_model:
+            p.requires_grad_(False)
+    rows.table.requires_grad_(True)  # set_trainable froze every model parameter first
+    return [p for p in body if id(p) in in_model] + [rows.table]
+
+
 def head_params(space: ParamSpace) -> list[nn.Parameter]:
     return [space.param(n) for n in space.head]
 
@@ -156,18 +172,8 @@ def train_dense(
 ) -> list[float]:
     """Dense fine-tuning of every maskable parameter and the head (LayerNorms frozen). With ``rows`` (the model's
     input embedding swapped for a :class:`RowSubsetEmbedding`) the embedding is trained through its row table."""
-    set_trainable(space, maskable=True)
+    body = set_dense_trainable(space, model, rows)
     model.train()
-    body = [space.param(p.name) for p in space.maskable]
-    if rows is not None:
-        # The original weight is out of the model while swapped: its rows train in the table instead. AdamW updates
-        # each tensor on its own, so moving one to the end of the group changes no value.
-        in_model = {id(p) for p in model.parameters()}
-        for p in body:
-            if id(p) not in in_model:
-                p.requires_grad_(False)
-        body = [p for p in body if id(p) in in_model] + [rows.table]
-        rows.table.requires_grad_(True)  # set_trainable froze every model parameter first
     optimizer = torch.optim.AdamW(
         [
             {"params": body, "lr": cfg.lr, "weight_decay": cfg.weight_decay},
