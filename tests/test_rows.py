@@ -79,3 +79,63 @@ def test_an_id_outside_the_kept_rows_fails_loudly():
     assert torch.equal(sub(torch.tensor([[5, 7, 1]])), model.get_input_embeddings()(torch.tensor([[5, 7, 1]])))
     with pytest.raises(RuntimeError, match=r"token ids \[9\]"):
         sub(torch.tensor([[5, 9]]))
+
+
+# ------------------------------------------------------------------------------------------------- sparse phase
+def _sparse(rows: bool, weight_decay: float = 0.0, l1: float = 0.0):
+    """A sparse phase whose mask holds embedding entries in rows the data contains, in rows it never contains, and
+    in the padding row, beside entries of other matrices."""
+    from raysft.sft.methods import SelectionContext, make_method
+    from raysft.train.loop import train_sparse
+
+    model = tiny_classifier(seed=1, vocab=VOCAB, hidden=32)
+    theta0 = {n: p.detach().clone() for n, p in model.named_parameters()}
+    space = ParamSpace(model)
+    mask = make_method("rand-sft").select(SelectionContext(space, space.n // 10, {}, seed=5)).mask
+    batches = _batches()
+    ids = data_rows([[row.tolist() for row in b["input_ids"]] for b in batches])
+    cfg = PhaseConfig(lr=3e-2, batch_size=4, warmup_ratio=0.2, head_lr=1e-2, weight_decay=weight_decay, l1=l1)
+    torch.manual_seed(7)
+    updater, losses = train_sparse(model, space, mask, batches, 9, cfg, rows=ids if rows else None)
+    assert isinstance(model.get_input_embeddings(), torch.nn.Embedding) and "forward" not in vars(model.get_input_embeddings())
+    after = {n: p.detach().clone() for n, p in model.named_parameters()}
+    return theta0, after, updater.values(), losses, mask, ids
+
+
+@pytest.mark.parametrize("weight_decay,l1", [(0.0, 0.0), (0.1, 1e-3)])
+def test_the_sparse_phase_by_rows_gives_the_same_delta_and_model_bitwise(weight_decay, l1, monkeypatch):
+    from raysft.train import rows as rows_module
+
+    backward = rows_module._RowGradientLookup.backward
+    calls = []
+    monkeypatch.setattr(rows_module._RowGradientLookup, "backward",
+                        staticmethod(lambda ctx, g: calls.append(1) or backward(ctx, g)))
+    theta0, full, full_delta, full_losses, mask, ids = _sparse(False, weight_decay, l1)
+    assert not calls
+    _, by_rows, row_delta, row_losses, _, _ = _sparse(True, weight_decay, l1)
+    assert len(calls) == 9  # every step's embedding gradient came from the row table
+    assert full_losses == row_losses
+    for name in full:
+        assert torch.equal(full[name], by_rows[name]), name
+    assert full_delta.keys() == row_delta.keys()
+    for name in full_delta:
+        assert torch.equal(full_delta[name], row_delta[name]), name
+    emb = "embeddings.word_embeddings.weight"  # the space's name; the model's is roberta.<it>
+    rows_of_mask = mask[emb] // full["roberta." + emb].shape[1]
+    kept = torch.isin(rows_of_mask, ids)
+    assert kept.any() and (~kept).any()  # the mask reaches rows the data contains and rows it never does
+    assert torch.count_nonzero(row_delta[emb][~kept]) == 0  # those never move
+    assert torch.count_nonzero(row_delta[emb][kept]) > 0
+
+
+def test_evaluation_during_the_sparse_phase_reads_every_row():
+    from raysft.train.rows import row_gradients
+
+    model = tiny_classifier(vocab=VOCAB)
+    emb = model.get_input_embeddings()
+    with row_gradients(model, torch.tensor([5, 7])) as grads:
+        grads.holder.requires_grad_(True)
+        with torch.no_grad():  # evaluation: any id, the module's own lookup
+            assert torch.equal(emb(torch.tensor([[9, 150]])), emb.weight[[9, 150]].unsqueeze(0))
+        with pytest.raises(RuntimeError, match=r"token ids \[9\]"):  # training: a stray id fails loudly
+            emb(torch.tensor([[5, 9]]))

@@ -11,11 +11,16 @@ In distributed runs the K-vector ``grad`` is what gets all-reduced.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
 from raysft.sft.groups import ParamSpace
 from raysft.sft.mask import Mask
+
+if TYPE_CHECKING:
+    from raysft.train.rows import RowGradients
 
 
 class SparseUpdater:
@@ -29,7 +34,10 @@ class SparseUpdater:
         l1: float = 0.0,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
+        rows: RowGradients | None = None,
     ):
+        """``rows``: the input embedding builds its gradient for the data's rows only (the sparse phase's
+        :func:`raysft.train.rows.row_gradients`); its masked entries are gathered from there, the same values."""
         self.space = space
         self.l1 = l1
         self.names: list[str] = []
@@ -60,15 +68,32 @@ class SparseUpdater:
         self.delta = torch.zeros(self.k, dtype=torch.float32, device=device)
         self.delta.grad = torch.zeros_like(self.delta)
         self.optimizer = torch.optim.AdamW([self.delta], lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
-        self._hooks = [
-            space.param(name).register_post_accumulate_grad_hook(self._gather_hook(idx, sl))
-            for name, idx, sl in zip(self.names, self.indices, self.slices)
-        ]
+        self._hooks = []
+        for name, idx, sl in zip(self.names, self.indices, self.slices):
+            param = space.param(name)
+            if rows is not None and param is rows.weight:
+                param.requires_grad_(False)  # its gradient comes through the row table
+                positions, local = rows.local_indices(idx)
+                rows.holder.requires_grad_(positions.numel() > 0)
+                if positions.numel():
+                    self._hooks.append(rows.holder.register_post_accumulate_grad_hook(
+                        self._gather_rows_hook(positions + sl.start, local)))
+            else:
+                self._hooks.append(param.register_post_accumulate_grad_hook(self._gather_hook(idx, sl)))
 
     def _gather_hook(self, idx: torch.Tensor, sl: slice):
         def hook(param: nn.Parameter) -> None:
             self.delta.grad[sl] += param.grad.reshape(-1)[idx].float()
             param.grad = None  # the dense gradient is not needed any more
+
+        return hook
+
+    def _gather_rows_hook(self, positions: torch.Tensor, local: torch.Tensor):
+        """Masked entries whose row the data contains: their gradients, from the row table, at their places in
+        the K-vector (the other entries' gradients are zero, as the full matrix's would be)."""
+        def hook(holder: torch.Tensor) -> None:
+            self.delta.grad.index_add_(0, positions, holder.grad.reshape(-1)[local].float())
+            holder.grad = None
 
         return hook
 

@@ -19,7 +19,7 @@ from raysft.sft.groups import ParamSpace
 from raysft.sft.mask import Mask
 from raysft.sft.mask_scores import MaskScores, gated_call
 from raysft.sft.sparse import SparseUpdater
-from raysft.train.rows import RowSubsetEmbedding
+from raysft.train.rows import RowSubsetEmbedding, row_gradients
 
 GradSync = Callable[[list[torch.Tensor]], None]  # all-reduces (averages) gradient tensors in place
 
@@ -320,17 +320,27 @@ def train_sparse(
     on_step: Callable[[int, float], None] | None = None,
     on_start: Callable[[SparseUpdater, torch.optim.Optimizer | None, list], None] | None = None,
     start_step: int = 0,
+    rows: torch.Tensor | None = None,
 ) -> tuple[SparseUpdater, list[float]]:
     """Train only the masked entries (K-sized AdamW state) and the head (dense).
 
     ``on_start(updater, head_opt, schedules)`` runs before the first step: a distributed run restores a checkpoint
     into them there and keeps them to save the next one. ``start_step`` resumes the phase at that step: the first
     ``start_step`` batches are skipped (the data order stays the uninterrupted run's), only the remaining steps run,
-    and ``on_step`` gets phase-wide step numbers. The returned losses are those of the steps run.
+    and ``on_step`` gets phase-wide step numbers. The returned losses are those of the steps run. ``rows`` (the
+    training data's token ids): the input embedding's gradient is built for those rows only (bitwise the same
+    result; :func:`raysft.train.rows.row_gradients`).
     """
+    with row_gradients(model, rows) as row_grads:
+        return _train_sparse(model, space, mask, loader, steps, cfg, reporter, grad_sync, loss_fn, on_step, on_start,
+                             start_step, row_grads)
+
+
+def _train_sparse(model, space, mask, loader, steps, cfg, reporter, grad_sync, loss_fn, on_step, on_start, start_step,
+                  row_grads):
     set_trainable(space, maskable=False)
     model.train()
-    updater = SparseUpdater(space, mask, lr=cfg.lr, weight_decay=cfg.weight_decay, l1=cfg.l1)
+    updater = SparseUpdater(space, mask, lr=cfg.lr, weight_decay=cfg.weight_decay, l1=cfg.l1, rows=row_grads)
     heads = head_params(space)
     head_opt = torch.optim.AdamW(heads, lr=cfg.head_lr or cfg.lr, weight_decay=cfg.weight_decay) if heads else None
     schedules = [linear_schedule(updater.optimizer, steps, cfg.warmup_ratio)]

@@ -450,8 +450,9 @@ def run_training(run: Run, reporter: Reporter = SilentReporter(), *, low_memory:
         steps = steps_for(cfg.sparse, len(train_ds))
         train_loader = loader(train_ds, run.tokenizer, cfg.sparse.batch_size, True, cfg.seed + 1)
         with activation_checkpointing(model, cfg.sparse.checkpoint_activations):
+            rows = data_rows([train_ds], extra=[run.tokenizer.pad_token_id]) if cfg.sparse.embedding_rows else None
             updater, losses["sparse"] = train_sparse(
-                model, space, selection.mask, train_loader, steps, cfg.sparse, reporter=reporter
+                model, space, selection.mask, train_loader, steps, cfg.sparse, reporter=reporter, rows=rows
             )
         delta = delta_from_updater(updater, space, meta)
         optimizer_state = updater.state_bytes()

@@ -11,6 +11,9 @@ contributions in token order either way, and AdamW's update is element-wise. Wha
 gradient (0.38 GB on e5-small), its two AdamW moments (0.77 GB) and the step's temporary (0.38 GB), and the time
 AdamW spends sweeping them.
 
+The sparse phase uses the same fact another way (:func:`row_gradients`): the weight stays in the model, and only
+the gradient is built for the data's rows, from which the updater gathers its masked entries.
+
 Pure torch. Not for MLM (the data collator substitutes random vocabulary ids, and an MLM decoder tied to the
 embedding reaches every row) nor with weight decay (it moves untouched rows too): :func:`row_subset_for` says
 when it applies.
@@ -99,3 +102,81 @@ def row_subset_embeddings(model: nn.Module, rows: torch.Tensor | None, weight_de
             emb.weight.index_copy_(0, sub.rows, sub.table.detach())
         model.set_input_embeddings(emb)
         emb.weight.requires_grad_(requires_grad)
+
+
+# ------------------------------------------------------------------------------------------------- sparse phase
+class _RowGradientLookup(torch.autograd.Function):
+    """The embedding lookup with the full weight (an exact forward: every id, kept row or not, reads its own row),
+    whose backward builds the gradient of the kept rows only, into ``holder`` (len(rows) × dim), with the same kernel
+    and arguments the full lookup's backward uses: each kept row sums its tokens' contributions in token order, as in
+    the full matrix."""
+
+    @staticmethod
+    def forward(ctx, holder, input_ids, weight, remap, padding_idx, local_padding_idx):
+        local = remap[input_ids]
+        if bool((local < 0).any()):  # host: one flag per batch, so a stray id fails loudly instead of losing its gradient
+            missing = input_ids[local < 0].unique()[:5].tolist()
+            raise RuntimeError(f"token ids {missing} are not among the sparse phase's embedding rows")
+        ctx.save_for_backward(local)
+        ctx.rows, ctx.local_padding_idx = holder.shape[0], local_padding_idx
+        return F.embedding(input_ids, weight, padding_idx)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (local,) = ctx.saved_tensors
+        grad = torch.ops.aten.embedding_dense_backward(grad_output, local, ctx.rows, ctx.local_padding_idx, False)
+        return grad, None, None, None, None, None
+
+
+class RowGradients:
+    """During the sparse phase the input embedding's gradient is built for the data's rows only, into ``holder``
+    (a leaf tensor of len(rows) × dim, outside the model), instead of as the full matrix: on e5-small that is a
+    0.38 GB zero-fill and a gather over it at every step, for the few thousand rows a batch can touch. The weight
+    itself stays where it is (updates are written into it) and every lookup without a gradient (evaluation) is the
+    module's own. A masked entry in a row the data never contains gets a zero gradient at every step either way, so
+    its δ stays exactly 0 (AdamW and its decay or an L1 term keep a zero δ with zero moments at zero)."""
+
+    def __init__(self, emb: nn.Embedding, rows: torch.Tensor):
+        self.embedding, self.weight = emb, emb.weight
+        device = emb.weight.device
+        pad = emb.padding_idx
+        if pad is not None:  # batches are padded with it: a kept row (outside the gradient, as in the full lookup)
+            rows = torch.unique(torch.cat([rows.to(device), torch.tensor([pad], device=device)]))
+        self.rows = rows.to(device)
+        self.remap = torch.full((emb.weight.shape[0],), -1, dtype=torch.long, device=device)
+        self.remap[self.rows] = torch.arange(len(self.rows), device=device)
+        self.local_padding_idx = int(self.remap[pad]) if pad is not None else -1
+        self.holder = torch.zeros(len(self.rows), emb.weight.shape[1], dtype=emb.weight.dtype, device=device)
+
+    def local_indices(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Flat indices ``idx`` into the weight → (their positions in ``idx`` whose row is kept, the same entries'
+        flat indices into ``holder``)."""
+        cols = self.weight.shape[1]
+        local_row = self.remap[idx // cols]
+        keep = local_row >= 0
+        return keep.nonzero().squeeze(1), local_row[keep] * cols + idx[keep] % cols
+
+    def lookup(self, input_ids: torch.Tensor) -> torch.Tensor:
+        emb = self.embedding
+        if not (torch.is_grad_enabled() and self.holder.requires_grad):
+            return F.embedding(input_ids, emb.weight, emb.padding_idx)  # evaluation: the module's own lookup
+        pad = -1 if emb.padding_idx is None else emb.padding_idx
+        return _RowGradientLookup.apply(self.holder, input_ids, emb.weight, self.remap, pad, self.local_padding_idx)
+
+
+@contextmanager
+def row_gradients(model: nn.Module, rows: torch.Tensor | None) -> Iterator[RowGradients | None]:
+    """Within the block, the model's input embedding builds its gradient for ``rows`` only (:class:`RowGradients`;
+    the sparse phase's updater reads it from there). Yields None, changing nothing, where that could change a
+    result: see :func:`row_subset_for` (weight decay does not matter here: the sparse phase decays δ, not the
+    weight, and a zero δ stays zero)."""
+    emb = row_subset_for(model, 0.0) if rows is not None else None
+    if emb is None:
+        yield None
+        return
+    grads = RowGradients(emb, rows)
+    emb.forward = grads.lookup  # the instance's forward: its parameter, name and place in the model stay the same
+    try:
+        yield grads
+    finally:
+        del emb.forward
