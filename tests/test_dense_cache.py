@@ -95,3 +95,15 @@ def test_a_killed_computing_trial_loses_its_dense_phase_to_a_waiter(cache):
     status, _ = acquire(cache, "k", "waiter", poll_s=0.2)
     assert status == "compute" and time.monotonic() - started < 5.0
     assert ray.get(cache.stats.remote())["takeovers"] == 1
+
+
+def test_the_key_ignores_settings_that_leave_theta1_bitwise_the_same():
+    from raysft.config import load_config
+    from raysft.sweep.dense_cache import dense_key
+
+    base = dense_key(load_config("smoke", []), 1)
+    for same in ("dense.embedding_rows=false", "dense.checkpoint_activations=true", "sparse.lr=0.5"):
+        assert dense_key(load_config("smoke", [same]), 1) == base, same
+    for other in ("dense.lr=0.5", "seed=3", "dense.precision=bf16"):
+        assert dense_key(load_config("smoke", [other]), 1) != base, other
+    assert dense_key(load_config("smoke", []), 2) != base
