@@ -493,10 +493,12 @@ def _confirm(base: dict, picks, seed_list: list[int], experiment_dir: str, *, ad
         tracking = SweepTracking.attach(experiment_dir, root, base, tracking_uri)
     run_name = f"{name}-confirm-{datetime.now():%Y%m%d-%H%M%S}"
     summary, verdict, grid = run_confirm(base, picks, seed_list, root=root, name=run_name, address=address,
-                                         verbose=verbose, console=console, tracking=tracking)
+                                         verbose=verbose, console=console, tracking=tracking,
+                                         done=tracking.confirmed_rows() if tracking is not None else None)
     console.print(confirm_table(summary, get_task(base["task"]).metric))
     console.print(verdict, highlight=False)
-    console.print(f"confirm runs in {storage_join(root, run_name)}", highlight=False)
+    if grid is not None:
+        console.print(f"confirm runs in {storage_join(root, run_name)}", highlight=False)
 
 
 def _number(v: float) -> str:

@@ -246,6 +246,23 @@ def test_confirm_seeds_are_new_and_each_configuration_gets_each():
     assert all(s["overrides"]["sparse.lr"] == 1e-4 for s in samples[1::2])
 
 
+def test_a_confirm_whose_pairs_all_finished_runs_nothing_and_summarises_them(tmp_path):
+    """`raysft confirm` again after every (configuration, seed) pair finished: no Ray, the same summary; pairs of
+    other configurations or seeds (an earlier, larger confirm) are left out of it."""
+    from raysft.sweep.tune import run_confirm
+
+    picks = [("d1", {"method": "lt-sft", "default": True}), ("t2", {"method": "sc-sft"})]
+    done = [(label, seed, Row(f"{label}-{seed}", m, dev, test=dev + 0.01, default=label == "d1"))
+            for label, m, base in (("d1", "lt-sft", 0.60), ("t2", "sc-sft", 0.63))
+            for seed, dev in ((1000, base), (2000, base + 0.002))]
+    done.append(("t9", 1000, Row("x", "lt-sft", 0.99)))  # another configuration: not this confirm's
+    done.append(("d1", 3000, Row("y", "lt-sft", 0.10, default=True)))  # a seed this confirm does not ask for
+    summary, verdict, grid = run_confirm({}, picks, [1000, 2000], root=str(tmp_path), name="c", done=done)
+    assert grid is None and not any(tmp_path.iterdir())
+    assert [(c.label, c.dev.n, round(c.dev.mean, 3)) for c in summary] == [("t2", 2, 0.631), ("d1", 2, 0.601)]
+    assert "holds beyond the seeds' noise" in verdict
+
+
 # ------------------------------------------------------------------------------------------------------ Ray
 @pytest.mark.slow
 def test_sweep_runs_the_default_first_and_confirm_logs_distinct_seeds(tmp_path):
@@ -302,6 +319,21 @@ def test_sweep_runs_the_default_first_and_confirm_logs_distinct_seeds(tmp_path):
     assert "confirm: mean ± sd" in out and "confirmed: best" in out
     confirm_out = out[out.index("confirm: 2 configurations"):]
     assert ": sparse (" in confirm_out and ": eval (" in confirm_out  # the confirm runs' phases are shown as they run
+
+    # `raysft confirm` again with a third seed: the 4 pairs that finished are kept, only the 2 missing ones run
+    proc = subprocess.run(
+        [sys.executable, "-m", "raysft.cli", "confirm", "smoke", "--top", "1", "--seeds", "3", "--tracking-uri", uri],
+        capture_output=True, text=True, env=ENV, cwd=REPO, timeout=1200,
+    )
+    again = " ".join(proc.stdout.split())
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "4 of 6 runs already finished under this sweep (kept); 2 to run" in again, again[-2000:]
+    confirm = [r for r in c.search_runs([parent.info.experiment_id]) if r.data.tags.get("raysft.kind") == "confirm"]
+    seeds = sorted(int(r.data.tags["raysft.confirm_seed"]) for r in confirm)
+    assert seeds == [1000, 1000, 2000, 2000, 3000, 3000]  # no pair ran twice
+    summary = c.get_run(parent.info.run_id)
+    assert summary.data.tags["raysft.confirm_seeds"] == "1000,2000,3000"
+    assert again.count("1000,2000,3000") == 2  # each configuration's mean ± sd is over all three seeds
 
 
 @pytest.mark.parametrize("args,message", [

@@ -630,24 +630,44 @@ def run_confirm(
     console=None,
     tracking=None,
     max_concurrent: int | None = None,
+    done: list | None = None,
 ):
     """Rerun each picked configuration with each seed, as Ray trials (one Ray Train run each, no scheduler: every
-    run goes to its full evaluation), logged under the sweep's parent run when ``tracking`` is given. Returns the
-    confirm summary (:func:`raysft.outcome.confirm_summary`), its verdict line and the result grid."""
+    run goes to its full evaluation), logged under the sweep's parent run when ``tracking`` is given. ``done``:
+    (label, seed, row) of confirm runs that already finished (:meth:`SweepTracking.confirmed_rows`); those pairs are
+    not rerun but count in the summary. Returns the confirm summary (:func:`raysft.outcome.confirm_summary`), its
+    verdict line and the result grid (None when every pair was done)."""
+    from raysft.outcome import confirm_summary, confirm_verdict
+
+    labels = {label for label, _ in picks}
+    done = [(label, seed, row) for label, seed, row in (done or []) if label in labels and seed in seeds]
+    have = {(label, seed) for label, seed, _ in done}
+    samples = [s for s in confirm_samples(picks, seeds) if (s["confirm"]["config"], s["confirm"]["seed"]) not in have]
+    if console is not None and have:
+        console.print(f"confirm: {len(have)} of {len(picks) * len(seeds)} runs already finished under this sweep "
+                      f"(kept); {len(samples)} to run", highlight=False)
+    grid = _confirm_trials(base, picks, seeds, samples, root=root, name=name, address=address, verbose=verbose,
+                           console=console, tracking=tracking, max_concurrent=max_concurrent) if samples else None
+    summary = confirm_summary(done + (confirm_rows(list(grid)) if grid is not None else []))
+    verdict = confirm_verdict(summary)
+    if tracking is not None:
+        tracking.log_confirm(summary, verdict, seeds)
+    return summary, verdict, grid
+
+
+def _confirm_trials(base: dict, picks, seeds, samples: list[dict], *, root, name, address, verbose, console, tracking,
+                    max_concurrent):
     import ray
     from ray import tune
-
-    from raysft.outcome import confirm_summary, confirm_verdict
 
     cfg = Config.model_validate(base)
     connect(address, verbose)
     cluster = ray.cluster_resources()
     concurrent = max_concurrent or cfg.tune.max_concurrent or default_max_concurrent(cfg, cluster_capacity(cluster))
-    samples = confirm_samples(picks, seeds)
     trainable = tune.with_resources(tune.with_parameters(run_trial, base=base, storage=root), driver_resources(cluster))
     callbacks = ([tracking.callback()] if tracking else []) + ([trial_lines_callback()] if console is not None else [])
     if console is not None:
-        console.print(f"confirm: {len(picks)} configurations × seeds {', '.join(map(str, seeds))} = {len(samples)} runs",
+        console.print(f"confirm: {len(picks)} configurations × seeds {', '.join(map(str, seeds))}: {len(samples)} runs",
                       highlight=False)
     tuner = tune.Tuner(
         trainable,
@@ -662,13 +682,7 @@ def run_confirm(
     # the same live display as the sweep's: a confirm run takes minutes (its own dense phase per seed)
     stop_watch = watch_sweep(console, len(samples), concurrent) if console is not None else None
     try:
-        grid = tuner.fit()
+        return tuner.fit()
     finally:
         if stop_watch is not None:
             stop_watch()
-    results = list(grid)
-    summary = confirm_summary(confirm_rows(results))
-    verdict = confirm_verdict(summary)
-    if tracking is not None:
-        tracking.log_confirm(summary, verdict, seeds)
-    return summary, verdict, grid

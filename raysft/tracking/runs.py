@@ -301,6 +301,27 @@ class SweepTracking:
         return cls(uri, state["experiment"], state["experiment_id"], state["parent_run_id"], True, base, storage_root,
                    experiment_dir)
 
+    def confirmed_rows(self) -> list:
+        """(configuration label, seed, :class:`raysft.outcome.Row`) of every confirm run that already finished under
+        this parent run: a confirm started again (after Ctrl-C, a lost session, or with more --top/--seeds) reruns only
+        the pairs that are missing."""
+        from raysft.outcome import Row
+        from raysft.tracking.store import all_runs
+
+        c = client(self.uri.uri)
+        runs = all_runs(c, self.experiment_id, f"tags.`mlflow.parentRunId` = '{self.parent_run_id}' "
+                                               "and tags.`raysft.kind` = 'confirm' and attributes.status = 'FINISHED'")
+        out = []
+        for r in runs:
+            tags, metrics = r.data.tags, r.data.metrics
+            if record.DEFAULT_METRIC not in metrics or "raysft.confirm_seed" not in tags:
+                continue
+            out.append((tags.get("raysft.confirm_config", "?"), int(tags["raysft.confirm_seed"]), Row(
+                id=tags.get("trial_id", r.info.run_id[:8]), method=r.data.params.get("method", "?"),
+                dev=metrics[record.DEFAULT_METRIC], test=metrics.get("avg/test"),
+                default=tags.get("raysft.default") == "true")))
+        return out
+
     def log_confirm(self, summary, verdict: str, seeds: list[int]) -> None:
         """The confirm step's mean ± sd per configuration and its verdict, on the parent run."""
         metrics: list[tuple[str, float, int]] = []
