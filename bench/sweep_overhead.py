@@ -28,10 +28,14 @@ of MLflow) and the wall-clock stamps the trial writes (`distributed.clock`):
     finish          the final report (delta + metrics.json checkpoint) until Tune sees the trial complete
                     (checkpoint persisted, worker group and trial torn down)
 
+By default both trials are typical sweep trials: a leader of each kind is on the sweep's board, so neither leads
+and neither scores the test sets (tune.test_every_trial: false; only the trials best vs default reports do). With
+--leading each trial leads its kind and scores test, as a sweep's first trials.
+
 Fixed cost = trial wall − (dense_steps + sparse_steps). Last line: JSON with `fixed_cost_fraction` (the trial that
 reuses θ1, the typical trial), `fixed_cost_fraction_computing` (the trial that computed θ1) and each part's seconds.
 
-    python bench/sweep_overhead.py [--space sa-cpu] [--methods lt-sft,sc-sft]
+    python bench/sweep_overhead.py [--space sa-cpu] [--methods lt-sft,sc-sft] [--leading]
                                    [--dense-epochs N] [--sparse-epochs N] [--set key=value ...]
 
 Any cap (--dense-epochs, --sparse-epochs, --set) is listed in the JSON under `caps`; the default is the real sa-cpu
@@ -77,11 +81,19 @@ def say(msg: str) -> None:
     print(f"[{time.time() - T0:7.1f}s] {msg}", flush=True)
 
 
-def clock_callback():
+def clock_callback(typical: bool):
     from ray.tune import Callback
 
     class Clock(Callback):
         def on_trial_start(self, iteration, trials, trial, **info):
+            if typical and not CLOCK:
+                # A leader of each kind (defaults, searched) with dev 1.0 on the sweep's board: no trial of the bench
+                # leads its kind, so none scores test, as most trials of a sweep (tune.test_every_trial: false).
+                from raysft.distributed.progress import find_board
+
+                board = find_board()
+                for kind in (True, False):
+                    board.push.remote(f"bench-leader-{kind}", {"final_dev": 1.0, "default": kind})
             CLOCK.setdefault(trial.trial_id, {})["start"] = time.time()
             say(f"trial {trial.trial_id} started ({trial.config['sample']['method']})")
 
@@ -158,6 +170,9 @@ def main():
     ap.add_argument("--dense-epochs", type=float, default=None, help="a cap (reported): default the space's")
     ap.add_argument("--sparse-epochs", type=float, default=None, help="a cap (reported): default the space's")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="another override (reported)")
+    ap.add_argument("--leading", action="store_true",
+                    help="each trial leads its kind and scores test, as a sweep's first trials (default: a typical "
+                         "trial, which scores dev only)")
     args = ap.parse_args()
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     caps = list(args.set)
@@ -169,7 +184,8 @@ def main():
     cfg = load_config(args.space, overrides)
     import raysft
 
-    say(f"{args.space}: {len(methods)} default trials ({', '.join(methods)}), one at a time, tracking off; "
+    say(f"{args.space}: {len(methods)} default trials ({', '.join(methods)}), one at a time, tracking off, "
+        f"{'each leading its kind (test scored)' if args.leading else 'typical (no trial leads its kind: dev only)'}; "
         f"caps {caps or 'none'}; raysft from {Path(raysft.__file__).parent}; "
         f"load average {[round(x, 2) for x in os.getloadavg()]}")
     stop = threading.Event()
@@ -177,7 +193,7 @@ def main():
     with tempfile.TemporaryDirectory(prefix="raysft-ovh-") as storage:
         try:
             grid, counts, _, sweep_wall = run_sweep(cfg, trials=len(methods), max_concurrent=1, storage=storage, track=False,
-                                              callbacks=[clock_callback()])
+                                              callbacks=[clock_callback(typical=not args.leading)])
         finally:
             stop.set()
         errors = [r.error for r in grid if r.error]
@@ -210,6 +226,7 @@ def main():
         out[label] = {"trial": tid, "method": m["method"], "wall_s": round(wall, 1), "fixed_s": round(fixed, 1),
                       "fraction": round(fixed / wall, 4), "tune_time_total_s": clock.get("time_total_s"),
                       "dev": m["avg"].get("dev"), "test": m["avg"].get("test"),
+                      "test_scored": m["distributed"].get("test_scored", True),
                       "parts_s": {k: round(v, 2) for k, v in p.items()}, "eval_pass_s": m["distributed"].get("eval_pass_s")}
     # The evaluation floor: what the targets' dev passes alone would cost (the final dev score an un-pruned sweep needs).
     r = out["reused"]
@@ -226,6 +243,7 @@ def main():
         "parts_s": {"reused": r["parts_s"], "computed": out["computed"]["parts_s"]},
         "methods": {"reused": r["method"], "computed": out["computed"]["method"]},
         "scores": {label: {"dev": v["dev"], "test": v["test"]} for label, v in out.items()},
+        "test_scored": {label: v["test_scored"] for label, v in out.items()},
         "space": args.space, "caps": caps, "sweep_wall_s": round(sweep_wall, 1), "dense_cache": counts,
         "load_avg_after": [round(x, 2) for x in os.getloadavg()],
     }))

@@ -391,10 +391,14 @@ def sweep_table(grid, metric_name: str, top: int = 10) -> Table:
 
     for score, result, m in rows[:top]:
         cells = [f"{m.get(f'{metric_name}/dev/{lang}', float('nan')):.3f}" for lang in langs]
+        test = m.get("avg/test")
         table.add_row(
             m.get("trial_id", "?"), describe(result.config["sample"]), f"{score:.4f}", *cells,
-            f"{m.get('avg/test', float('nan')):.4f}",
+            f"{test:.4f}" if isinstance(test, (int, float)) else "–",
         )
+    if any(not isinstance(m.get("avg/test"), (int, float)) for _, _, m in rows):
+        table.caption = ("test –: not scored, the trial's dev did not lead its kind (defaults, searched) when it "
+                         "finished (tune.test_every_trial: true scores every trial)")
     return table
 
 

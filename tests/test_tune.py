@@ -124,6 +124,32 @@ def test_trials_time_their_parts(sweep):
             assert 0 < t["theta1_read_s"] <= t["dense_s"] and "dense_steps_s" not in t
 
 
+def test_only_trials_that_led_their_kind_score_the_test_sets(sweep):
+    """tune.test_every_trial false (the default): a trial scores test only when its dev led its kind (the defaults,
+    or the searched trials) among the finished trials. So the best default and the best searched trial (what best vs
+    default reports) have test scores; a trial without one lost on dev to a trial of its kind."""
+    storage, stdout = sweep
+    trials = []
+    for folder, reports in trial_results(storage / "smoke").items():
+        sample = json.loads((storage / "smoke" / folder / "params.json").read_text())["sample"]
+        final = reports[-1]
+        trials.append((bool(sample.get("default")), final["objective"], final.get("avg/test")))
+    for kind in (True, False):
+        mine = [t for t in trials if t[0] == kind]
+        assert mine
+        assert max(mine, key=lambda t: t[1])[2] is not None  # the leader of its kind scored test
+        for _, dev, test in mine:
+            if test is None:
+                assert any(d > dev and t is not None for _, d, t in mine)
+            else:
+                assert 0.0 <= test <= 1.0
+    metrics = [json.loads(p.read_text()) for p in storage.rglob("final/metrics.json")]
+    for m in metrics:  # the workers say which they did; a trial that skipped test spent no time on it
+        assert m["distributed"]["test_scored"] == bool(m["test"])
+        if not m["test"]:
+            assert m["timings"]["eval_test_s"] == 0 and not m["avg"].get("test")
+
+
 def test_dense_phase_computed_once_for_trials_that_share_it(sweep):
     storage, stdout = sweep
     assert "dense phases computed 1, reused 2" in stdout

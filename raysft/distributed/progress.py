@@ -46,6 +46,13 @@ class Board:
         state.update(fields)
         state["updated"] = now
 
+    def leader_dev(self, trial_id: str, default: bool) -> float | None:
+        """The best final dev objective told so far (``final_dev``) by the other trials of the same kind (the
+        defaults, or the searched trials); None when none has told one."""
+        devs = [t["final_dev"] for tid, t in self.trials.items()
+                if tid != trial_id and "final_dev" in t and bool(t.get("default")) == default]
+        return max(devs) if devs else None
+
     def read(self, since: int = 0) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]], int]:
         """(every trial's state, the phase changes after event number ``since``, the next ``since``)."""
         return {k: dict(v) for k, v in self.trials.items()}, self.events[since:], len(self.events)

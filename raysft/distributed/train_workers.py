@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import tempfile
 import time
@@ -137,6 +138,9 @@ class LoopConfig(BaseModel):
     dense_ready_at: float | None = None  # a sweep: when (time.time()) this trial's dense phase was settled (θ1 ready or ours to compute)
     started_at: float | None = None  # a sweep: when (time.time()) the trial driver started (timings["start_s"] from it)
     report_dev: bool = False  # each sparse checkpoint also reports the targets' average dev score ("objective")
+    # A sweep's trial (tune.test_every_trial false): the final evaluation scores dev first and scores test only when
+    # that dev leads this trial's kind ("default" or "searched") on the sweep's progress board.
+    test_if_leading: Literal["default", "searched"] | None = None
     # A sweep's trial: rank 0 tells the sweep's progress board (raysft.distributed.progress) its phase and step.
     trial_id: str | None = None
     progress: bool = False
@@ -382,6 +386,10 @@ class TimedLoader:
             self.totals[self.key] = self.totals.get(self.key, 0.0) + time.perf_counter() - t
 
 
+def _with_splits(cfg: Config, splits: list[str]) -> Config:
+    return cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"splits": splits})})
+
+
 def timed_loaders(loaders: dict[tuple[str, str], Any], totals: dict[str, float]) -> dict[tuple[str, str], TimedLoader]:
     """Each (lang, split) loader timed into ``totals["<split>/<lang>"]``."""
     return {(lang, split): TimedLoader(ld, totals, f"{split}/{lang}") for (lang, split), ld in loaders.items()}
@@ -589,10 +597,27 @@ class _Worker:
         t = time.perf_counter()
         self.progress.note(phase="eval", total=len(run.eval_langs))
         mine = run.eval_langs[rank :: self.world]
-        sub = dataclasses.replace(run, eval_langs=mine)
+        splits = list(cfg.eval.splits)
+        if self.loop.test_if_leading and "test" in splits and len(splits) > 1:
+            first = [s for s in splits if s != "test"]  # dev first: it decides whether test is scored
+            sub = dataclasses.replace(run, eval_langs=mine, cfg=_with_splits(cfg, first))
+        else:
+            first, sub = splits, dataclasses.replace(run, eval_langs=mine)
         loaders = eval_loaders(sub)
         passes: dict[str, float] = {"data": time.perf_counter() - t}  # the eval sets read and tokenised (cached)
         results = evaluate(sub, delta, theta0, timed_loaders(loaders, passes))
+        if first != splits:
+            dev = evaluation_metrics(run, merge_results([r for r, _ in _gather((results, None))], run.eval_langs))
+            leading = self.test_leads(dev["avg"].get("dev"))
+            dist_info["test_scored"] = leading
+            if leading:
+                t_test = time.perf_counter()
+                test_sub = dataclasses.replace(run, eval_langs=mine, cfg=_with_splits(cfg, ["test"]))
+                test_loaders = eval_loaders(test_sub)
+                passes["data"] += time.perf_counter() - t_test
+                more = evaluate(test_sub, delta, theta0, timed_loaders(test_loaders, passes))
+                for kind, by_split in more.items():
+                    results.setdefault(kind, {}).update(by_split)
         passes["total"] = time.perf_counter() - t
         gathered = _gather((results, passes))
         # The slowest rank's: what the trial waited for.
@@ -732,9 +757,10 @@ class _Worker:
                 time.sleep(self.loop.fail_delay_s)
                 os._exit(1)  # a lost worker, as a dead node would be
 
+        rows = data_rows([train_ds], extra=[run.tokenizer.pad_token_id]) if cfg.sparse.embedding_rows else None
         updater, _ = train_sparse(
             model, space, mask, loader, steps, cfg.sparse,
-            grad_sync=sync, on_step=on_step, on_start=on_start, start_step=start, reporter=self.progress,
+            grad_sync=sync, on_step=on_step, on_start=on_start, start_step=start, reporter=self.progress, rows=rows,
         )
         # The optimizer steps (forward, backward, sync, update) of this attempt: the step loop less its callbacks.
         if "steps_from" in clock:
@@ -800,7 +826,7 @@ class _Worker:
         run = self.run
         if not hasattr(self, "_dev_run"):
             mine = run.target_langs[self.rank :: self.world]
-            dev_only = run.cfg.model_copy(update={"eval": run.cfg.eval.model_copy(update={"splits": ["dev"]})})
+            dev_only = _with_splits(run.cfg, ["dev"])
             self._dev_run = dataclasses.replace(run, eval_langs=mine, cfg=dev_only)
             self._dev_loaders = eval_loaders(self._dev_run)
         scores = dev_scores(self._dev_run, updater, self.theta0, self.base, self._dev_loaders)
@@ -808,6 +834,26 @@ class _Worker:
         for part in _gather(scores):
             merged.update(part)
         return sum(merged.values()) / max(1, len(merged))
+
+    def test_leads(self, dev: float | None) -> bool:
+        """Whether this trial scores test: its dev objective (told to the board, the same on every rank) is at least
+        the best one the other finished trials of its kind told. Decided on rank 0, the same answer everywhere.
+        Without a board (or a score) it scores test: a report never lacks a test score it might need."""
+        answer = [True]
+        if self.rank == 0 and dev is not None and math.isfinite(dev):
+            board = find_board() if self.loop.progress else None
+            if board is not None:
+                import ray
+
+                kind = self.loop.test_if_leading == "default"
+                try:
+                    best = ray.get(board.leader_dev.remote(self.loop.trial_id, kind), timeout=30)
+                    board.push.remote(self.loop.trial_id, {"final_dev": dev, "default": kind})
+                    answer = [best is None or dev >= best]
+                except Exception:  # a board that does not answer never costs a test score
+                    answer = [True]
+        dist.broadcast_object_list(answer, src=0)
+        return bool(answer[0])
 
     # ------------------------------------------------------------------------------------------------- finish
     def finish(self, run: Run, delta, sel, per_rank, timings, losses, optimizer_state, dist_info) -> dict | None:

@@ -112,6 +112,8 @@ def run_trial(config: dict, base: dict, storage: str) -> None:
     report_dev = uses_asha(cfg) and not sampled.get("confirm")
     extra: dict[str, Any] = {"report_dev": report_dev, "trial_id": trial_id, "progress": board is not None,
                              "started_at": started}
+    if not (cfg.tune.test_every_trial or sampled.get("confirm")):  # test only where best vs default will read it
+        extra["test_if_leading"] = "default" if sampled.get("default") else "searched"
     cache, key, lease = None, None, None
     workers = cfg.tune.num_workers
     if cfg.tune.dense_cache and method_class(cfg.method).first_phase == "dense":

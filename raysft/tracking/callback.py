@@ -151,6 +151,8 @@ class TrackingCallback(Callback):
                 params = record.final_params(metrics_json)
                 metrics = record.final_metrics(metrics_json, r)
                 tags["raysft.checkpoint"] = str(r.get("checkpoint_path"))
+                if (metrics_json.get("distributed") or {}).get("test_scored") is False:
+                    tags["raysft.test"] = "not scored: its dev did not lead its kind when it finished"
             else:  # no checkpoint on this machine: the report's own numbers
                 metrics = [(k, float(v), 0) for k, v in r.items()
                            if isinstance(v, (int, float)) and "/" in k and not isinstance(v, bool)]
