@@ -11,7 +11,7 @@ In distributed runs the K-vector ``grad`` is what gets all-reduced.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -19,8 +19,14 @@ from torch import nn
 from raysft.sft.groups import ParamSpace
 from raysft.sft.mask import Mask
 
-if TYPE_CHECKING:
-    from raysft.train.rows import RowGradients
+
+class RowGradients(Protocol):
+    """An input embedding whose gradient is built for some rows only, into ``holder`` (raysft.train.rows)."""
+
+    weight: nn.Parameter
+    holder: torch.Tensor
+
+    def local_indices(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 class SparseUpdater:
