@@ -23,17 +23,29 @@ def _batches():
     return batches
 
 
-def _dense(rows: bool, weight_decay: float = 0.0) -> tuple[dict, list[float], torch.Tensor]:
+def _dense(rows: bool, weight_decay: float = 0.0, release: str | None = None) -> tuple[dict, list[float], torch.Tensor]:
+    """``release``: the embedding's weight is released during the phase and read back from a "spilled" or an
+    in-"memory" base."""
+    from raysft.train.spill import SpilledParams
+
     model = tiny_classifier(seed=1, vocab=VOCAB, hidden=32)
     theta0 = {n: p.detach().clone() for n, p in model.named_parameters()}
     space = ParamSpace(model)
+    base = None
+    if release is not None:
+        snapshot = space.snapshot()
+        base = SpilledParams(snapshot) if release == "spilled" else snapshot
     batches = _batches()
     cfg = PhaseConfig(lr=3e-2, batch_size=4, warmup_ratio=0.2, head_lr=1e-2, weight_decay=weight_decay)
     ids = data_rows([[row.tolist() for row in b["input_ids"]] for b in batches])
     torch.manual_seed(7)  # dropout: both runs draw the same masks
-    with row_subset_embeddings(model, ids if rows else None, cfg.weight_decay) as sub:
+    with row_subset_embeddings(model, ids if rows else None, cfg.weight_decay, base, space) as sub:
         assert (sub is not None) == (rows and weight_decay == 0)
+        released = space.param("embeddings.word_embeddings.weight").numel() == 0
+        assert released == (sub is not None and base is not None)
         losses = train_dense(model, space, batches, 9, cfg, rows=sub)
+    if release == "memory":  # the base snapshot was read, never written
+        assert torch.equal(base["embeddings.word_embeddings.weight"], theta0["roberta.embeddings.word_embeddings.weight"])
     assert isinstance(model.get_input_embeddings(), torch.nn.Embedding)  # the original module is back
     after = {n: p.detach().clone() for n, p in model.named_parameters()}
     emb = "roberta.embeddings.word_embeddings.weight"
@@ -48,9 +60,10 @@ def _dense(rows: bool, weight_decay: float = 0.0) -> tuple[dict, list[float], to
     return after, losses, ids
 
 
-def test_training_by_rows_gives_the_whole_matrix_theta1_bitwise():
+@pytest.mark.parametrize("release", [None, "spilled", "memory"])
+def test_training_by_rows_gives_the_whole_matrix_theta1_bitwise(release):
     full, full_losses, ids = _dense(rows=False)
-    by_rows, row_losses, _ = _dense(rows=True)
+    by_rows, row_losses, _ = _dense(rows=True, release=release)
     assert full_losses == row_losses
     assert full.keys() == by_rows.keys()
     for name in full:

@@ -650,7 +650,8 @@ class _Worker:
             loader, sampler = sharded_loader(train_ds, run.tokenizer, cfg.dense.batch_size, cfg.seed, rank, world)
             # The same rows on every rank: the distinct ids of the whole training set, not of the rank's shard.
             rows = data_rows([train_ds], extra=[run.tokenizer.pad_token_id]) if cfg.dense.embedding_rows else None
-            with row_subset_embeddings(model, rows, cfg.dense.weight_decay) as sub:
+            # θ0 here is the base the phase starts from: the embedding's weight is read back from it at the end
+            with row_subset_embeddings(model, rows, cfg.dense.weight_decay, theta0, space) as sub:
                 set_dense_trainable(space, model, sub)  # before wrapping: DDP registers the parameters that need grads
                 kwargs = {"device_ids": [self.device.index]} if self.device.type == "cuda" else {}
                 ddp = nn.parallel.DistributedDataParallel(model, **kwargs)

@@ -419,7 +419,7 @@ def run_training(run: Run, reporter: Reporter = SilentReporter(), *, low_memory:
         rows = data_rows([train_ds], extra=[run.tokenizer.pad_token_id]) if cfg.dense.embedding_rows else None
         with (
             activation_checkpointing(model, cfg.dense.checkpoint_activations),
-            row_subset_embeddings(model, rows, cfg.dense.weight_decay) as sub,
+            row_subset_embeddings(model, rows, cfg.dense.weight_decay, base if low_memory else None, space) as sub,
         ):
             losses["dense"] = train_dense(model, space, train_loader, steps, cfg.dense, reporter=reporter, rows=sub)
         if low_memory:
