@@ -34,6 +34,7 @@ from raysft.sft.methods import SelectionContext, make_method
 from raysft.sft.sparse import SparseUpdater
 from raysft.train.device import resolve_device
 from raysft.train.loop import autocast, head_params, set_trainable
+from raysft.train.dropout import byte_mask_dropout
 from raysft.train.rows import row_gradients
 
 
@@ -50,9 +51,10 @@ def measure(dense_model, sparse_models, mask, batches, device, precision: str, l
     ids = torch.unique(torch.cat([b["input_ids"].reshape(-1) for b in batches]))
 
     def dense_step(batch):
-        with autocast(device, precision):
-            loss = dense_model(**batch).loss
-        loss.backward()
+        with byte_mask_dropout():  # as the training loop runs a step
+            with autocast(device, precision):
+                loss = dense_model(**batch).loss
+            loss.backward()
         dense_opt.step()
         dense_opt.zero_grad(set_to_none=True)
 
@@ -66,9 +68,10 @@ def measure(dense_model, sparse_models, mask, batches, device, precision: str, l
         head_opts[arm] = torch.optim.AdamW(head_params(space), lr=lr)
 
         def sparse_step(batch, model=model, updater=updaters[arm], head_opt=head_opts[arm]):
-            with autocast(device, precision):
-                loss = model(**batch).loss
-            loss.backward()
+            with byte_mask_dropout():
+                with autocast(device, precision):
+                    loss = model(**batch).loss
+                loss.backward()
             updater.step()
             updater.zero_grad()
             head_opt.step()

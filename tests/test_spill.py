@@ -85,3 +85,17 @@ def test_the_sparse_phase_does_not_depend_on_the_generator_state_the_first_phase
     other, _ = recipe.run_training(recipe.prepare(cfg, "lt-sft"))
     for name, (idx, val) in ref.diffs.items():
         assert torch.equal(idx, other.diffs[name][0]) and torch.equal(val, other.diffs[name][1]), name
+
+
+def test_the_heap_trimmer_trims_only_when_a_step_leaves_more_than_its_slack(monkeypatch):
+    from raysft.train import spill
+
+    rss = iter([100, 150, 400, 120, 130, 500])  # after each step; slack 200 over the clean level
+    monkeypatch.setattr(spill.HeapTrimmer, "_rss", staticmethod(lambda: next(rss)))
+    trims = []
+    monkeypatch.setattr(spill, "trim_heap", lambda: trims.append(1))
+    h = spill.HeapTrimmer(slack=200)
+    for _ in range(6):
+        h.after_step()
+    # level 100 (first step); 150 stays; 400 trims; 120 is the clean level again (max: 120); 130 stays; 500 trims
+    assert h.trims == 2 and len(trims) == 2 and h.level == 120

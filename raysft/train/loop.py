@@ -19,7 +19,9 @@ from raysft.sft.groups import ParamSpace
 from raysft.sft.mask import Mask
 from raysft.sft.mask_scores import MaskScores, gated_call
 from raysft.sft.sparse import SparseUpdater
+from raysft.train.dropout import byte_mask_dropout
 from raysft.train.rows import RowSubsetEmbedding, row_gradients
+from raysft.train.spill import HeapTrimmer
 
 GradSync = Callable[[list[torch.Tensor]], None]  # all-reduces (averages) gradient tensors in place
 
@@ -142,11 +144,17 @@ def _run_steps(
     losses = []
     reporter.start(phase, steps)
     it = iter(batches)
+    heap = HeapTrimmer() if device.type == "cpu" else None  # host: glibc's heap holds host memory only
     for step in range(steps):
-        with autocast(device, precision):
-            loss = loss_fn(_to(next(it), device))
-        loss.float().backward()  # backward outside the autocast region, as torch recommends
+        # Byte masks for dropout's backward on the CPU: torch's values bitwise, less memory. Backward is inside too:
+        # activation checkpointing recomputes the forward there and must keep the same masks.
+        with byte_mask_dropout():
+            with autocast(device, precision):
+                loss = loss_fn(_to(next(it), device))
+            loss.float().backward()  # backward outside the autocast region, as torch recommends
         update()
+        if heap is not None:
+            heap.after_step()
         value = float(loss.detach())
         if not math.isfinite(value):
             raise FloatingPointError(f"{phase} loss became {value} at step {step}: lower the learning rate")

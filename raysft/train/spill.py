@@ -82,3 +82,39 @@ def trim_heap() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
+
+
+class HeapTrimmer:
+    """Keeps a training loop's resident memory near what it uses. Steps allocate their activations anew, at sizes
+    that follow each batch's length; glibc keeps what they freed inside its heap (it maps back only allocations
+    above a threshold that grows to 32 MB), so the holes pile up: between two steps of sa-cpu's dense phase the
+    process stayed at 2.9 GB where 1.1 GB was in use. The level is what one step leaves resident from a clean heap
+    (its state and the heap its own activations grew): the largest resident size after the first step and after
+    each step that follows a trim. When a step leaves more than ``slack`` bytes above it, the heap's free pages go
+    back to the OS (:func:`trim_heap`, ~0.1 s, plus the page faults of re-touching them): a few trims per phase,
+    each bounding the pile. Values are untouched."""
+
+    def __init__(self, slack: int = 256 * 2**20):
+        self.slack = slack
+        self.trims = 0
+        self.level = 0
+        self._clean = True  # the next step starts from a clean heap (the first one, or one after a trim)
+
+    @staticmethod
+    def _rss() -> int | None:
+        try:
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
+            return None  # not Linux: nothing to watch
+
+    def after_step(self) -> None:
+        rss = self._rss()
+        if rss is None:
+            return
+        if self._clean:
+            self.level, self._clean = max(self.level, rss), False
+        elif rss - self.level > self.slack:
+            trim_heap()
+            self.trims += 1
+            self._clean = True
