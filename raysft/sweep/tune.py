@@ -539,6 +539,11 @@ def run_sweep(
     # Created here so that it lives as long as this driver (an actor dies with the process that created it);
     # trial drivers find it by name.
     cache = get_cache(root)
+    from raysft.distributed.progress import get_board
+
+    # Even with nothing drawn: trials tell it their final dev, which decides who scores the test sets. The handle
+    # is held to the end (the actor dies with its last handle).
+    board = get_board()
     started = time.perf_counter()
     stop_watch = watch_sweep(console, trials, concurrent) if console is not None else None
     say = (lambda line: console.print(line, highlight=False)) if console is not None else print
@@ -560,6 +565,7 @@ def run_sweep(
         from raysft.sweep.interrupt import interrupted
 
         tracking.finish(grid, cache_counts, wall, sections=[], status="KILLED" if interrupted() else None)
+    del board  # the sweep's trials are over: the board may go
     return grid, cache_counts, experiment, wall
 
 
