@@ -121,6 +121,7 @@ class Confirmed:
     dev: Spread
     test: Spread
     seeds: list[int]
+    by_seed: dict[int, Row] = field(default_factory=dict)  # the finished run of each seed
 
 
 def confirm_summary(rows: list[tuple[str, int, Row]]) -> list[Confirmed]:
@@ -134,25 +135,46 @@ def confirm_summary(rows: list[tuple[str, int, Row]]) -> list[Confirmed]:
         out.append(Confirmed(
             label, items[0][1].method, items[0][1].default,
             spread([r.dev for _, r in finals]), spread([r.test for _, r in finals]), sorted(s for s, _ in items),
+            dict(finals),
         ))
     return sorted(out, key=lambda c: -(c.dev.mean if c.dev.mean is not None else -math.inf))
 
 
+def paired_gains(best: Confirmed, default: Confirmed, split: str) -> list[float]:
+    """best − default at each seed both finished: a seed fixes the data order, the head's init and the dropout
+    draws of both runs, so what the seed moves cancels in the difference."""
+    out = []
+    for seed in sorted(set(best.by_seed) & set(default.by_seed)):
+        b, d = _num(getattr(best.by_seed[seed], split)), _num(getattr(default.by_seed[seed], split))
+        if b is not None and d is not None:
+            out.append(b - d)
+    return out
+
+
 def confirm_verdict(confirmed: list[Confirmed]) -> str:
-    """Whether the best confirmed configuration beats the default beyond the seeds' noise (its mean dev above the
-    default's by more than the larger of the two standard deviations)."""
+    """Whether the best confirmed configuration beats the default beyond the seeds' noise. Paired by seed: the mean
+    of the per-seed gains on dev must exceed their standard deviation, over at least two seeds. (Comparing the two
+    means against their own spreads instead counts the seed's shared effect as noise twice.) Both ways are printed."""
     default = next((c for c in confirmed if c.default), None)
     best = next((c for c in confirmed if not c.default), None)
     if default is None or best is None or best.dev.mean is None or default.dev.mean is None:
         return "confirm: nothing to compare (no default or no searched configuration finished)"
     gain = best.dev.mean - default.dev.mean
-    noise = max(best.dev.sd or 0.0, default.dev.sd or 0.0)
-    holds = gain > noise and best.dev.n > 1 and default.dev.n > 1
     test = ""
     if best.test.mean is not None and default.test.mean is not None:
         test = f" · test {best.test} vs {default.test} ({best.test.mean - default.test.mean:+.3f})"
-    return (f"confirmed: best {best.label} dev {best.dev} vs default {default.dev} ({gain:+.3f}){test} → "
-            + ("holds beyond the seeds' noise" if holds else "NOT beyond the seeds' noise (gain ≤ sd)"))
+    out = f"confirmed: best {best.label} dev {best.dev} vs default {default.dev} ({gain:+.3f}){test}"
+    dev_gains, test_gains = paired_gains(best, default, "dev"), paired_gains(best, default, "test")
+    paired = spread(dev_gains)
+    if paired.n < 2:
+        return out + " → too few seeds both finished to tell (need 2)"
+    wins = sum(g > 0 for g in dev_gains)
+    out += f"; paired by seed: dev {paired.mean:+.3f} ± {paired.sd:.3f} (better at {wins} of {paired.n} seeds)"
+    if len(test_gains) > 1:
+        t = spread(test_gains)
+        out += f", test {t.mean:+.3f} ± {t.sd:.3f} (better at {sum(g > 0 for g in test_gains)} of {t.n})"
+    holds = paired.mean > paired.sd
+    return out + (" → holds beyond the seeds' noise" if holds else " → NOT beyond the seeds' noise (paired gain ≤ its sd)")
 
 
 OBJECTIVE = "objective"  # the dev objective every trial reports (raysft.sweep.tune.OBJECTIVE)

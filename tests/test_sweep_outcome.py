@@ -230,8 +230,17 @@ def test_confirm_summary_and_verdict():
     assert "holds beyond the seeds' noise" in confirm_verdict(summary)
     noisy = confirm_summary([("default", 1, Row("a", "m", 0.60, default=True)), ("default", 2, Row("b", "m", 0.64, default=True)),
                              ("t", 1, Row("c", "m", 0.63)), ("t", 2, Row("d", "m", 0.62))])
-    assert "NOT beyond" in confirm_verdict(noisy)
+    assert "NOT beyond" in confirm_verdict(noisy)  # +0.03 then -0.02: the paired gain is within its spread
     assert spread([None]).mean is None
+    # sa-cpu's confirm (dev): seed 3000 pulled both runs down by ~0.06; paired, the searched config won at each seed
+    seeds = {1000: (0.6224, 0.6304), 2000: (0.6062, 0.6338), 3000: (0.5388, 0.5728)}
+    real = confirm_summary([(label, s, Row(f"{label}{s}", "deft-x", pair[i], default=label == "d")) for s, pair in seeds.items()
+                            for i, label in enumerate(("d", "t"))])
+    verdict = confirm_verdict(real)
+    assert "paired by seed: dev +0.023 ± 0.014 (better at 3 of 3 seeds)" in verdict and "→ holds" in verdict
+    assert real[0].dev.sd > 0.023 and real[1].dev.sd > 0.023  # the means alone are within either spread
+    one = confirm_summary([("d", 1, Row("a", "m", 0.6, default=True)), ("t", 1, Row("b", "m", 0.7))])
+    assert "too few seeds" in confirm_verdict(one)
 
 
 def test_confirm_seeds_are_new_and_each_configuration_gets_each():
