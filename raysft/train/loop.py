@@ -340,12 +340,14 @@ def train_sparse(
     result; :func:`raysft.train.rows.row_gradients`).
     """
     with row_gradients(model, rows) as row_grads:
-        return _train_sparse(model, space, mask, loader, steps, cfg, reporter, grad_sync, loss_fn, on_step, on_start,
-                             start_step, row_grads)
+        return _train_sparse(model, space, mask, loader, steps, cfg, reporter=reporter, grad_sync=grad_sync,
+                             loss_fn=loss_fn, on_step=on_step, on_start=on_start, start_step=start_step,
+                             row_grads=row_grads)
 
 
-def _train_sparse(model, space, mask, loader, steps, cfg, reporter, grad_sync, loss_fn, on_step, on_start, start_step,
-                  row_grads):
+def _train_sparse(model, space, mask, loader, steps, cfg, *, reporter, grad_sync, loss_fn, on_step, on_start,
+                  start_step, row_grads):
+    """:func:`train_sparse` inside its row-gradient context."""
     set_trainable(space, maskable=False)
     model.train()
     updater = SparseUpdater(space, mask, lr=cfg.lr, weight_decay=cfg.weight_decay, l1=cfg.l1, rows=row_grads)

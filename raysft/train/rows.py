@@ -123,8 +123,8 @@ def row_subset_embeddings(
 
 
 def _reload(weight: nn.Parameter, base: Mapping[str, torch.Tensor] | None, space: ParamSpace | None):
-    """A function giving back ``weight`` as it is now, from ``base``; None when base cannot (no such entry, or an
-    entry that differs from it)."""
+    """A function giving back ``weight`` as it is now, read from ``base`` (which the caller guarantees is what the
+    phase starts from); None when base has no entry for it."""
     if base is None or space is None:
         return None
     name = next((p.name for p in space.maskable if space.param(p.name) is weight), None)
@@ -176,7 +176,7 @@ class RowGradients:
         self.rows = rows.to(device)
         self.remap = torch.full((emb.weight.shape[0],), -1, dtype=torch.long, device=device)
         self.remap[self.rows] = torch.arange(len(self.rows), device=device)
-        self.local_padding_idx = int(self.remap[pad]) if pad is not None else -1
+        self.local_padding_idx = int(self.remap[pad]) if pad is not None else -1  # aten's "no padding row"
         self.holder = torch.zeros(len(self.rows), emb.weight.shape[1], dtype=emb.weight.dtype, device=device)
 
     def local_indices(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -191,8 +191,8 @@ class RowGradients:
         emb = self.embedding
         if not (torch.is_grad_enabled() and self.holder.requires_grad):
             return F.embedding(input_ids, emb.weight, emb.padding_idx)  # evaluation: the module's own lookup
-        pad = -1 if emb.padding_idx is None else emb.padding_idx
-        return _RowGradientLookup.apply(self.holder, input_ids, emb.weight, self.remap, pad, self.local_padding_idx)
+        return _RowGradientLookup.apply(self.holder, input_ids, emb.weight, self.remap, emb.padding_idx,
+                                        self.local_padding_idx)
 
 
 @contextmanager
