@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -43,7 +44,7 @@ class RichReporter:
 
         self.progress = Progress(
             TextColumn("{task.description:<8}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), console=console, transient=False, refresh_per_second=4,
+            TextColumn("{task.fields[loss]}"), TimeElapsedColumn(), console=console, transient=False, refresh_per_second=4,
         )
         self.task = None
 
@@ -55,13 +56,52 @@ class RichReporter:
         self.progress.stop()
 
     def start(self, phase: str, total: int) -> None:
-        self.task = self.progress.add_task(phase, total=total, loss=float("nan"))
+        self.task = self.progress.add_task(phase, total=total, loss="")
 
     def step(self, loss: float) -> None:
-        self.progress.update(self.task, advance=1, loss=loss)
+        self.progress.update(self.task, advance=1, loss=_loss_text(loss))
 
     def end(self) -> None:
         pass
+
+
+class LineReporter:
+    """Progress off a terminal (a log file, a pipe, CI), where a live bar draws nothing until it ends: one line when a
+    phase starts, one every ``every_s`` seconds while it runs (step, loss, elapsed), one when it ends."""
+
+    def __init__(self, console: Console, every_s: float = 30.0, clock=time.monotonic):
+        self.console, self.every_s, self.clock = console, every_s, clock
+        self.phase, self.total, self.done, self.loss = "", 0, 0, float("nan")
+        self.started = self.last = 0.0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+    def _line(self, text: str) -> None:
+        self.console.print(f"[{self.clock() - self.started:7.1f}s] {self.phase}: {text}", highlight=False)
+
+    def start(self, phase: str, total: int) -> None:
+        self.phase, self.total, self.done, self.loss = phase, total, 0, float("nan")
+        self.started = self.last = self.clock()
+        self._line(f"{total} steps")
+
+    def step(self, loss: float) -> None:
+        self.done, self.loss = self.done + 1, loss
+        if self.clock() - self.last >= self.every_s:
+            self.last = self.clock()
+            self._line(f"step {self.done}/{self.total}" + (f", {_loss_text(loss)}" if math.isfinite(loss) else ""))
+
+    def end(self) -> None:
+        last = f", last {_loss_text(self.loss)}" if math.isfinite(self.loss) else ""
+        self._line(f"done, {self.done} steps{last}")
+
+
+def _loss_text(loss: float) -> str:
+    """A phase's loss for the progress display; evaluation passes report none (NaN)."""
+    return f"loss {loss:.4f}" if math.isfinite(loss) else ""
 
 
 def results_table(metrics: dict) -> Table:
@@ -142,7 +182,7 @@ def train(
     if quiet:
         delta, metrics = run_training(run, SilentReporter())
     else:
-        with RichReporter(console) as reporter:
+        with (RichReporter(console) if console.is_terminal else LineReporter(console)) as reporter:
             delta, metrics = run_training(run, reporter)
     metrics["peak_memory_bytes"] = peak_memory_bytes()
     ended = time.time()

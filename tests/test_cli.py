@@ -175,3 +175,36 @@ def test_import_sft_converts_a_composable_sft_file(capsys, tmp_path):
     idx, val = delta.diffs["encoder.layer.0.attention.self.query.weight"]
     assert idx.tolist() == [3 * 32 + 5, 7 * 32 + 0] and val.tolist() == [0.5, -1.25]
     assert delta.meta["kind"] == "lang" and delta.meta["language"] == "jav"
+
+
+def test_train_off_a_terminal_prints_a_line_per_phase_event(capsys, tmp_path):
+    """A log file or a pipe gets progress lines (a live bar would draw nothing there until the end)."""
+    needs_data()
+    out = train_ok(["train", "smoke", "--method", "lt-sft", "--out", str(tmp_path / "run")], capsys)
+    lines = out.splitlines()
+    for phase in ("dense", "sparse", "eval"):
+        assert any(f"] {phase}: " in line and line.rstrip().endswith(" steps") for line in lines), (phase, out)
+        assert any(f"] {phase}: done, " in line for line in lines), (phase, out)
+    assert not any("\r" in line or "\x1b[" in line for line in lines)  # plain lines, no bar redraws
+
+
+def test_line_reporter_reports_at_start_every_interval_and_end():
+    import io
+
+    from rich.console import Console
+
+    from raysft.cli import LineReporter
+
+    now = [0.0]
+    buf = io.StringIO()
+    reporter = LineReporter(Console(file=buf, width=200), every_s=30.0, clock=lambda: now[0])
+    reporter.start("sparse", 10)
+    for step in range(10):
+        now[0] += 10.0  # a step every 10 s: a line every third step
+        reporter.step(1.0 / (step + 1))
+    reporter.end()
+    lines = buf.getvalue().splitlines()
+    assert lines[0] == "[    0.0s] sparse: 10 steps"
+    assert lines[1:4] == ["[   30.0s] sparse: step 3/10, loss 0.3333", "[   60.0s] sparse: step 6/10, loss 0.1667",
+                          "[   90.0s] sparse: step 9/10, loss 0.1111"]
+    assert lines[4] == "[  100.0s] sparse: done, 10 steps, last loss 0.1000"

@@ -294,20 +294,28 @@ def eval_loaders(run: Run) -> dict[tuple[str, str], DataLoader]:
 
 
 def evaluate(
-    run: Run, task_delta: SparseDelta, theta0: dict, loaders: dict, composed_only: bool = False
+    run: Run, task_delta: SparseDelta, theta0: dict, loaders: dict, composed_only: bool = False,
+    reporter: Reporter = SilentReporter(),
 ) -> dict[str, dict[str, dict[str, dict]]]:
     """Rewind to θ0 and apply the task delta once; per language evaluate θ0 + task, then, when the language has an
     SFT, apply it without its head, evaluate θ0 + task + lang and revert (bitwise back to θ0 + task). Returns
     ``{"task_only" | "composed": {split: {lang: metrics}}}``; a language without an SFT has no composed entry.
-    ``composed_only`` (a sweep's intermediate objective) skips the task-only score of languages that have an SFT."""
+    ``composed_only`` (a sweep's intermediate objective) skips the task-only score of languages that have an SFT.
+    ``reporter`` sees one step (loss NaN) per language and split scored."""
     restore(run.space, theta0)
     splits = run.cfg.eval.splits
     results: dict[str, dict[str, dict[str, dict]]] = {kind: {s: {} for s in splits} for kind in EVAL_KINDS}
+    kinds_per_lang = [
+        (run.lang_sfts.get(lang) is None or not composed_only) + (run.lang_sfts.get(lang) is not None)
+        for lang in run.eval_langs
+    ]
+    reporter.start("eval", len(splits) * sum(kinds_per_lang))
 
     def score(kind: str, lang: str) -> None:
         for split in splits:
             preds, labels = predict(run.model, loaders[(lang, split)])
             results[kind][split][lang] = run.task.metrics(preds, labels)
+            reporter.step(float("nan"))
 
     with task_delta.apply(run.space):
         for lang in run.eval_langs:
@@ -317,6 +325,7 @@ def evaluate(
             if lang_delta is not None:
                 with lang_delta.apply(run.space, with_abs=False):
                     score("composed", lang)
+    reporter.end()
     return results
 
 
@@ -475,7 +484,7 @@ def run_training(run: Run, reporter: Reporter = SilentReporter(), *, low_memory:
     timings["sparse_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    results = evaluate(run, delta, theta0, loaders)
+    results = evaluate(run, delta, theta0, loaders, reporter=reporter)
     timings["eval_s"] = time.perf_counter() - t
 
     metrics = {
