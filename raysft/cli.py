@@ -391,7 +391,11 @@ def lang(
 
     from raysft.distributed.lang_jobs import train_languages
 
-    results = train_languages(cfg, wanted, paths, address=address, verbose=verbose, on_done=done, device=device)
+    def progress(line: str) -> None:
+        console.print(line, highlight=False)
+
+    results = train_languages(cfg, wanted, paths, address=address, verbose=verbose, on_done=done,
+                              on_progress=progress, device=device)
     table = Table(title=f"language SFTs ({cfg.lang.method}, held-out MLM loss)")
     for col in ("lang", "train lines", "before", "head only", "after", "Δ (after − before)", "file"):
         table.add_column(col, justify="left" if col in ("lang", "file") else "right")

@@ -2,10 +2,13 @@
 composed evaluation applies and reverts each language's SFT bitwise, composable-sft imports compose like native
 deltas, `raysft lang` runs one Ray job per language into the store, and the bad inputs."""
 
+import contextlib
 import dataclasses
 import hashlib
+import io
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -187,14 +190,28 @@ def store(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv("RAYSFT_SFT_STORE", str(root))
     mp.setenv("RAY_AUTH_MODE", "disabled")
+    mp.setenv("RAYSFT_PROGRESS_S", "0.5")  # progress lines every 0.5 s instead of 30 s: the tiny jobs take seconds
     import ray
 
     try:
-        main(["lang", "smoke", "--langs", "jav,gn", *sum((["--set", s] for s in TINY_LANG), [])])
+        with contextlib.redirect_stdout(io.StringIO()) as out:
+            main(["lang", "smoke", "--langs", "jav,gn", *sum((["--set", s] for s in TINY_LANG), [])])
+        root.joinpath("cli-output.txt").write_text(out.getvalue())
         yield root
     finally:
         ray.shutdown()
         mp.undo()
+
+
+def test_lang_command_shows_each_running_job_phase_and_step(store):
+    """Never minutes of silence: while jobs run, a line per interval names each running language's phase (from the
+    job itself, through the progress board), then a line per finished language."""
+    lines = (store / "cli-output.txt").read_text().splitlines()
+    progress = [line for line in lines if re.match(r"\[\s*\d+m\d\ds\] ", line)]
+    assert progress, lines
+    told = re.findall(r"(jav|gn): (loading|dense|sparse|head|mask|eval)", "\n".join(progress))
+    assert told, progress  # the jobs' own phases reached the driver, not only "waiting"
+    assert sum(line.startswith(("jav: held-out", "gn: held-out")) for line in lines) == 2
 
 
 def test_lang_command_fills_the_store(store, capsys):

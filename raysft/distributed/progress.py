@@ -61,15 +61,15 @@ class Board:
 _CLASS = None
 
 
-def get_board():
+def get_board(name: str = ACTOR_NAME):
     """The sweep's board as a Ray actor (created by the `raysft tune` driver, found by name by trial drivers and
-    workers)."""
+    workers); `raysft lang` keeps its own under another name."""
     global _CLASS
     if _CLASS is None:
         import ray
 
         _CLASS = ray.remote(num_cpus=0)(Board)
-    return _CLASS.options(name=ACTOR_NAME, get_if_exists=True).remote()
+    return _CLASS.options(name=name, get_if_exists=True).remote()
 
 
 def find_board():
