@@ -99,6 +99,11 @@ class LineReporter:
         self._line(f"done, {self.done} steps{last}")
 
 
+def progress_reporter() -> RichReporter | LineReporter:
+    """A live bar on a terminal; elsewhere (a log, a pipe) one line per event."""
+    return RichReporter(console) if console.is_terminal else LineReporter(console)
+
+
 def _loss_text(loss: float) -> str:
     """A phase's loss for the progress display; evaluation passes report none (NaN)."""
     return f"loss {loss:.4f}" if math.isfinite(loss) else ""
@@ -182,7 +187,7 @@ def train(
     if quiet:
         delta, metrics = run_training(run, SilentReporter())
     else:
-        with (RichReporter(console) if console.is_terminal else LineReporter(console)) as reporter:
+        with progress_reporter() as reporter:
             delta, metrics = run_training(run, reporter)
     metrics["peak_memory_bytes"] = peak_memory_bytes()
     ended = time.time()
@@ -280,7 +285,8 @@ def eval_(
             raise RaysftError(f"{task_sft} is a {delta.meta['task']} task SFT but space {cfg.name} is {cfg.task}: "
                               "evaluate it with a space of its task")
         loaders = eval_loaders(run)
-    results = evaluate(run, delta, run.space.snapshot(), loaders)
+    with progress_reporter() as reporter:
+        results = evaluate(run, delta, run.space.snapshot(), loaders, reporter=reporter)
     metrics = {"metric": run.task.metric, "task": cfg.task, "task_sft": str(task_sft), "target_langs": run.target_langs,
                **evaluation_metrics(run, results)}
     console.print(composition_table(metrics, f"{cfg.name} · {task_sft} · {run.task.metric}: task-only vs composed"))
