@@ -11,11 +11,11 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 from raysft.config import Config
-from raysft.distributed.progress import BoardReporter, push
+from raysft.distributed.progress import BoardReporter, get_board, push
 from raysft.errors import RaysftError
 
 BOARD_NAME = "raysft-lang-progress"  # not the sweep's board: a `raysft lang` beside a running sweep keeps its own
@@ -75,7 +75,6 @@ def train_languages(
     ``on_progress`` gets a line (each running language's phase, step and loss) at least every 30 s."""
     import ray
 
-    from raysft.distributed.progress import get_board
     from raysft.sweep.tune import connect
 
     connect(address, verbose)
