@@ -305,11 +305,15 @@ def evaluate(
     restore(run.space, theta0)
     splits = run.cfg.eval.splits
     results: dict[str, dict[str, dict[str, dict]]] = {kind: {s: {} for s in splits} for kind in EVAL_KINDS}
-    kinds_per_lang = [
-        (run.lang_sfts.get(lang) is None or not composed_only) + (run.lang_sfts.get(lang) is not None)
-        for lang in run.eval_langs
-    ]
-    reporter.start("eval", len(splits) * sum(kinds_per_lang))
+    # (kind, language, its SFT or None) in scoring order: the same list counts the reporter's steps
+    passes = []
+    for lang in run.eval_langs:
+        lang_delta = run.lang_sfts.get(lang)
+        if lang_delta is None or not composed_only:
+            passes.append(("task_only", lang, None))
+        if lang_delta is not None:
+            passes.append(("composed", lang, lang_delta))
+    reporter.start("eval", len(splits) * len(passes))
 
     def score(kind: str, lang: str) -> None:
         for split in splits:
@@ -318,13 +322,12 @@ def evaluate(
             reporter.step(float("nan"))
 
     with task_delta.apply(run.space):
-        for lang in run.eval_langs:
-            lang_delta = run.lang_sfts.get(lang)
-            if lang_delta is None or not composed_only:
-                score("task_only", lang)
-            if lang_delta is not None:
+        for kind, lang, lang_delta in passes:
+            if lang_delta is None:
+                score(kind, lang)
+            else:
                 with lang_delta.apply(run.space, with_abs=False):
-                    score("composed", lang)
+                    score(kind, lang)
     reporter.end()
     return results
 
