@@ -234,7 +234,10 @@ def tune_cmd(*args):
 def sweep(server, tmp_path_factory):
     """3 trials, 2 at once; the driver is killed after the first trial ends, then the sweep is resumed."""
     storage = tmp_path_factory.mktemp("tune")
-    args = ("--trials", "3", "--storage", str(storage), "--set", "tune.scheduler=none", "--tracking-uri", server)
+    # Every trial scores test here (by default only the trials leading their kind do, which depends on the scores):
+    # the tests below check that each child run logs every dev and test metric.
+    args = ("--trials", "3", "--storage", str(storage), "--set", "tune.scheduler=none",
+            "--set", "tune.test_every_trial=true", "--tracking-uri", server)
     proc = subprocess.Popen(tune_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV, cwd=REPO)
     deadline, lines = time.time() + 600, []
     for line in proc.stdout:
