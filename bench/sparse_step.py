@@ -28,6 +28,7 @@ import argparse
 import contextlib
 import copy
 import json
+import resource
 import statistics
 import time
 
@@ -101,16 +102,18 @@ def measure(dense_model, sparse_models, mask, batches, device, precision: str, l
             torch.manual_seed(0)  # every arm draws the same dropout masks at each step
             step(batches[0])  # warm-up: allocates AdamW state (and, on CUDA, the kernels' workspaces)
         times = {arm: [] for arm in arms}
+        faults = {arm: [] for arm in arms}  # minor page faults per step (fresh pages the step touched)
         peaks = {arm: [] for arm in arms}
         for i, batch in enumerate(batches[1:], 1):
             for arm, step in arms.items():
                 torch.manual_seed(i)
                 with PeakDeviceMemory(device) as mem:
                     sync(device)
-                    t = time.perf_counter()
+                    f0, t = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
                     step(batch)
                     sync(device)
                     times[arm].append(time.perf_counter() - t)
+                    faults[arm].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
                 peaks[arm].append((mem.peak, mem.extra))
         if "rows" in updaters and "full_grad" in updaters:  # the same values either way (tests/test_rows.py too)
             same = torch.equal(updaters["rows"].delta, updaters["full_grad"].delta)
@@ -131,12 +134,15 @@ def measure(dense_model, sparse_models, mask, batches, device, precision: str, l
         "head_optimizer_state_bytes": state_bytes(head_opt),
         "sparse_overhead_bytes": updater.overhead_bytes(),
         "optimizer_state_ratio": round((updater.state_bytes() + state_bytes(head_opt)) / state_bytes(dense_opt), 4),
+        "dense_page_faults_per_step": round(statistics.median(faults["dense"])),
+        "sparse_page_faults_per_step": round(statistics.median(faults[sparse])),
         "dense_times_s": [round(x, 4) for x in times["dense"]],
         "sparse_times_s": [round(x, 4) for x in times[sparse]],
     }
     if "dense_rows" in med:
         out["dense_rows_step_s"] = round(med["dense_rows"], 4)
         out["step_time_ratio_vs_dense_rows"] = round(s / med["dense_rows"], 3)
+        out["dense_rows_page_faults_per_step"] = round(statistics.median(faults["dense_rows"]))
     if "rows" in med and "full_grad" in med:
         out["whole_matrix_sparse_step_s"] = round(med["full_grad"], 4)
         out["whole_matrix_step_time_ratio"] = round(med["full_grad"] / d, 3)
