@@ -42,12 +42,9 @@ class PeakRSS:
     def __enter__(self):
         # Hand freed heap pages back to the OS first (glibc keeps them), so that memory the measured code reuses
         # shows up as resident growth again.
-        try:
-            import ctypes
+        from raysft.train.spill import trim_heap
 
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except OSError:
-            pass
+        trim_heap()
         self.proc = psutil.Process()
         self.base = self.proc.memory_info().rss
         self.peak = self.base

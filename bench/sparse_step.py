@@ -55,6 +55,7 @@ def measure(dense_model, sparse_models, mask, batches, device, precision: str, l
     runs it (the input embedding's gradient built for the batches' rows only) and with the whole matrix's gradient.
     ``dense_rows_model``: a copy that steps as the product's dense phase (a table of the batches' embedding rows)."""
     ids = torch.unique(torch.cat([b["input_ids"].reshape(-1) for b in batches]))
+    copies = [dense_model, *sparse_models.values(), *([dense_rows_model] if dense_rows_model is not None else [])]
     updaters, head_opts, contexts = {}, {}, contextlib.ExitStack()
 
     def dense_arm(model, rows):
@@ -96,7 +97,7 @@ def measure(dense_model, sparse_models, mask, batches, device, precision: str, l
 
         arms[arm] = sparse_step
     with contexts:
-        for model in (dense_model, *sparse_models.values(), *([dense_rows_model] if dense_rows_model is not None else [])):
+        for model in copies:
             model.train()
         for step in arms.values():
             torch.manual_seed(0)  # every arm draws the same dropout masks at each step

@@ -8,6 +8,8 @@ of the whole model; the file's pages live in the page cache, not in the process.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
 import tempfile
 import weakref
@@ -72,16 +74,23 @@ class SpilledParams(Mapping):
 
 
 
+@functools.cache
+def _glibc():
+    """The C library when it is glibc (``malloc_trim`` and ``mallopt`` are glibc's), else None."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") and hasattr(libc, "mallopt") else None
+    except OSError:
+        return None
+
+
 def trim_heap() -> None:
     """Hand the heap's free pages back to the OS (glibc ``malloc_trim``; a no-op elsewhere). glibc keeps the
     memory a phase freed (activations, optimizer state) resident; trimming between phases lets the next phase start
     from what is really in use."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 # glibc's mallopt parameters (malloc.h)
@@ -99,14 +108,11 @@ def keep_heap_top(trim_threshold: int) -> bool:
     maximum (32 MB), where a process that has loaded a model already has it. Returns whether it was set (glibc only).
     Values are untouched: this only changes when memory goes back to the OS; :class:`HeapTrimmer` still trims when
     the heap grows past its slack."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(_M_MMAP_THRESHOLD, _GLIBC_MMAP_THRESHOLD_MAX)) and bool(
-            libc.mallopt(_M_TRIM_THRESHOLD, int(trim_threshold)))
-    except (OSError, AttributeError):
+    libc = _glibc()
+    if libc is None:
         return False
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, _GLIBC_MMAP_THRESHOLD_MAX)) and bool(
+        libc.mallopt(_M_TRIM_THRESHOLD, int(trim_threshold)))
 
 
 class HeapTrimmer:
