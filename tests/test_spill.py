@@ -67,6 +67,8 @@ def test_low_memory_run_gives_the_same_delta_bitwise(method):
 def test_the_sparse_phase_does_not_depend_on_the_generator_state_the_first_phase_left(monkeypatch):
     """A sweep trial that reuses a cached θ1 never runs the dense phase: its sparse phase must draw the same dropout
     masks as the trial that computed θ1 (they once differed: dev 0.5947 vs 0.5981 for one config and seed)."""
+    import importlib
+
     import raysft.train.recipe as recipe
     from raysft.config import load_config
 
@@ -74,14 +76,16 @@ def test_the_sparse_phase_does_not_depend_on_the_generator_state_the_first_phase
     cfg = load_config("smoke", [f"data.dir={data}", "dense.max_steps=3", "sparse.max_steps=3",
                                 "data.max_eval_examples=8", "eval.splits=[dev]"])
     ref, _ = recipe.run_training(recipe.prepare(cfg, "lt-sft"))
-    dense = recipe.train_dense
+    # the module whose train_dense the recipe's phases call (raysft.train.phases since the phases left recipe.py)
+    owner = importlib.import_module("raysft.train.phases" if not hasattr(recipe, "train_dense") else recipe.__name__)
+    dense = owner.train_dense
 
     def dense_then_other_draws(*args, **kwargs):
         out = dense(*args, **kwargs)
         torch.rand(1000)  # another history of the global generator before the sparse phase
         return out
 
-    monkeypatch.setattr(recipe, "train_dense", dense_then_other_draws)
+    monkeypatch.setattr(owner, "train_dense", dense_then_other_draws)
     other, _ = recipe.run_training(recipe.prepare(cfg, "lt-sft"))
     for name, (idx, val) in ref.diffs.items():
         assert torch.equal(idx, other.diffs[name][0]) and torch.equal(val, other.diffs[name][1]), name
@@ -99,6 +103,49 @@ def test_the_heap_trimmer_trims_only_when_a_step_leaves_more_than_its_slack(monk
         h.after_step()
     # level 100 (first step); 150 stays; 400 trims; 120 is the clean level again (max: 120); 130 stays; 500 trims
     assert h.trims == 2 and len(trims) == 2 and h.level == 120
+
+
+class _FakeGlibc:
+    """Stands in for spill._glibc(): records malloc_trim and mallopt calls instead of making them."""
+
+    def __init__(self):
+        self.calls = []
+
+    def malloc_trim(self, pad):
+        self.calls.append(("malloc_trim", pad))
+        return 1
+
+    def mallopt(self, param, value):
+        self.calls.append(("mallopt", param, value))
+        return 1
+
+
+def test_a_default_heap_trimmer_changes_no_allocator_setting(monkeypatch):
+    """Library hygiene: HeapTrimmer() only trims (malloc_trim changes no setting); glibc's process-wide, permanent
+    mallopt thresholds are set only when the process owner asks (keep_top=True)."""
+    from raysft.train import spill
+
+    fake = _FakeGlibc()
+    monkeypatch.setattr(spill, "_glibc", lambda: fake)
+    rss = iter([100, 400, 100, 400])
+    monkeypatch.setattr(spill.HeapTrimmer, "_rss", staticmethod(lambda: next(rss)))
+    h = spill.HeapTrimmer(slack=200)
+    assert fake.calls == [] and h.keep_top is False
+    h.after_step()
+    h.after_step()  # 300 above the level: trims
+    assert fake.calls == [("malloc_trim", 0)] and h.trims == 1
+
+    fake.calls.clear()
+    owner = spill.HeapTrimmer(slack=200, keep_top=True)
+    assert owner.keep_top is True
+    assert fake.calls == [("mallopt", spill._M_MMAP_THRESHOLD, spill._GLIBC_MMAP_THRESHOLD_MAX),
+                          ("mallopt", spill._M_TRIM_THRESHOLD, 200)]
+    owner.after_step()
+    owner.after_step()
+    assert fake.calls[2:] == [("malloc_trim", 0)]
+
+    monkeypatch.setattr(spill, "_glibc", lambda: None)  # not glibc: nothing to set, and it says so
+    assert spill.HeapTrimmer(keep_top=True).keep_top is False
 
 
 _STEP_FAULTS = """
@@ -122,10 +169,10 @@ print(max(faults))
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="page faults are counted this way on Linux only")
 def test_with_the_heap_top_kept_a_step_reuses_the_pages_the_step_before_it_freed():
-    """HeapTrimmer keeps the heap's freed top mapped (keep_heap_top): once the heap has settled, a step touching
-    200 MB of fresh activations takes almost no page faults (glibc's own trimming, depending on the heap's layout, hands that top back and
-    the next step faults all 51,200 pages in again; bench/sparse_step.py --heap glibc-default shows it on a real
-    step). In its own process: mallopt is process-wide."""
+    """HeapTrimmer(keep_top=True) keeps the heap's freed top mapped (keep_heap_top): once the heap has settled, a
+    step touching 200 MB of fresh activations takes almost no page faults (glibc's own trimming, depending on the
+    heap's layout, hands that top back and the next step faults all 51,200 pages in again; bench/sparse_step.py
+    --heap glibc-default shows it on a real step). In its own process: mallopt is process-wide and permanent."""
     import subprocess
     import sys
 

@@ -4,6 +4,13 @@ A run needs θ0 three times (selection's θ1 − θ0, the rewind before the spar
 each time one tensor after another. :class:`SpilledParams` writes the tensors once to an unlinked temporary file and
 reads each one back on access (bitwise: raw bytes), so θ0 costs one tensor of memory at a time instead of a copy
 of the whole model; the file's pages live in the page cache, not in the process. Pure torch.
+
+Heap hygiene: :func:`trim_heap` and :class:`HeapTrimmer` only hand free pages back to the OS (glibc ``malloc_trim``)
+and change no setting. :func:`keep_heap_top` changes glibc's allocator settings (``mallopt``) for the whole process
+and for good: glibc has no getter for the previous values, and setting either threshold turns off its dynamic mmap
+threshold, so it cannot be undone. Only code that owns its process calls it, directly or through
+``HeapTrimmer(keep_top=True)``: the ``raysft train`` / ``raysft lang`` CLI commands and Ray Train workers; library
+callers (a notebook importing raysft, an embedding application) never do, and get glibc's settings untouched.
 """
 
 from __future__ import annotations
@@ -101,13 +108,16 @@ HEAP_SLACK = 256 * 2**20  # what a training loop's heap may hold above its level
 
 def keep_heap_top(trim_threshold: int) -> bool:
     """Let glibc keep up to ``trim_threshold`` bytes of free memory at the top of its heap instead of handing it
-    back to the OS at every ``free`` (glibc's own threshold follows the largest mapped chunk freed: ~25 MB here).
-    A training step frees its activations (~250 MB at e5-small's batch 16 × 128) at the top of the heap; handed back,
-    the next step takes ~60,000 page faults (each a fresh zeroed page) to touch them again, ~8 % of a sparse step on
-    this 2-core CPU. Setting the trim threshold also freezes glibc's mmap threshold, so it is set to glibc's own
-    maximum (32 MB), where a process that has loaded a model already has it. Returns whether it was set (glibc only).
-    Values are untouched: this only changes when memory goes back to the OS; :class:`HeapTrimmer` still trims when
-    the heap grows past its slack."""
+    back to the OS at every ``free`` (glibc's own threshold follows the largest mapped chunk freed). A training
+    step frees its activations at the top of the heap; handed back, the next step page-faults every one of those
+    pages in again (each a fresh zeroed page), a measurable share of a sparse step on a small CPU
+    (bench/sparse_step.py --heap kept vs --heap glibc-default measures it). Setting the trim threshold also freezes
+    glibc's mmap threshold, so it is set to glibc's own maximum (32 MB), where a process that has loaded a model
+    already has it. Returns whether it was set (glibc only). Values are untouched: this only changes when memory
+    goes back to the OS; :class:`HeapTrimmer` still trims when the heap grows past its slack.
+
+    Process-wide and permanent (see the module's docstring): call it only from code that owns its process (the
+    ``raysft train`` / ``raysft lang`` CLI commands, Ray Train workers), never from library code."""
     libc = _glibc()
     if libc is None:
         return False
@@ -119,17 +129,21 @@ class HeapTrimmer:
     """Keeps a training loop's resident memory near what it uses. Steps allocate their activations anew, at sizes
     that follow each batch's length; glibc keeps what they freed inside its heap (it maps back only allocations
     above a threshold that grows to 32 MB), so the holes pile up: between two steps of sa-cpu's dense phase the
-    process stayed at 2.9 GB where 1.1 GB was in use. The level is what one step leaves resident from a clean heap
-    (its state and the heap its own activations grew): the largest resident size after the first step and after
-    each step that follows a trim. When a step leaves more than ``slack`` bytes above it, the heap's free pages go
-    back to the OS (:func:`trim_heap`, ~0.1 s, plus the page faults of re-touching them): a few trims per phase,
-    each bounding the pile. Between trims, up to ``slack`` bytes freed at the heap's top stay mapped
-    (:func:`keep_heap_top`), so a step reuses its predecessor's pages instead of faulting them in again. Values are
-    untouched."""
+    process can stay far above what is in use (bench/memory.py measures a run's peak resident memory).
+    The level is what one step leaves resident from a clean heap (its state and the heap its own activations grew):
+    the largest resident size after the first step and after each step that follows a trim. When a step leaves
+    more than ``slack`` bytes above it, the heap's free pages go back to the OS (:func:`trim_heap`, plus the page
+    faults of re-touching them): a few trims per phase, each bounding the pile. Values are untouched.
 
-    def __init__(self, slack: int = HEAP_SLACK):
+    ``keep_top=True`` also keeps up to ``slack`` bytes freed at the heap's top mapped between trims
+    (:func:`keep_heap_top`), so a step reuses its predecessor's pages instead of faulting them in again. That changes
+    glibc's settings for the whole process, for good: pass it only from code that owns its process (the
+    ``raysft train`` / ``raysft lang`` CLI commands, Ray Train workers), never from library callers. By default
+    (``keep_top=False``) the trimmer changes no allocator setting."""
+
+    def __init__(self, slack: int = HEAP_SLACK, keep_top: bool = False):
         self.slack = slack
-        keep_heap_top(slack)
+        self.keep_top = keep_top and keep_heap_top(slack)  # whether glibc's settings were changed (glibc only)
         self.trims = 0
         self.level = 0
         self._clean = True  # the next step starts from a clean heap (the first one, or one after a trim)
