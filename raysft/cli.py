@@ -437,7 +437,7 @@ def sweep_table(grid, metric_name: str, top: int = 10) -> Table:
     for lang in langs:
         table.add_column(lang, justify="right")
     table.add_column("test", justify="right")
-    from raysft.sweep.tune import describe
+    from raysft.sweep.space import describe
 
     for score, result, m in rows[:top]:
         cells = [f"{m.get(f'{metric_name}/dev/{lang}', float('nan')):.3f}" for lang in langs]
@@ -494,11 +494,11 @@ def tune(
     )
     from raysft.tasks import get_task
 
-    from raysft.sweep.tune import outcome_of
+    from raysft.outcome import outcome_of
 
     console.print(sweep_table(grid, get_task(cfg.task).metric))
     if cfg.tune.multi_objective:
-        from raysft.sweep.tune import pareto_lines
+        from raysft.sweep.report import pareto_lines
 
         console.print("\n".join(pareto_lines(grid)), highlight=False)
     else:
@@ -516,7 +516,7 @@ def tune(
                       f"with `raysft tune {space} --resume`", highlight=False)
         raise typer.Exit(130)
     if confirm:
-        from raysft.sweep.tune import confirm_picks, confirm_seeds
+        from raysft.sweep.confirm import confirm_picks, confirm_seeds
 
         picks = confirm_picks(list(grid), confirm)
         _confirm(cfg.model_dump(mode="json"), picks, confirm_seeds(cfg.seed, seeds), experiment, address=address,
@@ -536,7 +536,7 @@ def confirm_table(summary, metric_name: str) -> Table:
 def _confirm(base: dict, picks, seed_list: list[int], experiment_dir: str, *, address, verbose, tracking_uri, track) -> None:
     """Rerun ``picks`` with ``seed_list`` beside the sweep at ``experiment_dir`` (its storage, its parent run)."""
     from raysft.storage import join as storage_join
-    from raysft.sweep.tune import run_confirm
+    from raysft.sweep.confirm import run_confirm
     from raysft.tasks import get_task
 
     root, name = experiment_dir.rstrip("/").rsplit("/", 1)
@@ -648,7 +648,7 @@ def confirm_cmd(
 
     import yaml
 
-    from raysft.sweep.tune import confirm_picks, confirm_seeds
+    from raysft.sweep.confirm import confirm_picks, confirm_seeds
     from raysft.tracking import record
     from raysft.tracking.store import all_runs, connect, download, get_experiment, resolve_uri
 

@@ -116,7 +116,7 @@ class LangConfig(_Strict):
 
 class Config(_Strict):
     name: str
-    task: Literal["nli", "sa"]
+    task: str  # a labeled task of the registry (raysft.tasks.TASKS): nli, sa
     model: str
     seed: int = 0
     method: str = "lt-sft"  # what `raysft train` runs when --method is not given
@@ -135,6 +135,16 @@ class Config(_Strict):
     lang: LangConfig = LangConfig()
     methods: dict[str, dict[str, Any]] = {}  # per method: its settings, and under `space:` what a sweep searches
     tune: TuneConfig = TuneConfig()
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, v):
+        from raysft.tasks.registry import TASKS  # datasets: a heavy import, only when a config is validated
+
+        known = [name for name, task in TASKS.items() if task.labels]  # a task SFT's tasks (not mlm)
+        if v not in known:
+            raise RaysftError(f"unknown task {v!r}: known tasks are {', '.join(known)}")
+        return v
 
     @field_validator("method")
     @classmethod

@@ -179,7 +179,7 @@ def test_storage_shared_only_on_a_network_file_system_or_one_machine(tmp_path):
 
 
 def test_storage_from_the_environment_and_refused_across_machines(tmp_path, monkeypatch):
-    from raysft.sweep.tune import storage_uri
+    from raysft.cluster.storage import storage_uri
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("RAYSFT_STORAGE", raising=False)
@@ -198,7 +198,7 @@ def test_storage_from_the_environment_and_refused_across_machines(tmp_path, monk
 
 def test_trial_drivers_go_to_the_head_only_where_it_advertises_raysft_driver():
     from raysft.config import load_config
-    from raysft.sweep.tune import default_max_concurrent, driver_resources, resources_per_trial
+    from raysft.cluster.resources import default_max_concurrent, driver_resources, resources_per_trial
 
     assert driver_resources({"CPU": 8}) == {"CPU": 1}  # a local Ray: as before
     assert driver_resources({"CPU": 8, "raysft_driver": 4}) == {"CPU": 0, "raysft_driver": 1}

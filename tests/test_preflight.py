@@ -8,7 +8,7 @@ from raysft.cli import main
 from raysft.config import load_config
 from raysft.sweep.preflight import distinct_configurations, first_samples
 from raysft.sweep.space import parse_space
-from raysft.sweep.tune import pareto_front
+from raysft.sweep.report import pareto_front
 from tests.conftest import needs_data
 
 
@@ -79,7 +79,8 @@ def test_tune_metric_is_gone(capsys, tmp_path):
 def test_dry_run_prints_the_searchers_first_draws_and_resources_and_starts_nothing(capsys, tmp_path):
     import ray
 
-    from raysft.sweep.tune import describe, make_searcher
+    from raysft.sweep.space import describe
+    from raysft.sweep.study import make_searcher
 
     needs_data()
     main(["tune", "smoke", "--dry-run", "--storage", str(tmp_path / "s")])

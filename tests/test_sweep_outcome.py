@@ -9,9 +9,10 @@ import sys
 import optuna
 import pytest
 
-from raysft.config import load_config
+from raysft.config import load_config, trial_config
 from raysft.outcome import Row, confirm_summary, confirm_verdict, spread, versus_default
 from raysft.sft.mask import expand_budget
+from raysft.sweep.confirm import confirm_samples, confirm_seeds
 from raysft.sweep.space import (
     DEFAULT_ATTR,
     BudgetFamilies,
@@ -20,17 +21,10 @@ from raysft.sweep.space import (
     FloatDist,
     IntDist,
     default_params,
+    describe,
     sample,
 )
-from raysft.sweep.tune import (
-    confirm_samples,
-    confirm_seeds,
-    default_lookup,
-    describe,
-    make_searcher,
-    startup_trials,
-    trial_config,
-)
+from raysft.sweep.study import default_lookup, make_searcher, startup_trials
 from tests.conftest import REPO, needs_data
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -258,7 +252,7 @@ def test_confirm_seeds_are_new_and_each_configuration_gets_each():
 def test_a_confirm_whose_pairs_all_finished_runs_nothing_and_summarises_them(tmp_path):
     """`raysft confirm` again after every (configuration, seed) pair finished: no Ray, the same summary; pairs of
     other configurations or seeds (an earlier, larger confirm) are left out of it."""
-    from raysft.sweep.tune import run_confirm
+    from raysft.sweep.confirm import run_confirm
 
     picks = [("d1", {"method": "lt-sft", "default": True}), ("t2", {"method": "sc-sft"})]
     done = [(label, seed, Row(f"{label}-{seed}", m, dev, test=dev + 0.01, default=label == "d1"))

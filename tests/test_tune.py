@@ -27,6 +27,13 @@ ENV = {
 }
 
 
+def dense_faults_env(folder: Path) -> dict[str, str]:
+    """The environment that makes the sweep's trials take the faults listed in ``folder`` when they claim a dense
+    phase (:mod:`tests.dense_faults`, reaching every Ray worker through a worker process setup hook)."""
+    return {"RAY_RUNTIME_ENV_HOOK": "tests.dense_faults.runtime_env_hook", "RAYSFT_TEST_DENSE_FAULTS": str(folder),
+            "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
+
+
 def tune_cmd(*args):
     return [sys.executable, "-m", "raysft.cli", "tune", "smoke", *args]
 
@@ -251,7 +258,7 @@ def test_shared_dense_phase_survives_a_stopped_and_a_killed_computing_trial_unde
     args = ("--trials", "3", "--max-concurrent", "3", "--storage", str(storage), "--no-track",
             "--set", "tune.dense_lease_s=10", "--set", "tune.report_every=5", "--set", "tune.cpus_per_worker=0.5")
     proc = subprocess.run(tune_cmd(*args), capture_output=True, text=True, cwd=REPO, timeout=900,
-                          env={**ENV, "RAYSFT_TEST_DENSE_HOOK": str(hooks)})
+                          env={**ENV, **dense_faults_env(hooks)})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert (hooks / "done").read_text().split() == ["stop", "kill"]
     assert "3 trials" in proc.stdout

@@ -29,7 +29,20 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow.fs as pafs
+
+from raysft.cluster.connect import connect
+from raysft.cluster.resources import autoscaling_node_types, check_resources
+from raysft.cluster.storage import (
+    DRIVER_RESOURCE,
+    STORAGE_ENV,
+    is_remote_uri,
+    machines,
+    node_local_problem,
+    storage_uri,
+)
 from raysft.errors import RaysftError
+from raysft.storage import join, resolve, write_atomic
 
 PROBE_DIR = ".raysft-doctor"
 VERSIONS = ("ray", "raysft", "torch", "transformers", "mlflow", "pyarrow")
@@ -77,14 +90,14 @@ def _tracking_answers(uri: str, timeout_s: float = 5.0) -> tuple[bool, str]:
         except Exception as e:  # URLError, timeouts, HTTP errors
             return False, f"{url}: {_first_line(e)}"
     if uri.startswith("sqlite:"):
-        from raysft.tracking.store import sqlite_path
+        from raysft.tracking.store import sqlite_path  # mlflow: a heavy import, only when checked
 
         path = sqlite_path(uri).expanduser().resolve()
         folder = next((p for p in (path.parent, *path.parent.parents) if p.exists()), None)
         ok = folder is not None and os.access(folder, os.W_OK)
         return ok, f"{path} ({'writable' if ok else 'not writable'} here)"
     try:
-        from raysft.tracking.store import client
+        from raysft.tracking.store import client  # mlflow: a heavy import, only when checked
 
         client(uri).search_experiments(max_results=1)
         return True, "answers"
@@ -95,6 +108,7 @@ def _tracking_answers(uri: str, timeout_s: float = 5.0) -> tuple[bool, str]:
 def _model_reachable(spec: str) -> tuple[bool, str]:
     """Whether this node can load the model ``spec`` without training (nothing is converted or downloaded)."""
     try:
+        # the model stack (transformers, huggingface_hub): heavy imports, only when a model is checked
         from raysft.models import _parse, resolve_model
 
         kind, _ = _parse(spec)
@@ -123,6 +137,7 @@ def _model_reachable(spec: str) -> tuple[bool, str]:
 
 def _data_reachable(cfg_json: dict) -> tuple[bool, str]:
     try:
+        # torch, datasets, transformers: heavy imports, only when the data is checked
         from raysft.config import Config
         from raysft.tasks import get_task
         from raysft.train.recipe import task_data
@@ -140,12 +155,10 @@ def _data_reachable(cfg_json: dict) -> tuple[bool, str]:
 
 def node_report(node_id: str, probe: str | None, tracking: str | None, cfg_json: dict | None) -> dict[str, Any]:
     """Round 1 on one node: versions, the storage probe written, the tracking store, model and data."""
-    import ray
+    import ray  # imported where it is used (a heavy import)
 
     out: dict[str, Any] = {"node_id": node_id, "ip": ray.util.get_node_ip_address(), "versions": _versions()}
     if probe is not None:
-        from raysft.storage import join, write_atomic
-
         try:
             write_atomic(join(probe, node_id), node_id.encode())
             out["storage"] = (True, "wrote its probe")
@@ -161,10 +174,6 @@ def node_report(node_id: str, probe: str | None, tracking: str | None, cfg_json:
 
 def probes_seen(probe: str) -> list[str]:
     """Round 2: the node ids whose probes this node sees."""
-    import pyarrow.fs as pafs
-
-    from raysft.storage import resolve
-
     fs, path = resolve(probe)
     infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
     return sorted(i.base_name for i in infos if i.type == pafs.FileType.File)
@@ -172,10 +181,6 @@ def probes_seen(probe: str) -> list[str]:
 
 def remove_probe(probe: str, probe_root: str, node_id: str) -> None:
     """Round 3: this node's probe, then the probe folders once empty (on node-local storage, each node its own)."""
-    import pyarrow.fs as pafs
-
-    from raysft.storage import join, resolve
-
     try:
         fs, path = resolve(join(probe, node_id))
         fs.delete_file(path)
@@ -190,7 +195,7 @@ def remove_probe(probe: str, probe_root: str, node_id: str) -> None:
 # ------------------------------------------------------------------------------------------------- the driver
 def _on_every_node(fn, nodes: list[dict], args_for, timeout_s: float) -> dict[str, Any]:
     """``fn(*args_for(node_id))`` on each node; node id → its result, or the exception / a timeout marker."""
-    import ray
+    import ray  # imported where it is used (a heavy import)
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     remote = ray.remote(num_cpus=0, max_retries=0)(fn)
@@ -220,8 +225,6 @@ def _node_label(node: dict, head_id: str | None) -> str:
 
 
 def _resources_line(node: dict) -> str:
-    from raysft.cluster.storage import DRIVER_RESOURCE
-
     res = node.get("Resources", {})
     parts = [f"{res.get('CPU', 0):g} CPU", f"{res.get('GPU', 0):g} GPU"]
     if res.get(DRIVER_RESOURCE):
@@ -237,9 +240,6 @@ def _head_id(nodes: list[dict]) -> str | None:
 
 
 def resources_check(cfg, nodes: list[dict], autoscaled: list[dict], label) -> Check:
-    from raysft.cluster.storage import DRIVER_RESOURCE, machines
-    from raysft.sweep.tune import check_resources
-
     lines = [f"{label(n)}: {_resources_line(n)}" for n in nodes]
     lines += [f"{t['NodeManagerAddress']}: {_resources_line(t)}" for t in autoscaled]
     gpus = sum(n.get("Resources", {}).get("GPU", 0) for n in nodes)
@@ -300,8 +300,6 @@ def versions_check(reports: dict[str, Any], label) -> Check:
 def storage_check(root: str, n_machines: int, reports: dict, seen: dict, label, source: str) -> Check:
     """Every node wrote its probe; every node must see every probe. Nodes that see another set of probes than the
     rest have a storage of their own (a local folder): they are named."""
-    from raysft.cluster.storage import is_remote_uri, node_local_problem
-
     lines, failed, views = [], [], {}
     for nid, r in reports.items():
         if not isinstance(r, dict) or not r["storage"][0]:
@@ -335,7 +333,7 @@ def storage_check(root: str, n_machines: int, reports: dict, seen: dict, label, 
 
 
 def tracking_check(uri, n_machines: int, reports: dict, label, source: str) -> Check:
-    from raysft.tracking.store import check_cluster
+    from raysft.tracking.store import check_cluster  # mlflow: a heavy import, only when checked
 
     try:
         check_cluster(uri, n_machines)
@@ -369,12 +367,9 @@ def per_node_check(name: str, key: str, reports: dict, label, fix: str) -> Check
 def run_checks(cfg=None, *, address: str | None = None, storage: str | None = None,
                tracking_uri: str | None = None, timeout_s: float = 60.0) -> list[Check]:
     """Every check, in order; a cluster that does not answer skips the rest."""
-    import ray
+    import ray  # imported where it is used (a heavy import)
 
-    from raysft.cluster.storage import STORAGE_ENV, machines
-    from raysft.storage import join
-    from raysft.sweep.tune import autoscaling_node_types, connect, storage_uri
-    from raysft.tracking.store import resolve_uri
+    from raysft.tracking.store import resolve_uri  # mlflow: a heavy import
 
     try:
         connect(address, verbose=False)

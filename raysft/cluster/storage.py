@@ -1,4 +1,5 @@
-"""Can every node of a cluster share this storage? (pure: no Ray)
+"""The sweep's storage (--storage, $RAYSFT_STORAGE or runs/tune), and can every node of a cluster share it? (pure: no
+Ray)
 
 A sweep's storage holds Tune's experiment state, the Train checkpoints that any node may restore from, and θ1 of
 the dense-phase cache: every node must see what any other node wrote. A URI (``s3://``, ``gs://``, …) is shared by
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+
+from raysft.errors import RaysftError
 
 STORAGE_ENV = "RAYSFT_STORAGE"  # set on every node by cluster.yaml; --storage wins
 DRIVER_RESOURCE = "raysft_driver"  # advertised by the head node in cluster.yaml: trial drivers run there
@@ -84,3 +87,20 @@ def node_local_problem(path: str | os.PathLike, n_machines: int, source: str = "
         f"but the Ray cluster spans {n_machines} machines: give --storage s3://bucket/path (or set {STORAGE_ENV}), "
         "or a folder on a file system every node mounts (NFS, EFS, Lustre)"
     )
+
+
+def storage_uri(storage: str | None, n_machines: int = 1) -> str:
+    """--storage, else $RAYSFT_STORAGE (cluster.yaml sets it on every node), else runs/tune. A folder that the
+    cluster's machines cannot share is refused (:func:`raysft.cluster.storage.node_local_problem`)."""
+    source = "--storage"
+    if not storage and os.environ.get(STORAGE_ENV, "").strip():
+        storage, source = os.environ[STORAGE_ENV].strip(), STORAGE_ENV
+    if not storage:
+        storage, source = str(Path.cwd() / "runs" / "tune"), "the default"
+    if is_remote_uri(storage):
+        return storage
+    path = Path(storage.removeprefix("file://")).expanduser().resolve()
+    problem = node_local_problem(path, n_machines, source)
+    if problem:
+        raise RaysftError(problem)
+    return str(path)

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from raysft.cluster.connect import connect
 from raysft.config import Config
 from raysft.distributed.progress import BoardReporter, get_board, push
 from raysft.errors import RaysftError
@@ -74,8 +75,6 @@ def train_languages(
     its metrics or the one-line reason it failed (a failure does not stop the other languages). While jobs run,
     ``on_progress`` gets a line (each running language's phase, step and loss) at least every 30 s."""
     import ray
-
-    from raysft.sweep.tune import connect
 
     connect(address, verbose)
     job = ray.remote(train_one_language).options(

@@ -24,6 +24,7 @@ import ray
 
 from raysft import storage
 from raysft.config import Config
+from raysft.store import source_lang_sft_identity
 
 ACTOR_NAME = "raysft-dense-cache"
 THETA1_FILE = "theta1.safetensors"
@@ -32,8 +33,6 @@ THETA1_FILE = "theta1.safetensors"
 def dense_key(cfg: Config, num_workers: int) -> str:
     """Everything the dense phase's result depends on: model, task and data, dense settings, seed, workers, and the
     source language's SFT that the task SFT trains on top of (its file's identity)."""
-    from raysft.store import source_lang_sft_identity
-
     payload = {
         "source_lang_sft": source_lang_sft_identity(cfg),
         "model": cfg.model,

@@ -19,8 +19,11 @@ from typing import Any, Iterator
 
 from pydantic import ValidationError
 
+from raysft.cluster.resources import driver_resources, resources_per_trial
 from raysft.config import Config, trial_config
 from raysft.errors import RaysftError
+from raysft.sft.mask import expand_budget
+from raysft.sft.methods import make_method
 from raysft.space_schema import (
     BudgetFamilies,
     Candidates,
@@ -31,6 +34,8 @@ from raysft.space_schema import (
     IntDist,
     ShapeBudget,
 )
+from raysft.sweep.space import describe, sample
+from raysft.sweep.study import make_study
 
 # --------------------------------------------------------------------------------------------------- counting
 _UNBOUNDED = math.inf
@@ -140,9 +145,6 @@ def _short(value: Any) -> str:
 def check_spaces_against_model(cfg: Config, param_space) -> None:
     """Each method's defaults and each space key's extremes, validated as a trial would be: the config, the method's
     settings, K, and the method's own check against the model (e.g. a uniform rank above a matrix's size)."""
-    from raysft.sft.mask import expand_budget
-    from raysft.sft.methods import make_method
-
     base = cfg.model_dump(mode="json")
     for m in cfg.tune.methods:
         cases = [("(defaults)", None, {"method": m, "settings": {}, "overrides": {}})]
@@ -172,7 +174,7 @@ def check_model_and_spaces(cfg: Config, strict: bool = True) -> dict[str, Any]:
     of refused; a space that does not fit a loaded model is refused either way."""
     import gc
 
-    from raysft.train.recipe import prepare
+    from raysft.train.recipe import prepare  # the model stack (transformers): a heavy import, only when checking
 
     try:
         run = prepare(cfg, cfg.tune.methods[0])  # one line on a bad model, data, K or language-SFT source
@@ -193,13 +195,9 @@ def check_model_and_spaces(cfg: Config, strict: bool = True) -> dict[str, Any]:
 def first_samples(cfg: Config, n: int, trials: int | None = None) -> list[dict]:
     """The first ``n`` trials' sampled configurations as the sweep's searcher draws them before any result is back
     (an in-process Optuna study with the same sampler and seed, asked as OptunaSearch asks)."""
-    import optuna
-
-    from raysft.sweep.space import sample
+    import optuna  # imported where it is used (a heavy import)
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    from raysft.sweep.tune import make_study
-
     spaces = {m: cfg.method_space(m) for m in cfg.tune.methods}
     study = make_study(cfg, spaces, trials if trials is not None else cfg.tune.trials)[0]
     return [sample(study.ask(), cfg.tune.methods, spaces) for _ in range(n)]
@@ -230,8 +228,6 @@ def dry_run_lines(cfg: Config, trials: int, max_concurrent: int | None = None, s
     """`raysft tune --dry-run`: the resolved sweep, checked (as a real sweep is, except that a model this machine
     cannot load is noted instead of refused), its first trials' sampled configurations and what each trial asks
     Ray for. Starts nothing: no Ray, no storage, no tracking."""
-    from raysft.sweep.tune import describe, driver_resources, resources_per_trial
-
     check_not_exhausted(cfg, trials)
     facts = check_model_and_spaces(cfg, strict=False)
     t = cfg.tune

@@ -19,6 +19,7 @@ class DefaultsFinishASHA(AsyncHyperBandScheduler):
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         action = super().on_trial_result(tune_controller, trial, result)  # the score enters its rung either way
         if action == TrialScheduler.STOP and is_default(trial):
+            # Private: no public API vetoes a STOP that ASHA already counted (the count only feeds debug_string).
             self._num_stopped -= 1
             return TrialScheduler.CONTINUE
         return action

@@ -96,7 +96,7 @@ def _suggest(trial, name: str, dist) -> Any:
 
 
 def _expand(budget: dict[str, float], groups: list[str]) -> dict[str, float] | None:
-    from raysft.sft.mask import expand_budget
+    from raysft.sft.mask import expand_budget  # torch: a heavy import, only for budget vectors
 
     try:
         return expand_budget(budget, groups)
@@ -206,3 +206,21 @@ def sample(trial, methods: list[str], spaces: dict[str, dict[str, Any]]) -> dict
     if is_default:
         return {"method": method, "settings": {}, "overrides": {}, "default": True}
     return {"method": method, "settings": settings, "overrides": overrides}
+
+
+def describe(sampled: dict) -> str:
+    """One line for a sampled configuration: the method, (default), then its settings and overrides."""
+    parts = [sampled["method"]]
+    if sampled.get("default"):
+        parts.append("(default)")
+    for key, value in {**sampled["settings"], **sampled["overrides"]}.items():
+        if key == "budget" and value is None:
+            parts.append("budget global")
+        elif key == "budget":
+            top = sorted(value.items(), key=lambda kv: -kv[1])[:3]
+            parts.append("budget " + ",".join(f"{g}={v:.2f}" for g, v in top))
+        elif isinstance(value, float):
+            parts.append(f"{key}={value:.3g}")
+        else:
+            parts.append(f"{key}={value}")
+    return " ".join(parts)

@@ -4,17 +4,20 @@ score), finished trials as lines, and an estimate of the time left.
 On a terminal, a live table refreshed in place with finished trials printed above it; anywhere else (a log, CI, a
 pipe), one line per phase change, so that a captured `raysft tune` shows what each trial is doing from its start.
 It draws what :mod:`raysft.distributed.progress`'s board holds: ``update(states, events)`` with every trial's latest
-state and the phase changes since the last call.
+state and the phase changes since the last call. :func:`watch_sweep` runs it in a driver thread, reading the board.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 import time
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+
+from raysft.distributed.progress import get_board
 
 # The phases a trial goes through, in order; the training phases' steps (the worker's plan) weigh the estimate.
 ORDER = ["starting", "waiting for θ1", "workers", "loading", "mask", "dense", "dense (reused)", "select", "sparse",
@@ -177,3 +180,36 @@ def _step_and_loss(state: dict[str, Any]) -> tuple[str, str]:
     step = f"{state.get('step', 0)}/{state['total']}" if state.get("total") else ""
     training = isinstance(state.get("loss"), float) and state.get("phase") not in ("eval", "final")
     return step, f"{state['loss']:.4f}" if training else ""
+
+
+def watch_sweep(console, trials: int, concurrent: int, interval_s: float = 1.0):
+    """Start drawing the sweep's progress (a thread reading the progress board every ``interval_s``); returns a
+    function that draws what is left and stops."""
+    import ray  # imported where it is used: the display itself needs no Ray (a heavy import)
+
+    board = get_board()  # created here: it lives as long as this driver; trials find it by name
+    watch = SweepWatch(console, trials, concurrent).__enter__()
+    stop = threading.Event()
+    cursor = [0]
+
+    def read() -> None:
+        try:
+            states, events, cursor[0] = ray.get(board.read.remote(cursor[0]), timeout=30)
+        except Exception:  # a slow or lost read only delays the display
+            return
+        watch.update(states, events)
+
+    def loop() -> None:
+        while not stop.wait(interval_s):
+            read()
+
+    thread = threading.Thread(target=loop, name="raysft-watch", daemon=True)
+    thread.start()
+
+    def finish() -> None:
+        stop.set()
+        thread.join(timeout=interval_s + 30)
+        read()
+        watch.__exit__(None, None, None)
+
+    return finish

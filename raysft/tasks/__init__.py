@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from raysft.tasks.base import Task, TaskData, cache_dir, data_dir, get_task, metrics
-from raysft.tasks.mlm import MlmTask, load_text, mlm_collator, tokenize_for_mlm
-from raysft.tasks.nli import NliTask
-from raysft.tasks.sa import SaTask
-
-TASKS: dict[str, Task] = {"nli": NliTask(), "sa": SaTask(), "mlm": MlmTask()}
+from raysft.tasks.base import Task, TaskData, data_dir, metrics
+from raysft.tasks.cache import cache_dir
+from raysft.tasks.mlm import load_text, mlm_collator, tokenize_for_mlm
+from raysft.tasks.registry import TASKS, get_task
 
 __all__ = [
     "TASKS",

@@ -20,6 +20,8 @@ import datasets
 import torch
 
 from raysft.errors import RaysftError
+from raysft.tasks.cache import cache_dir
+from raysft.tasks.hub import repos_for, snapshot
 
 SPLITS = ("dev", "test")
 SOURCES = ("auto", "local", "hub")
@@ -52,14 +54,6 @@ def data_dir() -> Path:
         if path not in tried:
             tried.append(path)
     raise RaysftError(f"data folder not found (tried {', '.join(map(str, tried))}): set RAYSFT_DATA_DIR to the shared data folder")
-
-
-def cache_dir() -> Path:
-    """Where ``datasets`` keeps its Arrow files for raysft: ``$RAYSFT_CACHE/datasets`` (default ~/.cache/raysft)."""
-    root = Path(os.environ.get("RAYSFT_CACHE") or Path.home() / ".cache" / "raysft").expanduser()
-    path = root / "datasets"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def resolve_data_dir(path: str | os.PathLike | None) -> Path:
@@ -346,8 +340,6 @@ class Task(ABC):
 
     def hub_repos(self) -> tuple:
         """The hub datasets the task reads (raysft.tasks.hub.HubRepo)."""
-        from raysft.tasks.hub import repos_for
-
         return repos_for(self.name)
 
     def targets(self, cfg: Any = None) -> list[str]:
@@ -367,8 +359,6 @@ class Task(ABC):
         saying where it comes from. Raises a RaysftError naming the fix."""
         cfg = TaskData.coerce(cfg)
         if cfg.use_hub():
-            from raysft.tasks.hub import snapshot
-
             return "hub: " + ", ".join(f"{r} ({snapshot(r, download=download)})" for r in self.hub_repos())
         return str(cfg.root())
 
@@ -408,13 +398,3 @@ class Task(ABC):
 
     def __repr__(self) -> str:
         return f"<raysft task {self.name}>"
-
-
-# ---------------------------------------------------------------------------------------------------------- registry
-def get_task(name: str) -> Task:
-    """The registered task called ``name`` (raysft.tasks.TASKS)."""
-    from raysft.tasks import TASKS
-
-    if name not in TASKS:
-        raise RaysftError(f"unknown task {name!r}: known tasks are {', '.join(TASKS)}")
-    return TASKS[name]

@@ -42,6 +42,7 @@ from pathlib import Path
 import datasets
 
 from raysft.errors import RaysftError
+from raysft.tasks.cache import cache_dir
 
 AMERICAS_LANGS = ("aym", "bzd", "cni", "gn", "hch", "nah", "oto", "quy", "shp", "tar")
 NUSAX_LANGS = ("ace", "ban", "bbc", "bjn", "bug", "eng", "ind", "jav", "mad", "min", "nij", "sun")
@@ -79,7 +80,7 @@ TASK_REPOS: dict[str, tuple[HubRepo, ...]] = {
 
 def hub_cache_dir() -> Path:
     """The Hugging Face hub cache (``$HF_HUB_CACHE``, default ``$HF_HOME/hub``), read at call time."""
-    from huggingface_hub import constants
+    from huggingface_hub import constants  # huggingface_hub: imported where it is used (a heavy import)
 
     return Path(constants.HF_HUB_CACHE)
 
@@ -91,7 +92,7 @@ def _first_line(e: BaseException) -> str:
 
 def cached_snapshot(repo: HubRepo) -> Path | None:
     """The complete snapshot of ``repo`` in this machine's cache, or None (nothing is downloaded)."""
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import snapshot_download  # imported where it is used (a heavy import)
 
     try:
         path = snapshot_download(
@@ -113,7 +114,7 @@ def snapshot(repo: HubRepo, *, download: bool = True) -> Path:
            "or use local data (data.source: local, RAYSFT_DATA_DIR)")
     if not download:
         raise RaysftError(f"hub dataset {repo} ({repo.what}) is not in this machine's cache {hub_cache_dir()}: {fix}")
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import snapshot_download  # imported where it is used (a heavy import)
 
     try:
         return Path(snapshot_download(
@@ -127,8 +128,6 @@ def snapshot(repo: HubRepo, *, download: bool = True) -> Path:
 def load(repo: HubRepo, split: str, *, name: str | None = None, data_dir: str | None = None) -> datasets.Dataset:
     """One split of a hub dataset (a config ``name`` from its README, or a ``data_dir`` of the repo), read by
     ``datasets`` from the snapshot into raysft's datasets cache."""
-    from raysft.tasks.base import cache_dir
-
     path = snapshot(repo)
     where = f"{repo}" + (f" config {name}" if name else "") + (f" {data_dir}/" if data_dir else "")
     if data_dir is not None and not (path / data_dir).is_dir():

@@ -161,7 +161,7 @@ def tokenize_for_mlm(ds: datasets.Dataset, tokenizer: Any, max_len: int) -> data
 
 def mlm_collator(tokenizer: Any, mlm_probability: float = MLM_PROBABILITY, seed: int | None = None, pad_to_multiple_of: int | None = None):
     """A DataCollatorForLanguageModeling (15 % masking, 80/10/10) that pads a batch and makes its labels."""
-    from transformers import DataCollatorForLanguageModeling
+    from transformers import DataCollatorForLanguageModeling  # transformers: a heavy import, only for MLM batches
 
     if getattr(tokenizer, "mask_token", None) is None:
         raise RaysftError("the tokenizer has no mask token, so it cannot do MLM: use a tokenizer with a <mask> token")

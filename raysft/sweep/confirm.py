@@ -1,0 +1,133 @@
+"""`raysft tune --confirm`: the sweep's best configurations and its default rerun with fresh seeds, as Ray trials
+(no scheduler: every run reaches its full evaluation), paired by seed and judged by :mod:`raysft.outcome`."""
+
+from __future__ import annotations
+
+from raysft.cluster.connect import connect
+from raysft.cluster.resources import cluster_capacity, default_max_concurrent, driver_resources
+from raysft.config import Config
+from raysft.errors import RaysftError
+from raysft.outcome import confirm_summary, confirm_verdict, rows_of
+from raysft.sweep.report import trial_lines_callback
+from raysft.sweep.trial import run_trial
+from raysft.sweep.watch import watch_sweep
+
+
+def confirm_seeds(base_seed: int, n: int) -> list[int]:
+    """n seeds, none equal to the sweep's own (``base_seed``) nor to the neighbours the recipe derives from a seed
+    (seed + 1 orders the sparse phase's data)."""
+    if n < 1:
+        raise RaysftError(f"--seeds {n}: confirm needs at least 1 seed")
+    return [base_seed + 1000 * (i + 1) for i in range(n)]
+
+
+def confirm_picks(items, top: int) -> list[tuple[str, dict]]:
+    """(label, sampled) of the top ``top`` searched trials with a full evaluation, by dev objective, and the best
+    default trial (label: its trial id; the default's sample keeps ``default: True``)."""
+    if top < 1:
+        raise RaysftError(f"--top {top}: confirm at least 1 configuration")
+    rows = rows_of(items)
+    samples = {}
+    for t in items:
+        r = getattr(t, "last_result", None) or getattr(t, "metrics", None) or {}
+        samples[str(r.get("trial_id") or getattr(t, "trial_id", "?"))] = (getattr(t, "config", None) or {}).get("sample")
+    finals = sorted((r for r in rows if r.final and isinstance(r.dev, (int, float))), key=lambda r: -r.dev)
+    searched = [r for r in finals if not r.default][:top]
+    default = [r for r in finals if r.default][:1]
+    if not searched and not default:
+        raise RaysftError("no trial of this sweep has a full evaluation: nothing to confirm (let the sweep finish first)")
+    return [(r.id, samples[r.id]) for r in default + searched]
+
+
+def confirm_samples(picks: list[tuple[str, dict]], seeds: list[int]) -> list[dict]:
+    """One trial sample per (configuration, seed): the configuration's own sample with ``seed`` overridden (the seed
+    drives the data order, the head's init and Rand-SFT's mask) and a ``confirm`` record {config, seed}."""
+    out = []
+    # seed-major: each seed's configurations run one after the other, so they share that seed's dense phase while it
+    # is fresh, and a confirm stopped early still holds complete pairs (every configuration at the same seeds)
+    for seed in seeds:
+        for label, sampled in picks:
+            s = {"method": sampled["method"], "settings": dict(sampled.get("settings") or {}),
+                 "overrides": {**(sampled.get("overrides") or {}), "seed": seed},
+                 "confirm": {"config": label, "seed": seed}}
+            if sampled.get("default"):
+                s["default"] = True
+            out.append(s)
+    return out
+
+
+def confirm_rows(items) -> list:
+    """(configuration label, seed, outcome row) of every confirm trial."""
+    out = []
+    for t, row in zip(items, rows_of(items)):
+        c = (getattr(t, "config", None) or {}).get("sample", {}).get("confirm") or {}
+        out.append((str(c.get("config")), int(c.get("seed", -1)), row))
+    return out
+
+
+def run_confirm(
+    base: dict,
+    picks: list[tuple[str, dict]],
+    seeds: list[int],
+    *,
+    root: str,
+    name: str,
+    address: str | None = None,
+    verbose: bool = False,
+    console=None,
+    tracking=None,
+    max_concurrent: int | None = None,
+    done: list | None = None,
+):
+    """Rerun each picked configuration with each seed, as Ray trials (one Ray Train run each, no scheduler: every
+    run goes to its full evaluation), logged under the sweep's parent run when ``tracking`` is given. ``done``:
+    (label, seed, row) of confirm runs that already finished (:meth:`SweepTracking.confirmed_rows`); those pairs are
+    not rerun but count in the summary. Returns the confirm summary (:func:`raysft.outcome.confirm_summary`), its
+    verdict line and the result grid (None when every pair was done)."""
+    labels = {label for label, _ in picks}
+    done = [(label, seed, row) for label, seed, row in (done or []) if label in labels and seed in seeds]
+    have = {(label, seed) for label, seed, _ in done}
+    samples = [s for s in confirm_samples(picks, seeds) if (s["confirm"]["config"], s["confirm"]["seed"]) not in have]
+    if console is not None and have:
+        console.print(f"confirm: {len(have)} of {len(picks) * len(seeds)} runs already finished under this sweep "
+                      f"(kept); {len(samples)} to run", highlight=False)
+    grid = _confirm_trials(base, picks, seeds, samples, root=root, name=name, address=address, verbose=verbose,
+                           console=console, tracking=tracking, max_concurrent=max_concurrent) if samples else None
+    summary = confirm_summary(done + (confirm_rows(list(grid)) if grid is not None else []))
+    verdict = confirm_verdict(summary)
+    if tracking is not None:
+        tracking.log_confirm(summary, verdict, seeds)
+    return summary, verdict, grid
+
+
+def _confirm_trials(base: dict, picks, seeds, samples: list[dict], *, root, name, address, verbose, console, tracking,
+                    max_concurrent):
+    import ray  # imported where it is used (a heavy import)
+    from ray import tune
+
+    from raysft.sweep.dense_cache import get_cache  # imports Ray
+
+    cfg = Config.model_validate(base)
+    connect(address, verbose)
+    cluster = ray.cluster_resources()
+    concurrent = max_concurrent or cfg.tune.max_concurrent or default_max_concurrent(cfg, cluster_capacity(cluster))
+    trainable = tune.with_resources(tune.with_parameters(run_trial, base=base, storage=root), driver_resources(cluster))
+    callbacks = ([tracking.callback()] if tracking else []) + ([trial_lines_callback()] if console is not None else [])
+    if console is not None:
+        console.print(f"confirm: {len(picks)} configurations × seeds {', '.join(map(str, seeds))}: {len(samples)} runs",
+                      highlight=False)
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"sample": tune.grid_search(samples)},
+        tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=concurrent),
+        run_config=tune.RunConfig(name=name, storage_path=root, callbacks=callbacks, verbose=1 if verbose else 0,
+                                  failure_config=tune.FailureConfig(max_failures=1)),
+    )
+    get_cache(root)  # lives as long as this driver (see run_sweep)
+    # the same live display as the sweep's: a confirm run takes minutes (its own dense phase per seed)
+    stop_watch = watch_sweep(console, len(samples), concurrent) if console is not None else None
+    try:
+        return tuner.fit()
+    finally:
+        if stop_watch is not None:
+            stop_watch()
