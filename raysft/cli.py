@@ -141,12 +141,13 @@ def train(
     force: Annotated[bool, typer.Option(help="replace a non-empty --out")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow store (default $MLFLOW_TRACKING_URI, else sqlite:///runs/mlflow.db)")] = None,
-    experiment: Annotated[str | None, typer.Option(help="MLflow experiment (default: the space's name)")] = None,
+    experiment: Annotated[str | None, typer.Option(help="MLflow experiment (default: the space's name; with --from-run, the trial's)")] = None,
     track: Annotated[bool, typer.Option(help="log the run to MLflow")] = True,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
+    from_run: Annotated[str | None, typer.Option("--from-run", help="rerun one sweep trial from its MLflow child run (its run id, or a prefix as raysft compare shows it): the trial's own config, method and seed; not with --method or --set")] = None,
 ) -> None:
     """Train one SFT in this process: dense → select → sparse → composed evaluation on every target language; the run
-    is logged to MLflow."""
+    is logged to MLflow. With --from-run, the same for one sweep trial's resolved config (read back from its run)."""
     from raysft.config import load_config
     from raysft.train.loop import SilentReporter
     from raysft.train.device import resolve_device
@@ -154,7 +155,20 @@ def train(
 
     started = time.time()  # the MLflow run's start: this command's, not the moment it is logged
     _quiet_libraries()
-    cfg = load_config(space, set_ or [])
+    trial = None
+    if from_run is not None:
+        if method is not None or set_:
+            raise RaysftError("--from-run reruns the trial's own config, method and seed: leave out "
+                              + " and ".join(o for o, given in (("--method", method is not None), ("--set", bool(set_))) if given))
+        from raysft.tracking.store import resolve_uri as lookup_uri
+        from raysft.tracking.trial import trial_of_run
+
+        # the trial's Config as logged (the space, the sweep's --set, the sampled values), not the space file now
+        trial = trial_of_run(lookup_uri(tracking_uri), from_run, load_config(space, []).name, experiment)
+        cfg = trial.cfg
+        experiment = experiment or trial.experiment  # the rerun's run beside the trial's
+    else:
+        cfg = load_config(space, set_ or [])
     where = resolve_device(device)  # a --device this machine cannot give is refused before anything loads
     if method is not None:
         cfg = cfg.model_copy(update={"method": method})
@@ -162,8 +176,15 @@ def train(
 
         method_class(method)
     name = cfg.method
-    out = out or Path("runs") / "train" / f"{cfg.name}-{name}-{datetime.now():%Y%m%d-%H%M%S}"
+    tag = f"-trial-{trial.trial_id}" if trial is not None else ""
+    out = out or Path("runs") / "train" / f"{cfg.name}-{name}{tag}-{datetime.now():%Y%m%d-%H%M%S}"
     check_out(out, force)
+    if trial is not None:
+        console.print(trial.line(), highlight=False, soft_wrap=True)
+        if trial.num_workers > 1:
+            err_console.print(f"[yellow]warning:[/] trial {trial.trial_id} ran on {trial.num_workers} Ray Train workers; "
+                              "this rerun is one process, so its delta cannot be bitwise the trial's", highlight=False,
+                              soft_wrap=True)
     uri = None
     if track:
         from raysft.tracking.store import resolve_uri
@@ -204,7 +225,9 @@ def train(
         from raysft.tracking.runs import log_train_run
 
         try:
-            _, run_id = log_train_run(uri, experiment or cfg.name, cfg, name, metrics, out, started=started, ended=ended)
+            origin = {"raysft.from_run": trial.run_id, "raysft.from_trial": trial.trial_id} if trial is not None else None
+            _, run_id = log_train_run(uri, experiment or cfg.name, cfg, name, metrics, out, started=started, ended=ended,
+                                      tags=origin)
             console.print(f"logged run {run_id} (experiment '{experiment or cfg.name}') to {uri}", highlight=False)
         except Exception as e:  # the outputs are written: a tracking failure does not undo the run
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]

@@ -30,7 +30,7 @@ ENV = {
 }
 ENV.pop("MLFLOW_TRACKING_URI", None)
 LANGS = ("jav", "sun")
-ARTIFACTS = {"task_sft.safetensors", "metrics.json", "config.yaml", "plots/layers.png", "plots/languages.png"}
+ARTIFACTS = {"task_sft.safetensors", "metrics.json", "config.yaml", "config.json", "plots/layers.png", "plots/languages.png"}
 
 
 # ------------------------------------------------------------------------------------------------ fast: no server
@@ -71,7 +71,7 @@ def test_sqlite_store_refused_on_a_multi_node_cluster():
 
 
 def test_writer_keeps_writes_while_the_store_is_down_and_writes_them_in_order_after():
-    from raysft.tracking.runs import Writer
+    from raysft.tracking.writer import Writer
 
     class Refused(Exception):
         error_code = "INVALID_PARAMETER_VALUE"
@@ -256,6 +256,9 @@ def sweep(server, tmp_path_factory):
 
 @pytest.mark.slow
 def test_sweep_one_parent_three_ended_children_with_metrics_and_artifacts(server, sweep):
+    from raysft.tracking.store import TrackingURI
+    from raysft.tracking.trial import trial_of_run
+
     storage, before, stdout = sweep
     c = _client(server)
     runs = _runs(server)
@@ -282,6 +285,13 @@ def test_sweep_one_parent_three_ended_children_with_metrics_and_artifacts(server
         assert p["method"] == "sc-sft" and int(p["k"]) == m["trained_entries"] and "sparse.lr" in p and p["seed"] == "0"
         assert {"budget/embeddings", "budget/layer.0", "budget/layer.1"} <= set(p)
         assert ARTIFACTS <= _artifacts(c, r.info.run_id)
+        # config.json: the trial's full resolved config, read back as `raysft train --from-run` reads it
+        trial = trial_of_run(TrackingURI(server, True), r.info.run_id, "smoke")
+        assert trial.trial_id == r.data.tags["trial_id"] and trial.method == "sc-sft" and trial.seed == 0
+        assert trial.cfg.sparse.lr == float(p["sparse.lr"]) and trial.cfg.tune.scheduler == "none"  # sampled, --set
+        budget = trial.cfg.method_settings("sc-sft").model_dump()["budget"]
+        assert {f"budget/{g}": v for g, v in budget.items()} == pytest.approx(
+            {k: float(v) for k, v in p.items() if k.startswith("budget/")})
     assert sorted(r.data.metrics["dense_cache_hit"] for r in children) == [0.0, 1.0, 1.0]
     pm = parent.data.metrics  # the sweep's summary, from the resumed invocation's grid (every trial)
     assert pm["trials"] == 3 and pm["trials_final"] == 3 and pm["method/sc-sft/trials"] == 3

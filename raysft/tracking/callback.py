@@ -1,4 +1,5 @@
-"""The Tune callback that writes a sweep's child runs from the driver (see :mod:`raysft.tracking.runs`)."""
+"""The Tune callback that writes a sweep's child runs from the driver (see :mod:`raysft.tracking.runs`; what a child
+run gets when it opens: :mod:`raysft.tracking.trial`)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from typing import Callable
 from ray.tune import Callback
 
 from raysft.tracking import record
-from raysft.tracking.runs import Writer, _local_checkpoint, _log_batch, _warn
-from raysft.tracking.store import _first_line, all_runs
+from raysft.tracking.store import all_runs, first_line
+from raysft.tracking.trial import open_trial_run
+from raysft.tracking.writer import Writer, local_checkpoint, log_batch, warn
 
 
 class _NoRun(Exception):
@@ -69,7 +71,7 @@ class TrackingCallback(Callback):
         try:
             fn(*args)
         except Exception as e:
-            _warn(f"{what}: {type(e).__name__}: {_first_line(e)} (the sweep goes on)")
+            warn(f"{what}: {type(e).__name__}: {first_line(e)} (the sweep goes on)")
 
     def _cfg(self, trial):
         from raysft.config import trial_config
@@ -77,23 +79,9 @@ class TrackingCallback(Callback):
         return trial_config(self.base, trial.config["sample"])
 
     # ------------------------------------------------------------------------------------------------ operations
-    def _op_open(self, c, trial_id: str, params: dict[str, str], tags: dict[str, str] | None = None,
-                 started_ms: int | None = None) -> None:
-        found = [
-            r for r in all_runs(c, self.experiment_id, f"tags.trial_id = '{trial_id}'")
-            if r.data.tags.get("mlflow.parentRunId") == self.parent_run_id
-        ]
-        if found:  # a retried or resumed trial: its run again
-            run = found[0]
-            if run.info.status != "RUNNING":
-                c.update_run(run.info.run_id, status="RUNNING")
-        else:
-            run = c.create_run(  # started_ms: when Tune started the trial, even if the store answered later
-                self.experiment_id, run_name=f"trial-{trial_id}", start_time=started_ms,
-                tags={"mlflow.parentRunId": self.parent_run_id, "trial_id": trial_id, "raysft.kind": "trial"},
-            )
-        self.runs[trial_id] = run.info.run_id
-        _log_batch(c, run.info.run_id, params, None, tags)
+    def _op_open(self, c, trial_id: str, cfg, sampled: dict, started_ms: int | None = None) -> None:
+        self.runs[trial_id] = open_trial_run(c, self.experiment_id, self.parent_run_id, trial_id, cfg, sampled,
+                                             started_ms)
 
     def _op(self, fn: Callable) -> Callable:
         """An operation on a trial's run: the run id is looked up when the write happens."""
@@ -110,14 +98,9 @@ class TrackingCallback(Callback):
         if tid in self.opened:
             return
         self.opened.add(tid)
-        sampled = trial.config["sample"]
-        params = record.config_params(self._cfg(trial), sampled["method"], sampled)
-        tags = {"raysft.default": "true"} if sampled.get("default") else {}
-        confirm = sampled.get("confirm") or {}
-        if confirm:  # a confirm run: one seed of a sweep's configuration (not ranked with the sweep's trials)
-            tags.update({"raysft.kind": "confirm", "raysft.confirm_config": str(confirm.get("config")),
-                         "raysft.confirm_seed": str(confirm.get("seed"))})
-        self._writer().submit(f"run of trial {tid}", self._op_open, tid, params, tags, record._now_ms())
+        # params, tags and config.json: the trial's resolved config, as the trial driver (run_trial) builds it
+        self._writer().submit(f"run of trial {tid}", self._op_open, tid, self._cfg(trial), trial.config["sample"],
+                              record.now_ms())
 
     def _intermediate(self, trial, result: dict) -> None:
         self._open(trial)
@@ -128,7 +111,7 @@ class TrackingCallback(Callback):
         if isinstance(result.get("objective"), (int, float)) and math.isfinite(result["objective"]):
             metrics.append(("objective", float(result["objective"]), int(step)))
         if metrics:
-            self._writer().submit(f"metrics of trial {trial.trial_id}", self._op(_log_batch), trial.trial_id, None, metrics)
+            self._writer().submit(f"metrics of trial {trial.trial_id}", self._op(log_batch), trial.trial_id, None, metrics)
         else:
             self._writer().flush()
 
@@ -144,7 +127,7 @@ class TrackingCallback(Callback):
         tags = {"raysft.logged": status.lower()}
         if status == "FINISHED":
             folder = self.scratch() / tid
-            ckpt = _local_checkpoint(r.get("checkpoint_path"), self.storage_root, folder)
+            ckpt = local_checkpoint(r.get("checkpoint_path"), self.storage_root, folder)
             if ckpt is not None and (ckpt / record.METRICS_FILE).is_file():
                 metrics_json = json.loads((ckpt / record.METRICS_FILE).read_text())
                 delta_path = ckpt / record.DELTA_FILE
@@ -174,18 +157,18 @@ class TrackingCallback(Callback):
         try:
             files = record.write_artifacts(self.scratch() / tid, cfg, metrics_json, delta_path)
         except Exception as e:
-            _warn(f"artifacts of trial {tid}: {type(e).__name__}: {_first_line(e)}")
+            warn(f"artifacts of trial {tid}: {type(e).__name__}: {first_line(e)}")
             files = {}
         w = self._writer()
-        w.submit(f"results of trial {tid}", self._op(_log_batch), tid, params, metrics)
+        w.submit(f"results of trial {tid}", self._op(log_batch), tid, params, metrics)
         w.submit(f"artifacts of trial {tid}", self._op(record.log_files), tid, files)
-        ended = record._now_ms()  # the trial's real end, even if the store answers later
+        ended = record.now_ms()  # the trial's real end, even if the store answers later
         w.submit(f"end of trial {tid}", self._op(lambda c, run_id, t, st, at: (c.set_tag(run_id, "raysft.logged", t),
                                                                                  c.set_terminated(run_id, st, end_time=at))),
                  tid, tags["raysft.logged"], status, ended)
         extra = {k: v for k, v in tags.items() if k != "raysft.logged"}
         if extra:
-            w.submit(f"tags of trial {tid}", self._op(lambda c, run_id, tg: _log_batch(c, run_id, None, None, tg)), tid, extra)
+            w.submit(f"tags of trial {tid}", self._op(lambda c, run_id, tg: log_batch(c, run_id, None, None, tg)), tid, extra)
 
     def _reconcile(self, trials) -> None:
         """At the end: trials that ended before a resume and were never logged (or whose logging was lost) are logged
@@ -203,7 +186,7 @@ class TrackingCallback(Callback):
                         if run.data.tags.get("raysft.logged") and run.info.status != "RUNNING":
                             logged[tid] = run.data.tags["raysft.logged"]
             except Exception as e:
-                _warn(f"cannot read back the sweep's runs ({_first_line(e)}): finished trials are logged at the next --resume")
+                warn(f"cannot read back the sweep's runs ({first_line(e)}): finished trials are logged at the next --resume")
                 return
         for t in todo:
             if t.status == "TERMINATED":

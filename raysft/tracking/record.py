@@ -6,7 +6,9 @@ targets' average dev score in the task's metric: what a sweep maximises), ``avg/
 ``<acc|f1>/<dev|test>/<task_only|composed>/<lang>`` (θ0 + task, θ0 + task + that language's SFT; the plain
 ``<metric>/<split>/<lang>`` is the composed score where the language has an SFT), ``composition/<split>/<task_only|
 composed|gain>`` (averaged over the targets that have a language SFT), ``loss/<phase>`` by step, ``trained_entries``, ``delta_bytes``, ``peak_memory_bytes`` (the largest worker process), ``time/<phase>_s``, ``time/total_s`` (the run's wall time), ``dense_cache_hit``; artifacts
-``task_sft.safetensors``, ``metrics.json``, ``config.yaml``, ``plots/layers.png``, ``plots/languages.png``.
+``task_sft.safetensors``, ``metrics.json``, ``config.yaml`` and ``config.json`` (the run's full resolved config: a
+sweep trial's after its sampled values; ``config.json`` is what ``raysft train --from-run`` reads back),
+``plots/layers.png``, ``plots/languages.png``.
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ from typing import Any
 DELTA_FILE = "task_sft.safetensors"
 METRICS_FILE = "metrics.json"
 CONFIG_FILE = "config.yaml"
+CONFIG_JSON_FILE = "config.json"  # the same resolved config, read back exactly (raysft train --from-run)
 DEFAULT_METRIC = "objective"
 COMPONENTS = ("attention", "feed_forward", "embeddings", "other")
 
 
-def _now_ms() -> int:
+def now_ms() -> int:
     return int(time.time() * 1000)
 
 
@@ -34,6 +37,19 @@ def _param_value(v: Any) -> str:
     if isinstance(v, (dict, list)):
         return json.dumps(v, sort_keys=True)
     return str(v)
+
+
+def config_json(cfg) -> str:
+    """The resolved config as JSON (``Config.model_dump(mode="json")``): ``Config.model_validate(json.loads(...))``
+    gives the same Config back."""
+    return json.dumps(cfg.model_dump(mode="json"), indent=2, sort_keys=True)
+
+
+def write_config_json(folder: Path, cfg) -> dict[str, Path]:
+    """``config.json`` in ``folder``; returns artifact path → local file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / CONFIG_JSON_FILE).write_text(config_json(cfg))
+    return {CONFIG_JSON_FILE: folder / CONFIG_JSON_FILE}
 
 
 def flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
@@ -143,7 +159,7 @@ def as_entities(params: dict[str, str] | None = None, metrics: list[tuple[str, f
     all)."""
     from mlflow.entities import Metric, Param, RunTag
 
-    ts = _now_ms()
+    ts = now_ms()
     ms = [Metric(k, v, ts, s) for k, v, s in (metrics or [])]
     ps = [Param(k, v) for k, v in (params or {}).items()]
     tg = [RunTag(k, v) for k, v in (tags or {}).items()]
@@ -239,14 +255,15 @@ def language_plot(metrics: dict, path: Path, title: str) -> Path:
 
 
 def write_artifacts(folder: Path, cfg, metrics: dict | None, delta_path: Path | None) -> dict[str, Path]:
-    """The files of one run in ``folder``: config.yaml, and with a final result metrics.json and the two plots.
-    Returns artifact path → local file (the delta is logged from where it lies)."""
+    """The files of one run in ``folder``: config.yaml and config.json, and with a final result metrics.json and the
+    two plots. Returns artifact path → local file (the delta is logged from where it lies)."""
     import yaml
 
     folder.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {}
     (folder / CONFIG_FILE).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     files[CONFIG_FILE] = folder / CONFIG_FILE
+    files.update(write_config_json(folder, cfg))
     if metrics is not None:
         (folder / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
         files[METRICS_FILE] = folder / METRICS_FILE

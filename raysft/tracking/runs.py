@@ -2,9 +2,10 @@
 
 A sweep's runs are written from a Tune callback in the driver (never from a trial driver, which ASHA kills), so
 every child run ends FINISHED (full evaluation), KILLED (stopped early, or the sweep was interrupted) or FAILED.
-Writes go through :class:`Writer`: when the tracking store stops answering they wait in memory, in order, and are
-retried with backoff; the sweep goes on (every trial's result is also on the sweep's storage) and what is still
-unwritten at the end is named, with the fix (`--resume` once the store is back re-logs the missing trials).
+Writes go through :class:`raysft.tracking.writer.Writer`: when the tracking store stops answering they wait in memory,
+in order, and are retried with backoff; the sweep goes on (every trial's result is also on the sweep's storage) and
+what is still unwritten at the end is named, with the fix (`--resume` once the store is back re-logs the missing
+trials).
 """
 
 from __future__ import annotations
@@ -12,118 +13,24 @@ from __future__ import annotations
 import contextlib
 import json
 import tempfile
-import time
-from collections import deque
 from datetime import datetime
 from pathlib import Path
-from typing import Callable
 
 from raysft import storage
 from raysft.errors import RaysftError
 from raysft.tracking import record
 from raysft.tracking.store import (
     TrackingURI,
-    _first_line,
     check_cluster,
     client,
     connect,
     ensure_experiment,
+    first_line,
     resolve_uri,
 )
+from raysft.tracking.writer import Writer, log_batch, warn
 
 STATE_FILE = "raysft-tracking.json"  # in the sweep's experiment folder: the store, experiment and parent run
-_PERMANENT = {"INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "BAD_REQUEST", "INVALID_STATE"}
-
-
-def _warn(message: str) -> None:
-    from rich.console import Console
-
-    Console(stderr=True).print(f"[yellow]tracking:[/] {message}", highlight=False, soft_wrap=True)
-
-
-class Writer:
-    """MLflow writes, in order. A write the store does not answer waits (with every later one) and is retried after
-    a backoff (5 s doubling to 60 s); a write the store refuses as invalid is dropped with a warning."""
-
-    def __init__(self, uri: str, warn: Callable[[str], None] = _warn):
-        self.uri = uri
-        self.warn = warn
-        self.pending: deque = deque()
-        self.retry_at = 0.0
-        self.backoff = 5.0
-        self.down = False
-        self._client = None
-
-    @property
-    def client(self):
-        if self._client is None:
-            self._client = client(self.uri)
-        return self._client
-
-    def submit(self, label: str, fn: Callable, *args) -> None:
-        self.pending.append((label, fn, args))
-        self.flush()
-
-    def flush(self, force: bool = False) -> bool:
-        """Write what waits; True when nothing is left."""
-        if not self.pending:
-            return True
-        if not force and time.monotonic() < self.retry_at:
-            return False
-        while self.pending:
-            label, fn, args = self.pending[0]
-            try:
-                fn(self.client, *args)
-            except Exception as e:
-                if getattr(e, "error_code", None) in _PERMANENT:
-                    self.warn(f"{label}: refused by {self.uri} ({_first_line(e)}); skipped")
-                    self.pending.popleft()
-                    continue
-                if not self.down:
-                    self.warn(
-                        f"{self.uri} does not answer ({_first_line(e)}): keeping results in memory and retrying; "
-                        "the sweep goes on"
-                    )
-                self.down = True
-                self.retry_at = time.monotonic() + self.backoff
-                self.backoff = min(60.0, self.backoff * 2)
-                return False
-            self.pending.popleft()
-        if self.down:
-            self.warn(f"{self.uri} answers again: buffered results written")
-        self.down, self.backoff = False, 5.0
-        return True
-
-    def drain(self, attempts: int = 4, wait_s: float = 5.0) -> bool:
-        for i in range(attempts):
-            if self.flush(force=True):
-                return True
-            if i < attempts - 1:
-                time.sleep(wait_s)
-        return False
-
-
-# ------------------------------------------------------------------------------------------------- single operations
-def _log_batch(c, run_id: str, params=None, metrics=None, tags=None) -> None:
-    for ms, ps, tg in record.as_entities(params, metrics, tags):
-        c.log_batch(run_id, metrics=ms, params=ps, tags=tg)
-
-
-def _local_checkpoint(path: str | None, storage_root: str, scratch: Path) -> Path | None:
-    """The folder of a reported Train checkpoint on this machine (copied from remote storage when needed)."""
-    if not path:
-        return None
-    if Path(path).is_dir():
-        return Path(path)
-    if "://" in storage_root:
-        import pyarrow.fs
-
-        fs, _ = pyarrow.fs.FileSystem.from_uri(storage_root)
-        dst = scratch / "checkpoint"
-        dst.mkdir(parents=True, exist_ok=True)
-        pyarrow.fs.copy_files(path, str(dst), source_filesystem=fs, destination_filesystem=pyarrow.fs.LocalFileSystem())
-        return dst
-    return None
 
 
 # ------------------------------------------------------------------------------------------------------ raysft train
@@ -152,15 +59,17 @@ def _single_run(uri: TrackingURI, experiment: str, run_name: str, tags: dict[str
 
 
 def log_train_run(uri: TrackingURI, experiment: str, cfg, method: str, metrics: dict, out: Path,
-                  started: float | None = None, ended: float | None = None) -> tuple[str, str]:
+                  started: float | None = None, ended: float | None = None,
+                  tags: dict[str, str] | None = None) -> tuple[str, str]:
     """One run for `raysft train` (params, metrics, artifacts), written after the training with its real start and
-    end (epoch seconds); returns (experiment id, run id)."""
-    tags = {"raysft.kind": "train", "raysft.out": str(Path(out).resolve()), "raysft.space": cfg.name}
+    end (epoch seconds); returns (experiment id, run id). ``tags``: more tags (``raysft.from_run``: the trial run
+    that a ``--from-run`` rerun reproduces)."""
+    tags = {"raysft.kind": "train", "raysft.out": str(Path(out).resolve()), "raysft.space": cfg.name, **(tags or {})}
     when = datetime.fromtimestamp(started) if started else datetime.now()
     extra = {"time_total_s": ended - started} if started and ended else None
     with _single_run(uri, experiment, f"train-{method}-{when:%Y%m%d-%H%M%S}", tags, started, ended) as (c, exp_id, run_id):
         params = {**record.config_params(cfg, method), **record.final_params(metrics)}
-        _log_batch(c, run_id, params, record.final_metrics(metrics, extra))
+        log_batch(c, run_id, params, record.final_metrics(metrics, extra))
         with tempfile.TemporaryDirectory(prefix="raysft-track-") as d:
             files = record.write_artifacts(Path(d), cfg, metrics, Path(out) / record.DELTA_FILE)
             record.log_files(c, run_id, files)
@@ -189,7 +98,7 @@ def log_lang_run(uri: TrackingURI, experiment: str, cfg, metrics: dict, delta_pa
             values.append(("peak_memory_bytes", float(metrics["peak_memory_bytes"]), 0))
         if started and ended:
             values.append(("time/total_s", float(ended - started), 0))
-        _log_batch(c, run_id, params, values)
+        log_batch(c, run_id, params, values)
         with tempfile.TemporaryDirectory(prefix="raysft-track-") as d:
             files = record.write_artifacts(Path(d), cfg, None, None)
             (Path(d) / record.METRICS_FILE).write_text(json.dumps(metrics, indent=2))
@@ -223,7 +132,7 @@ def sweep_outcome(results):
 
         return outcome_of(results)
     except Exception as e:
-        _warn(f"best vs default: {type(e).__name__}: {_first_line(e)}")
+        warn(f"best vs default: {type(e).__name__}: {first_line(e)}")
         return None
 
 
@@ -257,11 +166,11 @@ class SweepTracking:
                 c.update_run(parent, status="RUNNING")
                 c.set_tag(parent, "raysft.invocations", str(count))
             except Exception as e:
-                _warn(f"the sweep's parent run {state['parent_run_id']} is gone from {uri.uri} ({_first_line(e)}): "
+                warn(f"the sweep's parent run {state['parent_run_id']} is gone from {uri.uri} ({first_line(e)}): "
                       "starting a new parent run")
                 parent = None
         elif state:
-            _warn(f"this sweep was tracked in {state.get('tracking_uri')}; its runs continue in {uri.uri} under a new parent")
+            warn(f"this sweep was tracked in {state.get('tracking_uri')}; its runs continue in {uri.uri} under a new parent")
         if parent is None:
             exp_id = ensure_experiment(c, uri, name)
             tune = cfg.tune
@@ -276,7 +185,7 @@ class SweepTracking:
                 "tune.methods": ",".join(tune.methods), "tune.scheduler": str(tune.scheduler),
                 "tune.seed": str(tune.seed), "tune.num_workers": str(tune.num_workers),
             }
-            _log_batch(c, parent, params)
+            log_batch(c, parent, params)
             with tempfile.TemporaryDirectory(prefix="raysft-track-") as d:
                 import yaml
 
@@ -337,14 +246,16 @@ class SweepTracking:
             tags["raysft.confirmed_best"] = summary[0].label
         cb = self._callback
         writer = cb._writer() if cb is not None else Writer(self.uri.uri)
-        writer.submit("confirm summary", _log_batch, self.parent_run_id, None, metrics, tags)
+        writer.submit("confirm summary", log_batch, self.parent_run_id, None, metrics, tags)
         if not writer.drain(attempts=3, wait_s=3.0):
-            _warn(f"the confirm summary could not reach {self.uri.uri}")
+            warn(f"the confirm summary could not reach {self.uri.uri}")
         if cb is not None:
             cb.cleanup()
 
     def callback(self):
         """The Tune callback that writes this sweep's child runs (one instance per invocation)."""
+        # Imported here, one way only (callback imports writer and trial, never this module): it imports Ray, which
+        # `raysft train` and `raysft lang` need not load to log their runs.
         from raysft.tracking.callback import TrackingCallback
 
         if self._callback is None:
@@ -393,12 +304,12 @@ class SweepTracking:
         if status is None:
             status = "KILLED" if cb is not None and cb.interrupted else "FINISHED"
         writer = cb._writer() if cb is not None else Writer(self.uri.uri)
-        writer.submit("sweep summary", _log_batch, self.parent_run_id, None,
+        writer.submit("sweep summary", log_batch, self.parent_run_id, None,
                       [(k, v, 0) for k, v, _ in metrics if v == v], tags)
         writer.submit("end of the sweep's parent run", lambda c, run_id, st: c.set_terminated(run_id, st),
                       self.parent_run_id, status)
         if not writer.drain(attempts=3, wait_s=3.0):
-            _warn(
+            warn(
                 f"{len(writer.pending)} writes could not reach {self.uri.uri}: every trial's result is in "
                 f"{self.experiment_dir}; once the store is back, run the same `raysft tune … --resume` to log them"
             )

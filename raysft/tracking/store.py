@@ -1,6 +1,6 @@
 """Where runs live: the tracking URI, the MLflow client, experiments, and reading runs back.
 
-Default store: ``sqlite:///<cwd>/runs/mlflow.db`` (MLflow 3.17 refuses the ``./mlruns`` file store), artifacts beside
+Default store: ``sqlite:///<cwd>/runs/mlflow.db`` (MLflow 3 refuses the ``./mlruns`` file store), artifacts beside
 it in ``runs/mlartifacts/<experiment>``. ``--tracking-uri`` or ``MLFLOW_TRACKING_URI`` point at a server instead.
 """
 
@@ -91,7 +91,7 @@ def client(uri: TrackingURI | str):
     return MlflowClient(tracking_uri=str(uri))
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     line = text[0] if text else type(e).__name__
     m = re.search(r"(Connection refused|Max retries exceeded|Name or service not known|timed out)", str(e))
@@ -119,7 +119,7 @@ def connect(uri: TrackingURI, create: bool = True):
             "--tracking-uri out for the local store runs/mlflow.db"
             if not uri.is_sqlite else "check the path and its permissions"
         )
-        raise RaysftError(f"cannot reach the tracking store {uri.uri} ({_first_line(e)}): {fix}") from None
+        raise RaysftError(f"cannot reach the tracking store {uri.uri} ({first_line(e)}): {fix}") from None
     return c
 
 
@@ -154,7 +154,7 @@ def get_experiment(c, uri: TrackingURI, name: str):
     try:
         exp = c.get_experiment_by_name(name)
     except Exception as e:
-        raise RaysftError(f"cannot read the tracking store {uri.uri} ({_first_line(e)}): check --tracking-uri") from None
+        raise RaysftError(f"cannot read the tracking store {uri.uri} ({first_line(e)}): check --tracking-uri") from None
     if exp is None and name.isdigit():
         try:
             exp = c.get_experiment(name)
@@ -190,7 +190,7 @@ def get_run(c, uri: TrackingURI, run_id: str, experiment=None):
         if code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE") or "not found" in str(e).lower():
             where = f" in experiment '{experiment.name}'" if experiment is not None else ""
             raise RaysftError(f"no run '{run_id}'{where} at {uri.uri}: list the runs with raysft compare") from None
-        raise RaysftError(f"cannot read run {run_id} from {uri.uri} ({_first_line(e)})") from None
+        raise RaysftError(f"cannot read run {run_id} from {uri.uri} ({first_line(e)})") from None
     if experiment is not None and run.info.experiment_id != experiment.experiment_id:
         raise RaysftError(
             f"run {run_id} belongs to another experiment (id {run.info.experiment_id}), not '{experiment.name}': "
