@@ -46,7 +46,7 @@ def _hash(model) -> str:
 def _worker(rank: int, args, port: int, backend: str, queue) -> None:
     from _common import SHAPES, random_batches, random_classifier
     from raysft.config import PhaseConfig
-    from raysft.distributed.train_workers import FlatAllReduce
+    from raysft.train.parallel import FlatAllReduce
     from raysft.sft.groups import ParamSpace
     from raysft.sft.methods import SelectionContext, make_method
     from raysft.train.device import resolve_device

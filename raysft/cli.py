@@ -155,6 +155,9 @@ def train(
 
     started = time.time()  # the MLflow run's start: this command's, not the moment it is logged
     _quiet_libraries()
+    from raysft.train.spill import HEAP_SLACK, keep_heap_top
+
+    keep_heap_top(HEAP_SLACK)  # this command owns its process: keep the heap's freed top mapped between steps
     trial = None
     if from_run is not None:
         if method is not None or set_:

@@ -47,7 +47,10 @@ def test_train_smoke_every_method(smoke_runs, method):
     for split in ("dev", "test"):
         for lang, m in metrics[split].items():
             assert 0.0 <= m["acc"] <= 1.0 and 0.0 <= m["f1"] <= 1.0
-    assert set(metrics["timings"]) == {"dense_s", "select_s", "sparse_s", "eval_s"}
+    # the phases' wall times, and the optimizer steps inside the phases that train
+    steps = {"dense": "dense_steps_s", "sparse": "sparse_steps_s"}
+    want = {"dense_s", "select_s", "sparse_s", "eval_s"} | {steps[p] for p in metrics["phases"] if p in steps}
+    assert set(metrics["timings"]) == want and all(v >= 0 for v in metrics["timings"].values())
     assert 0 < metrics["avg"]["dev"] <= 1
     delta = SparseDelta.load(folder / "task_sft.safetensors")
     assert delta.meta["method"] == method and delta.meta["kind"] == "task"

@@ -26,7 +26,7 @@ from raysft.sft.methods.base import magnitude
 from raysft.sft.sparse import SparseUpdater
 from raysft.train.device import resolve_device
 from raysft.train.loop import restore, train_dense, train_mask_scores, train_sparse
-from raysft.train.recipe import delta_from_updater
+from raysft.train.phases import delta_from_updater
 from tests.conftest import random_batches, tiny_classifier
 
 REPO = Path(__file__).resolve().parent.parent

@@ -5,6 +5,7 @@ One local Ray for the module (never `ray stop`); the smoke space (tiny model, Nu
 
 import math
 import os
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -19,11 +20,16 @@ import torch
 from torch.utils.data import DataLoader
 
 from raysft.config import load_config
-from raysft.distributed.train_workers import ShardedBatchSampler, TimedLoader, fit_trial, timed_loaders
+from raysft.distributed.train_workers import TimedLoader, fit_trial, timed_loaders
+from raysft.train.parallel import ShardedBatchSampler
 from raysft.sft.delta import SparseDelta
 from raysft.train.loop import cycle
 from raysft.train.recipe import prepare, run_training
 from tests.conftest import needs_data
+from tests.worker_faults import FOLDER_ENV
+
+REPO = Path(__file__).resolve().parent.parent
+FAULTS = Path(tempfile.mkdtemp(prefix="raysft-worker-faults-"))
 
 DENSE_STEPS, SPARSE_STEPS = 4, 8
 ATOL = 1e-5  # two workers vs one process: same global batches, float sums in another order
@@ -76,7 +82,11 @@ def ray_session():
 
     started = not ray.is_initialized()
     if started:
-        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+        # A lost worker is injected from the tests (tests/worker_faults.py), armed by a file in FAULTS.
+        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False, runtime_env={
+            "worker_process_setup_hook": "tests.worker_faults.setup",
+            "env_vars": {"PYTHONPATH": str(REPO), FOLDER_ENV: str(FAULTS)},
+        })
     yield ray
     if started:
         ray.shutdown()
@@ -146,16 +156,16 @@ def test_two_workers_match_one_process(two_workers):
 
 
 def test_lost_worker_resumes_from_sparse_checkpoint(ray_session, two_workers, tmp_path):
-    marker = tmp_path / "failed-once"
-    path, metrics = fit_trial(
-        smoke_cfg(), "lt-sft", num_workers=2, storage_path=tmp_path / "ray", name="lose-a-worker",
-        max_failures=1, controller_failure_limit=1, checkpoint_every=3,
-        extra={
-            "fail_at_step": 5, "fail_marker": str(marker), "fail_delay_s": 2.0, "no_dropout": True,
-            "verify_sync": True,  # the final weight hashes are gathered only when asked
-        },
-    )
-    assert marker.exists(), "rank 1 never failed"
+    (FAULTS / "arm").write_text("5 1 2.0")  # rank 1 exits after sparse step 5, 2 s after its checkpoint at step 3
+    try:
+        path, metrics = fit_trial(
+            smoke_cfg(), "lt-sft", num_workers=2, storage_path=tmp_path / "ray", name="lose-a-worker",
+            max_failures=1, controller_failure_limit=1, checkpoint_every=3,
+            extra={"no_dropout": True, "verify_sync": True},  # the final weight hashes are gathered only when asked
+        )
+    finally:
+        (FAULTS / "arm").unlink()
+    assert (FAULTS / "done").exists(), "rank 1 never failed"
     d = metrics["distributed"]
     assert d["resumed_from_step"] == 3
     assert len(metrics["losses"]["sparse"]) == SPARSE_STEPS

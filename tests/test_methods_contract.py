@@ -1,17 +1,20 @@
-"""One contract, every method (the peft way): run first phase → select → sparse phase on a tiny model and check
-what an SFT promises."""
+"""One contract, every method (the peft way): run the training sequence (first phase → select → sparse phase, the
+same :func:`raysft.train.phases.train_sft` that ``raysft train``, ``raysft lang`` and the Ray worker run) on a tiny
+model and check what an SFT promises."""
+
+from types import SimpleNamespace
 
 import pytest
 import torch
+from torch.utils.data import default_collate
 
 from raysft.config import PhaseConfig
-from raysft.sft.delta import SparseDelta
+from raysft.sft.delta import SparseDelta, base_metadata
 from raysft.sft.groups import ParamSpace
 from raysft.sft.mask import allocate, expand_budget, mask_size
 from raysft.sft.methods import METHODS, SelectionContext, make_method
-from raysft.sft.delta import base_metadata
-from raysft.train.loop import restore, train_dense, train_gated, train_mask_scores, train_sparse
-from raysft.train.recipe import gated_delta
+from raysft.train.loop import restore, train_gated, train_mask_scores
+from raysft.train.phases import SFTJob, train_sft
 from tests.conftest import random_batches, tiny_classifier
 
 SETTINGS = {
@@ -24,37 +27,30 @@ PHASE = PhaseConfig(epochs=1, lr=5e-3, batch_size=8)
 K = 600
 
 
-def run_method(name: str, device: str = "cpu", phase: PhaseConfig = PHASE):
-    """The contract run (also on CUDA by tests/test_gpu.py: the model moves there, batches follow it)."""
-    model = tiny_classifier(seed=0).to(device)
+def examples(batches: list[dict]) -> list[dict]:
+    """The batches' rows as a dataset of examples (the sequence draws its own batches from it)."""
+    return [{k: v[i] for k, v in b.items()} for b in batches for i in range(len(b["labels"]))]
+
+
+def contract_job(name: str, model, phase: PhaseConfig = PHASE) -> SFTJob:
     method = make_method(name, SETTINGS.get(name))
     space = ParamSpace(model, **method.space_options())
-    batches = random_batches(6, seed=1)
-    theta0, head0 = space.snapshot(), space.head_snapshot()
-    ctx = SelectionContext(space, K if method.uses_k else space.n, theta0, seed=0)
-    if method.first_phase == "dense":
-        train_dense(model, space, batches, 6, phase)
-        ctx.theta1 = space.snapshot()
-    elif method.first_phase == "mask":
-        s = method.settings
-        ctx.scores = train_mask_scores(model, space, batches, 6, phase, score_init=s.score_init, score_lr=s.score_lr,
-                                       names=method.score_params(space))
-    selection = method.select(ctx)
-    updater = None
-    if method.gated_phase:  # Ada-SFT per the report: M fixed, W trained through W ⊙ M, then folded
-        train_gated(model, space, method.gates(ctx.scores), batches, 6, phase)
-        delta = gated_delta(space, theta0, method.gates(ctx.scores), {"kind": "task", "method": name,
-                                                                      **base_metadata(space)})
-    elif method.sparse_phase:
-        restore(space, theta0, head0)
-        updater, _ = train_sparse(model, space, selection.mask, batches, 6, phase)
-        delta = SparseDelta(
-            diffs={n: (updater.mask()[n], v) for n, v in updater.values().items()}, abs=space.head_snapshot(),
-            meta={"kind": "task", "method": name, "base_fingerprint": space.fingerprint()},
-        )
-    else:
-        delta = SparseDelta.from_params(space, theta0, selection.mask, meta={"kind": "task", "method": name})
-    return model, space, method, selection, updater, delta, theta0
+    data = examples(random_batches(6, seed=1))
+    return SFTJob(
+        model=model, space=space, method=method, k=K if method.uses_k else method.fixed_k(space), dataset=data,
+        collate=lambda seed: default_collate, dense=phase, mask=phase, sparse=phase, seed=0,
+        rows=torch.unique(torch.stack([x["input_ids"] for x in data])),
+        meta={"kind": "task", "method": name, **base_metadata(space)},
+    )
+
+
+def run_method(name: str, device: str = "cpu", phase: PhaseConfig = PHASE):
+    """The contract run (also on CUDA by tests/test_gpu.py: the model moves there, batches follow it)."""
+    job = contract_job(name, tiny_classifier(seed=0).to(device), phase)
+    theta0 = job.space.snapshot()
+    trained = train_sft(job, theta0)
+    selection = SimpleNamespace(mask=trained.mask, k=trained.selection["k"], info=trained.selection)
+    return job.model, job.space, job.method, selection, trained, trained.delta, theta0
 
 
 @pytest.fixture(scope="module", params=sorted(METHODS))
@@ -102,11 +98,10 @@ def test_unmasked_entries_bitwise_equal_and_masked_moved(trained):
 
 
 def test_optimizer_state_holds_k_entries(trained):
-    name, (model, space, method, selection, updater, *_ ) = trained
-    if updater is None:
+    name, (model, space, method, selection, result, *_ ) = trained
+    if not method.sparse_phase:
         pytest.skip(f"{name} has no sparse phase")
-    assert updater.k == selection.k
-    assert updater.state_bytes() == 2 * selection.k * 4  # AdamW's two moments, float32, K entries
+    assert result.optimizer_state_bytes == 2 * selection.k * 4  # AdamW's two moments, float32, K entries
 
 
 def test_trained_weights_equal_theta0_plus_delta_bitwise(trained):

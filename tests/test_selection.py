@@ -264,7 +264,7 @@ def test_deft_x_rank_sweep_factors_each_matrix_once_per_theta1(tmp_path, monkeyp
     statuses = []
     for s, want in zip(settings, alone):
         ctx = SelectionContext(base.space, 60, base.theta0, theta1=base.theta1)  # a fresh trial
-        sel = select_with_shared_cache(make_method("deft-x", s), ctx, uri)
+        sel = select_with_shared_cache(make_method("deft-x", s), ctx, uri, "cpu")
         statuses.append(sel.info["select_cache"])
         assert set(sel.mask) == set(want.mask)
         for name, idx in want.mask.items():
@@ -280,6 +280,6 @@ def test_deft_x_rank_sweep_factors_each_matrix_once_per_theta1(tmp_path, monkeyp
     calls.clear()
     with_emb = {"rank_strategy": "uniform", "rank": 2, "svd_embeddings": True}
     sel = select_with_shared_cache(make_method("deft-x", with_emb), SelectionContext(base.space, 60, base.theta0,
-                                   theta1=base.theta1), uri)
+                                   theta1=base.theta1), uri, "cpu")
     extra = make_method("deft-x", with_emb).svd_params(base.space)
     assert sel.info["select_cache"] == "extended" and len(calls) == len(extra) - n_matrices > 0

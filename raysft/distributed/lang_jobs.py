@@ -32,7 +32,9 @@ def train_one_language(
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from raysft.train.lang import prepare_lang, train_lang_sft
     from raysft.train.recipe import peak_memory_bytes
+    from raysft.train.spill import HEAP_SLACK, keep_heap_top
 
+    keep_heap_top(HEAP_SLACK)  # a Ray worker of raysft's own job: its allocator settings are ours to choose
     started = time.time()
     push(board, lang, phase="loading")
     run = prepare_lang(Config.model_validate_json(cfg_json), lang, method, device=device)

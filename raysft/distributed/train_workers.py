@@ -41,8 +41,6 @@ import torch
 import torch.distributed as dist
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
-from torch.utils.data import DataLoader
-from transformers import DataCollatorWithPadding
 
 from raysft import storage
 from raysft.config import Config, steps_for
@@ -50,39 +48,28 @@ from raysft.distributed.progress import BoardReporter, NullReporter, find_board
 from raysft.errors import RaysftError
 import safetensors.torch
 
-from raysft.sft.delta import SparseDelta
 from raysft.sft.groups import ParamSpace
-from raysft.sft.mask import Mask, entries_per_group
+from raysft.sft.mask import Mask
 from raysft.sft.methods import SelectionContext
 from raysft.sft.sparse import SparseUpdater
-from raysft.train.loop import (
-    predict,
-    restore,
-    seed_second_phase,
-    set_dense_trainable,
-    train_dense,
-    train_gated,
-    train_mask_scores,
-    train_sparse,
-)
+from raysft.train.device import onto
+from raysft.train.loop import restore
+from raysft.train.parallel import Comm, mean_losses
+from raysft.train.phases import Hooks, Resume, SparseRun, Trained, delta_from_updater, train_sft
+from raysft.train.spill import HEAP_SLACK, keep_heap_top
 from raysft.train.recipe import (
     Run,
-    delta_from_updater,
-    device_info,
     eval_loaders,
     evaluate,
     evaluation_metrics,
-    gated_delta,
-    live_params,
     merge_results,
     peak_memory_bytes,
     prepare,
-    task_delta_meta,
+    run_metrics,
+    task_job,
     training_base,
     write_outputs,
-    zero_delta_selected,
 )
-from raysft.train.rows import data_rows, row_subset_embeddings
 
 STATE_FORMAT = "raysft.sparse-state/1"
 STATE_TENSORS = "sparse_state.safetensors"
@@ -121,12 +108,6 @@ class LoopConfig(BaseModel):
     out_dir: str | None = None  # rank 0 also writes task_sft.safetensors + metrics.json here
     verify_sync: bool = False  # after every sparse step, check that all ranks hold bitwise-identical weights
     no_dropout: bool = False  # dropout p=0 (exact comparisons with a single-process run)
-    fail_at_step: int | None = Field(None, ge=1)  # tests: rank `fail_rank` exits after this sparse step, once
-    fail_marker: str | None = None  # the file that makes the failure happen only once
-    fail_rank: int = Field(1, ge=0)
-    # Ray Train registers a reported checkpoint when its controller next polls the workers (every 2 s by default):
-    # a worker lost before that poll restarts from the checkpoint before. Tests wait this long before failing.
-    fail_delay_s: float = Field(0.0, ge=0)
     # The sweep's dense-phase cache: "save" θ1 (maskable + head) to theta1_path after the dense phase, or "load" it
     # instead of running the dense phase.
     theta1_path: str | None = None
@@ -152,96 +133,6 @@ def workers_from_dict(raw: dict | None) -> WorkersConfig:
     except ValidationError as e:
         err = e.errors()[0]
         raise RaysftError(f"invalid workers setting '{'.'.join(map(str, err['loc']))}': {err['msg']}") from None
-
-
-# -------------------------------------------------------------------------------------------------------------- data
-class ShardedBatchSampler:
-    """This rank's slice of each global batch, the global batches being exactly the single-process recipe's.
-
-    An index-only ``DataLoader`` built like ``recipe.loader`` (shuffle, generator seeded with ``seed``, batch
-    ``global_batch``) yields the global batches, epoch after epoch as ``loop.cycle`` re-iterates; rank r takes the
-    r-th of W near-equal contiguous slices. ``scale`` (read by the loss / gradient sync of the step the batch was drawn
-    for) is n_r·W/N, which makes the average of the ranks' gradients the global batch's mean (1.0 for even slices);
-    a rank whose slice is empty gets one example with scale 0.
-    """
-
-    def __init__(self, n: int, global_batch: int, rank: int, world: int, seed: int):
-        if not 0 <= rank < world:
-            raise ValueError(f"rank {rank} outside 0..{world - 1}")
-        self.rank, self.world = rank, world
-        self.global_loader = DataLoader(
-            range(n), batch_size=global_batch, shuffle=True, generator=torch.Generator().manual_seed(seed)
-        )
-        self.scale = 1.0
-
-    def __len__(self) -> int:
-        return len(self.global_loader)
-
-    def __iter__(self):
-        for batch in self.global_loader:
-            ids = batch.tolist()
-            lo, hi = len(ids) * self.rank // self.world, len(ids) * (self.rank + 1) // self.world
-            if hi > lo:
-                self.scale = (hi - lo) * self.world / len(ids)
-                yield ids[lo:hi]
-            else:
-                self.scale = 0.0
-                yield ids[-1:]
-
-
-def sharded_loader(ds, tokenizer, global_batch: int, seed: int, rank: int, world: int):
-    sampler = ShardedBatchSampler(len(ds), global_batch, rank, world, seed)
-    # A generator of its own: the loader's per-epoch base seed must not draw from the global RNG (dropout's).
-    loader = DataLoader(
-        ds, batch_sampler=sampler, collate_fn=DataCollatorWithPadding(tokenizer),
-        generator=torch.Generator().manual_seed(seed),
-    )
-    return loader, sampler
-
-
-# --------------------------------------------------------------------------------------------------- gradient sync
-class FlatAllReduce:
-    """``GradSync``: every gradient flattened into one float32 buffer, one all-reduce (sum), divided by W.
-
-    Counts the bytes it all-reduces. With a sampler, each rank's gradients are first weighted by its slice's scale.
-    """
-
-    def __init__(self, world: int, sampler: ShardedBatchSampler | None = None):
-        self.world = world
-        self.sampler = sampler
-        self.calls = 0
-        self.total_bytes = 0
-        self.last_bytes = 0
-
-    def __call__(self, grads: list[torch.Tensor]) -> None:
-        grads = [g for g in grads if g is not None]
-        if not grads:
-            return
-        flat = torch.cat([g.detach().reshape(-1).to(torch.float32) for g in grads])
-        scale = self.sampler.scale if self.sampler is not None else 1.0
-        if scale != 1.0:
-            flat.mul_(scale)
-        dist.all_reduce(flat)
-        flat.div_(self.world)
-        offset = 0
-        for g in grads:
-            n = g.numel()
-            g.copy_(flat[offset : offset + n].view_as(g))
-            offset += n
-        self.last_bytes = flat.numel() * flat.element_size()
-        self.total_bytes += self.last_bytes
-        self.calls += 1
-
-    def per_step(self) -> int | None:
-        return self.total_bytes // self.calls if self.calls else None
-
-
-def _counting_allreduce_hook(state: dict, bucket):
-    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
-
-    buf = bucket.buffer()
-    state["bytes"] += buf.numel() * buf.element_size()
-    return allreduce_hook(None, bucket)
 
 
 # ---------------------------------------------------------------------------------------------------------- helpers
@@ -279,24 +170,25 @@ def selection_cache_path(theta1_uri: str, method_name: str) -> str:
     return storage.sibling(theta1_uri, f"select-cache-{method_name}.safetensors")
 
 
-def select_with_shared_cache(method, ctx: SelectionContext, cache_uri: str | None):
+def select_with_shared_cache(method, ctx: SelectionContext, cache_uri: str | None, device: torch.device):
     """``method.select(ctx)``, with the method's per-θ1 cache read from ``cache_uri`` first (when a trial sharing
-    this θ1 wrote it) and written back when the selection added to it: a DeFT-X rank sweep factors each matrix once
-    per θ1. ``selection.info["select_cache"]`` says which: "none" | "computed" | "reused" | "extended"."""
+    this θ1 wrote it; its tensors reach ``device``, the run's, through :func:`raysft.train.device.onto`) and written
+    back when the selection added to it: a DeFT-X rank sweep factors each matrix once per θ1.
+    ``selection.info["select_cache"]`` says which: "none" | "computed" | "reused" | "extended"."""
     loaded: set[str] = set()
     if cache_uri and storage.exists(cache_uri):
         try:
             tensors = safetensors.torch.load(storage.read_bytes(cache_uri))
         except Exception:  # a damaged cache only costs the recomputation
             tensors = {}
-        if method.load_cache(tensors, ctx.cache):
+        if method.load_cache(onto(tensors, device), ctx.cache):
             loaded = set(tensors)
     selection = method.select(ctx)
     status = "none"
     if cache_uri:
         tensors = method.cache_tensors(ctx.cache)
         if tensors and not set(tensors) <= loaded:
-            storage.write_atomic(cache_uri, safetensors.torch.save(tensors))
+            storage.write_atomic(cache_uri, safetensors.torch.save(onto(tensors, "cpu")))  # host: file contents
             status = "extended" if loaded else "computed"
         elif loaded:
             status = "reused"
@@ -313,12 +205,6 @@ def param_hash(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def _gather(obj) -> list:
-    out = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
-
-
 def _no_dropout(model: nn.Module) -> None:
     for m in model.modules():
         if isinstance(m, nn.Dropout):
@@ -327,10 +213,6 @@ def _no_dropout(model: nn.Module) -> None:
 
 def _jsonable(obj):
     return json.loads(json.dumps(obj, default=str))
-
-
-def _mean_losses(per_rank: list[list[float]]) -> list[float]:
-    return [sum(v) / len(v) for v in zip(*per_rank)] if per_rank else []
 
 
 def _opt_to_files(prefix: str, sd: dict, tensors: dict[str, torch.Tensor]) -> dict:
@@ -517,6 +399,7 @@ class _Worker:
         t = time.perf_counter()
         self.progress.note(phase="loading")
         self.device = ray.train.torch.get_device()  # the trial's device: every tensor of this worker lives there
+        comm = self.comm = Comm(rank, world, self.device)
         run = self.run = prepare(cfg, self.method_name, device=self.device)
         if self.loop.no_dropout:
             _no_dropout(run.model)
@@ -524,73 +407,58 @@ class _Worker:
         t = time.perf_counter()
         # Rank 0 fills the tokenised-data cache first; the others then read it rather than racing to write it.
         if rank != 0:
-            dist.barrier()
+            comm.barrier()
         train_ds = run.task.tokenize(run.task.load_train(run.data), run.tokenizer, cfg.data.max_seq_len)
         if rank == 0:
-            dist.barrier()
+            comm.barrier()
         setup["data_s"] = time.perf_counter() - t  # training data read and tokenised (or read from the cache)
         first = {"dense": cfg.dense, "mask": cfg.mask_phase}.get(run.method.first_phase)
         plan = {"sparse": steps_for(cfg.sparse, len(train_ds)) if run.method.sparse_phase else 0}
         if first is not None and state is None and self.loop.theta1_mode != "load":
             plan[run.method.first_phase] = steps_for(first, len(train_ds))
         self.progress.note(plan=plan, method=self.method_name)
-        space, model = run.space, run.model
+        space = run.space
         t = time.perf_counter()
         theta0, base = training_base(run)  # base = θ0 + the source language's SFT when there is one
         self.theta0, self.base = theta0, base
-        head0 = space.head_snapshot()
         setup["base_s"] = time.perf_counter() - t  # θ0 kept (spilled to a temp file on the CPU)
-        torch.manual_seed(cfg.seed + rank)  # ranks draw different dropout masks
 
-        timings = {"dense_s": 0.0, "select_s": 0.0, "sparse_s": 0.0, "eval_s": 0.0}
-        losses: dict[str, list[float]] = {}
         dist_info: dict[str, Any] = {"world_size": self.world, "resumed_from_step": 0}
-        if state is None:
-            mask, sel = self.first_phase_and_select(run, train_ds, base, timings, losses, dist_info)
-        else:
-            mask, sel = state.mask(), state.meta["info"]["selection"]
+        hooks = self.hooks(run, state, dist_info)
+        resumed: dict = {"timings": {}, "losses": {}}
+        if state is not None:
             info = state.meta["info"]
-            timings.update(info["timings"])
-            losses.update(info["losses"])
+            resumed = {"timings": dict(info["timings"]), "losses": dict(info["losses"])}
             dist_info.update(info["distributed"])
             dist_info["resumed_from_step"] = state.step
-        timings.update(setup)
-        nodes = _gather(ray.get_runtime_context().get_node_id())  # the Ray node of each rank, this attempt
+        nodes = comm.gather(ray.get_runtime_context().get_node_id())  # the Ray node of each rank, this attempt
         dist_info["node_ids"] = nodes
         dist_info["node_ids_per_attempt"] = [*dist_info.get("node_ids_per_attempt", []), nodes]
+        self.record = {"dist_info": dist_info, "resumed": resumed}
 
-        meta = task_delta_meta(run, sel["k"])
-        t = time.perf_counter()
+        trained = train_sft(task_job(run, train_ds), base, comm=comm, reporter=self.progress, hooks=hooks)
+        delta, sel = trained.delta, trained.selection
+        timings = {**trained.timings, **resumed["timings"], **setup, "sparse_s": trained.timings["sparse_s"]}
+        for key in ("dense_s", "select_s"):  # a resumed attempt ran neither: the first attempt's
+            timings[key] = resumed["timings"].get(key, trained.timings[key])
+        if "sparse_steps_s" in trained.timings:  # the optimizer steps of this attempt: the step loop less its hooks
+            steps_s = trained.timings["sparse_steps_s"] - self.callback_s["on_step_s"]
+            timings["sparse_steps_s"] = resumed["timings"].get("sparse_steps_s", 0.0) + steps_s
+        losses = {**resumed["losses"], **trained.losses}
+        if hooks.resume is not None:
+            losses["sparse"] = list(resumed["losses"].get("sparse", []))[: hooks.resume.step] + trained.losses["sparse"]
+        for phase, key in (("dense", "dense_allreduce_bytes_per_step"), ("mask", "mask_allreduce_bytes_per_step"),
+                           ("sparse", "allreduce_bytes_per_sparse_step"), ("gated", "gated_allreduce_bytes_per_step")):
+            if trained.allreduce_bytes.get(phase) is not None:
+                dist_info[key] = trained.allreduce_bytes[phase]
         if run.method.sparse_phase:
-            restore(space, base, head0)  # rewind to the base (head too); a restarted worker is there already
-            seed_second_phase(cfg.seed, rank)  # a restarted worker then restores its checkpoint's generator state
-            info = {"selection": sel, "timings": timings, "losses": losses, "distributed": dist_info}
-            updater = self.sparse_phase(run, train_ds, mask, state, info, losses, dist_info)
-            delta = delta_from_updater(updater, space, meta)
-            optimizer_state = updater.state_bytes()
-        elif run.method.gated_phase:
-            if state is not None:
-                raise RaysftError(f"{run.method.name} keeps no sparse checkpoint to resume from: start the trial afresh")
-            seed_second_phase(cfg.seed, rank)
-            gates = run.method.gates(self.scores)
-            steps = steps_for(cfg.sparse, len(train_ds))
-            loader, sampler = sharded_loader(train_ds, run.tokenizer, cfg.sparse.batch_size, cfg.seed + 1, rank, world)
-            sync = FlatAllReduce(world, sampler)
-            local = train_gated(model, space, gates, loader, steps, cfg.sparse, grad_sync=sync)
-            losses["gated"] = _mean_losses(_gather(local))
-            dist_info["gated_allreduce_bytes_per_step"] = sync.per_step()
-            delta = gated_delta(space, base, gates, meta)
-            optimizer_state = 2 * sel["k"] * 4
-        else:
-            delta = SparseDelta.from_params(space, base, mask, meta=meta)
-            optimizer_state = 2 * space.n * 4
-        timings["sparse_s"] += time.perf_counter() - t
+            dist_info["sparse_allreduce_entries"] = sel["k"] + sum(space.param(n).numel() for n in space.head)
         for key, v in self.callback_s.items():
             if key != "on_step_s":
                 timings[key] = timings.get(key, 0.0) + v
 
         if self.loop.verify_sync:  # hashing all N weights on every rank costs seconds: only when asked
-            dist_info["worker_param_hashes"] = _gather(param_hash(model))
+            dist_info["worker_param_hashes"] = comm.gather(param_hash(run.model))
         dist_info["sync_checks"] = self.sync_checks
         dist_info["checkpoints_saved"] = dist_info.get("checkpoints_saved", 0) + self.checkpoints
 
@@ -607,7 +475,7 @@ class _Worker:
         passes: dict[str, float] = {"data": time.perf_counter() - t}  # the eval sets read and tokenised (cached)
         results = evaluate(sub, delta, theta0, timed_loaders(loaders, passes))
         if first != splits:
-            dev = evaluation_metrics(run, merge_results([r for r, _ in _gather((results, None))], run.eval_langs))
+            dev = evaluation_metrics(run, merge_results([r for r, _ in comm.gather((results, None))], run.eval_langs))
             leading = self.test_leads(dev["avg"].get("dev"))
             dist_info["test_scored"] = leading
             if leading:
@@ -619,7 +487,7 @@ class _Worker:
                 for kind, by_split in more.items():
                     results.setdefault(kind, {}).update(by_split)
         passes["total"] = time.perf_counter() - t
-        gathered = _gather((results, passes))
+        gathered = comm.gather((results, passes))
         # The slowest rank's: what the trial waited for.
         timings["eval_s"] = max(p["total"] for _, p in gathered)
         timings["eval_data_s"] = max(p["data"] for _, p in gathered)
@@ -628,179 +496,99 @@ class _Worker:
         dist_info["eval_pass_s"] = {k: round(v, 3) for _, p in gathered for k, v in p.items() if "/" in k}
         dist_info["eval_langs_per_rank"] = [run.eval_langs[r :: self.world] for r in range(self.world)]
         dist_info["clock"] = clock
-        return self.finish(run, delta, sel, [r for r, _ in gathered], timings, losses, optimizer_state, dist_info)
+        trained.losses, trained.timings = losses, timings
+        return self.finish(run, trained, [r for r, _ in gathered], dist_info)
 
-    # ------------------------------------------------------------------------------------- phase 1 + selection
-    def first_phase_and_select(self, run: Run, train_ds, theta0, timings, losses, dist_info):
-        cfg, space, model, rank, world = self.cfg, run.space, run.model, self.rank, self.world
-        ctx = SelectionContext(space, run.k, theta0, seed=cfg.seed)
-        t = time.perf_counter()
-        if run.method.first_phase == "dense" and self.loop.theta1_mode == "load":
-            theta1 = load_theta1(self.loop.theta1_path)  # the cache's θ1: no dense phase to run
-            restore(space, {p.name: theta1[p.name] for p in space.maskable}, {n: theta1[n] for n in space.head})
-            del theta1
-            dist_info["dense_cache"] = "reused"
-            self.progress.note(phase="dense (reused)")
-            if rank == 0:
-                # The model holds θ1 until the rewind after the selection: the selection reads it there (no copy).
-                ctx.theta1 = live_params(space)
-            timings["theta1_read_s"] = time.perf_counter() - t
-        elif run.method.first_phase == "dense":
-            steps = steps_for(cfg.dense, len(train_ds))
-            loader, sampler = sharded_loader(train_ds, run.tokenizer, cfg.dense.batch_size, cfg.seed, rank, world)
-            # The same rows on every rank: the distinct ids of the whole training set, not of the rank's shard.
-            rows = data_rows([train_ds], extra=[run.tokenizer.pad_token_id]) if cfg.dense.embedding_rows else None
-            # θ0 here is the base the phase starts from: the embedding's weight is read back from it at the end
-            with row_subset_embeddings(model, rows, cfg.dense.weight_decay, theta0, space) as sub:
-                set_dense_trainable(space, model, sub)  # before wrapping: DDP registers the parameters that need grads
-                kwargs = {"device_ids": [self.device.index]} if self.device.type == "cuda" else {}
-                ddp = nn.parallel.DistributedDataParallel(model, **kwargs)
-                counter = {"bytes": 0}
-                ddp.register_comm_hook(counter, _counting_allreduce_hook)
-
-                def loss_fn(m, batch):
-                    loss = m(**batch).loss
-                    return loss * sampler.scale if sampler.scale != 1.0 else loss
-
-                t_steps = time.perf_counter()
-                local = train_dense(
-                    ddp, space, loader, steps, cfg.dense, loss_fn=loss_fn, reporter=self.progress, rows=sub
-                )
-                timings["dense_steps_s"] = time.perf_counter() - t_steps  # the dense phase's optimizer steps
-                del ddp  # the sparse phase runs on the unwrapped module, without DDP's hooks
-            losses["dense"] = _mean_losses(_gather(local))
-            dist_info["dense_allreduce_bytes_per_step"] = counter["bytes"] // max(1, steps)
-            if rank == 0:
-                t_save = time.perf_counter()
-                ctx.theta1 = live_params(space)  # the model holds θ1 until the rewind after the selection (no copy)
-                if self.loop.theta1_mode == "save":
-                    save_theta1(self.loop.theta1_path, ctx.theta1, space.head_snapshot())
+    # ------------------------------------------------------------------------------------------- the seams
+    def hooks(self, run: Run, state: SparseState | None, dist_info: dict) -> Hooks:
+        """What a Ray trial adds around the training sequence: the sweep's dense-phase cache (θ1 loaded, or saved
+        and published), DeFT-X's per-θ1 selection cache beside it, a resumed sparse phase, and the sparse phase's
+        checkpoints (with the dev objective ASHA reads) and sync checks."""
+        loop, space, rank, world = self.loop, run.space, self.rank, self.world
+        hooks = Hooks()
+        if state is None and run.method.first_phase == "dense" and loop.theta1_path:
+            cache_uri = selection_cache_path(loop.theta1_path, run.method.name)
+            hooks.select = lambda method, ctx: select_with_shared_cache(method, ctx, cache_uri, self.device)
+            if loop.theta1_mode == "load":
+                dist_info["dense_cache"] = "reused"
+                hooks.load_theta1 = lambda: load_theta1(loop.theta1_path)
+            elif loop.theta1_mode == "save":
+                def save(theta1, head):
+                    save_theta1(loop.theta1_path, theta1, head)
                     dist_info["dense_cache"] = "computed"
-                    publish_theta1(self.loop.theta1_actor, self.loop.theta1_key)
-                timings["theta1_save_s"] = time.perf_counter() - t_save  # θ1 copied (and written to the cache)
-        elif run.method.first_phase == "mask":
-            steps = steps_for(cfg.mask_phase, len(train_ds))
-            loader, sampler = sharded_loader(train_ds, run.tokenizer, cfg.mask_phase.batch_size, cfg.seed, rank, world)
-            sync = FlatAllReduce(world, sampler)
-            s = run.method.settings
-            ctx.scores = train_mask_scores(
-                model, space, loader, steps, cfg.mask_phase,
-                score_init=s.score_init, score_lr=s.score_lr, grad_sync=sync, reporter=self.progress,
-                names=run.method.score_params(space),
+                    publish_theta1(loop.theta1_actor, loop.theta1_key)
+
+                hooks.save_theta1 = save
+        if state is not None:
+            hooks.resume = Resume(
+                state.mask(), state.meta["info"]["selection"], state.step,
+                restore=lambda u, h, s: restore_sparse_state(state, u, h, s, space, rank, world),
             )
-            self.scores = ctx.scores  # every rank holds the same (all-reduced) scores: a gated phase needs them
-            dist_info["mask_allreduce_bytes_per_step"] = sync.per_step()
-        timings["dense_s"] = time.perf_counter() - t
-
-        t = time.perf_counter()
-        self.progress.note(phase="select")
-        payload: list = [None]
-        if rank == 0:  # selection runs once; its mask reaches every rank
-            shared = self.loop.theta1_path if ctx.theta1 is not None else None
-            cache_uri = selection_cache_path(shared, run.method.name) if shared else None
-            selection = select_with_shared_cache(run.method, ctx, cache_uri)
-            mask = {n: (None if i is None else i.detach().cpu()) for n, i in selection.mask.items()}
-            sel = {
-                "k": selection.k,
-                **{k: v for k, v in selection.info.items() if isinstance(v, (int, float, str, list, dict))},
-                "entries_per_group": entries_per_group(selection.mask, space),
-                "zero_delta_selected": zero_delta_selected(selection.mask, ctx) if ctx.theta1 is not None else None,
-            }
-            payload = [(mask, _jsonable(sel))]
-        dist.broadcast_object_list(payload, src=0)
-        mask, sel = payload[0]
-        timings["select_s"] = time.perf_counter() - t
-        return mask, sel
-
-    # ------------------------------------------------------------------------------------------- sparse phase
-    def sparse_phase(self, run: Run, train_ds, mask: Mask, state: SparseState | None, info: dict, losses, dist_info):
-        cfg, space, model, rank, world = self.cfg, run.space, run.model, self.rank, self.world
-        steps = steps_for(cfg.sparse, len(train_ds))
-        loader, sampler = sharded_loader(train_ds, run.tokenizer, cfg.sparse.batch_size, cfg.seed + 1, rank, world)
-        sync = FlatAllReduce(world, sampler)
-        every = self.loop.checkpoint_every or len(sampler)  # default: once per epoch
-        start = state.step if state is not None else 0
-        prior = list(losses.get("sparse", []))[:start]
+        info: dict = {}
         handles: dict[str, Any] = {}
         local: list[float] = []
-        fail_rank = min(self.loop.fail_rank, world - 1)
 
-        clock: dict[str, float] = {}
+        def on_selection(record: dict) -> None:
+            resumed = self.record["resumed"]
+            info.update(
+                selection=record["selection"],
+                timings={**record["timings"], **resumed["timings"]} if state is not None else record["timings"],
+                losses={**resumed["losses"], **record["losses"]},
+                distributed=self.record["dist_info"],
+            )
 
-        def on_start(updater, head_opt, schedules):
-            handles.update(updater=updater, head_opt=head_opt, schedules=schedules)
-            if state is not None:
-                restore_sparse_state(state, updater, head_opt, schedules, space, rank, world)
-            clock["steps_from"] = time.perf_counter()
+        def on_start(sparse: SparseRun) -> None:
+            handles["sparse"] = sparse
 
-        def on_step(step: int, loss: float):
+        def on_step(step: int, loss: float) -> None:
             t_cb = time.perf_counter()
             try:
-                _on_step(step, loss)
+                done = step + 1
+                local.append(loss)
+                if loop.verify_sync:
+                    hashes = self.comm.gather(param_hash(run.model))
+                    if len(set(hashes)) != 1:
+                        raise RuntimeError(f"workers hold different weights after sparse step {done}: {hashes}")
+                    self.sync_checks += 1
+                sparse = handles["sparse"]
+                every = loop.checkpoint_every or sparse.steps_per_epoch  # default: once per epoch
+                if done % every == 0 and done < sparse.steps:
+                    start = state.step if state is not None else 0
+                    prior = list(info["losses"].get("sparse", []))[:start]
+                    self.save_checkpoint(sparse, space, done, prior, local, info)
             finally:
                 self.callback_s["on_step_s"] += time.perf_counter() - t_cb
 
-        def _on_step(step: int, loss: float):
-            done = step + 1
-            local.append(loss)
-            if self.loop.verify_sync:
-                hashes = _gather(param_hash(model))
-                if len(set(hashes)) != 1:
-                    raise RuntimeError(f"workers hold different weights after sparse step {done}: {hashes}")
-                self.sync_checks += 1
-            if done % every == 0 and done < steps:
-                self.save_checkpoint(handles, space, done, steps, prior, local, info, sync)
-            if (
-                self.loop.fail_at_step == done and rank == fail_rank and self.loop.fail_marker
-                and not os.path.exists(self.loop.fail_marker)
-            ):
-                Path(self.loop.fail_marker).touch()
-                time.sleep(self.loop.fail_delay_s)
-                os._exit(1)  # a lost worker, as a dead node would be
+        hooks.on_selection, hooks.on_sparse_start, hooks.on_sparse_step = on_selection, on_start, on_step
+        return hooks
 
-        rows = data_rows([train_ds], extra=[run.tokenizer.pad_token_id]) if cfg.sparse.embedding_rows else None
-        updater, _ = train_sparse(
-            model, space, mask, loader, steps, cfg.sparse,
-            grad_sync=sync, on_step=on_step, on_start=on_start, start_step=start, reporter=self.progress, rows=rows,
-        )
-        # The optimizer steps (forward, backward, sync, update) of this attempt: the step loop less its callbacks.
-        if "steps_from" in clock:
-            steps_s = time.perf_counter() - clock["steps_from"] - self.callback_s["on_step_s"]
-            info["timings"]["sparse_steps_s"] = info["timings"].get("sparse_steps_s", 0.0) + steps_s
-        losses["sparse"] = prior + _mean_losses(_gather(local))
-        if sync.calls:
-            dist_info["allreduce_bytes_per_sparse_step"] = sync.per_step()
-        dist_info["sparse_allreduce_entries"] = updater.k + sum(space.param(n).numel() for n in space.head)
-        return updater
-
-    def save_checkpoint(self, handles, space, done, steps, prior, local, info, sync) -> None:
+    def save_checkpoint(self, sparse: SparseRun, space, done, prior, local, info) -> None:
         t = time.perf_counter()
         dev_before = self.callback_s["dev_s"]
         try:
-            self._save_checkpoint(handles, space, done, steps, prior, local, info, sync)
+            self._save_checkpoint(sparse, space, done, prior, local, info)
         finally:
             self.callback_s["checkpoint_s"] += time.perf_counter() - t - (self.callback_s["dev_s"] - dev_before)
 
-    def _save_checkpoint(self, handles, space, done, steps, prior, local, info, sync) -> None:
+    def _save_checkpoint(self, sparse: SparseRun, space, done, prior, local, info) -> None:
         import ray.train
 
         cuda = torch.cuda.get_rng_state() if self.device.type == "cuda" else None
-        gathered = _gather(((torch.get_rng_state(), cuda), list(local)))
+        gathered = self.comm.gather(((torch.get_rng_state(), cuda), list(local)))
         rng = [g[0] for g in gathered]
-        sparse_losses = prior + _mean_losses([g[1] for g in gathered])
+        sparse_losses = prior + mean_losses([g[1] for g in gathered])
         self.checkpoints += 1
         dist_info = {
             **info["distributed"],
-            "allreduce_bytes_per_sparse_step": sync.per_step(),
             "checkpoints_saved": info["distributed"].get("checkpoints_saved", 0) + self.checkpoints,
         }
         info = {**info, "losses": {**info["losses"], "sparse": sparse_losses}, "distributed": dist_info}
         # K too: a multi-objective sweep's metrics are (objective, k), and Tune wants every report to carry both.
         metrics = {"phase": "sparse", "sparse_step": done, "loss": sparse_losses[-1], "k": info["selection"]["k"],
-                   "peak_memory_bytes": max(_gather(peak_memory_bytes()))}
+                   "peak_memory_bytes": max(self.comm.gather(peak_memory_bytes()))}
         if self.loop.report_dev:
             t = time.perf_counter()
-            metrics["objective"] = self.dev_objective(handles["updater"])
+            metrics["objective"] = self.dev_objective(sparse.updater)
             self.callback_s["dev_s"] += time.perf_counter() - t
             self.progress.note(dev=metrics["objective"])
         else:
@@ -812,8 +600,8 @@ class _Worker:
         if self.rank == 0:
             with tempfile.TemporaryDirectory(prefix="raysft-ckpt-") as d:
                 save_sparse_state(
-                    Path(d), handles["updater"], handles["head_opt"], handles["schedules"], space,
-                    step=done, steps=steps, rng=rng, info=info,
+                    Path(d), sparse.updater, sparse.head_opt, sparse.schedules, space,
+                    step=done, steps=sparse.steps, rng=rng, info=info,
                 )
                 ray.train.report(
                     metrics, checkpoint=ray.train.Checkpoint.from_directory(d), checkpoint_dir_name=f"sparse-{done:07d}"
@@ -832,7 +620,7 @@ class _Worker:
             self._dev_loaders = eval_loaders(self._dev_run)
         scores = dev_scores(self._dev_run, updater, self.theta0, self.base, self._dev_loaders)
         merged: dict[str, float] = {}
-        for part in _gather(scores):
+        for part in self.comm.gather(scores):
             merged.update(part)
         return sum(merged.values()) / max(1, len(merged))
 
@@ -857,29 +645,16 @@ class _Worker:
         return bool(answer[0])
 
     # ------------------------------------------------------------------------------------------------- finish
-    def finish(self, run: Run, delta, sel, per_rank, timings, losses, optimizer_state, dist_info) -> dict | None:
+    def finish(self, run: Run, trained: Trained, per_rank, dist_info) -> dict | None:
         import ray.train
 
-        cfg = self.cfg
-        evaluation = evaluation_metrics(run, merge_results(per_rank, run.eval_langs))
+        delta, sel = trained.delta, trained.selection
         metric = run.task.metric
-        peak = max(_gather(peak_memory_bytes()))  # the largest worker's
+        evaluation = evaluation_metrics(run, merge_results(per_rank, run.eval_langs))
+        peak = max(self.comm.gather(peak_memory_bytes()))  # the largest worker's
         metrics = {
-            "method": run.method.name,
-            **device_info(run),
-            "k": sel["k"],
-            "n": run.space.n,
-            "task": cfg.task,
-            "metric": metric,
-            **evaluation,
-            "timings": timings,
-            "selection": {k: v for k, v in sel.items() if k != "k"},
-            "optimizer_state_bytes": optimizer_state,
-            "delta_bytes": delta.nbytes(),
+            **run_metrics(run, trained, evaluation, trained.timings),
             "peak_memory_bytes": peak,
-            "losses": {phase: [round(x, 5) for x in v] for phase, v in losses.items()},
-            "source_lang_sft": run.source_lang in run.lang_sfts,
-            "target_langs": run.target_langs,
             "distributed": dist_info,
         }
         summary = {
@@ -913,6 +688,7 @@ def train_loop_per_worker(config: dict) -> dict | None:
 
     ctx = ray.train.get_context()
     loop = LoopConfig.model_validate(config)
+    keep_heap_top(HEAP_SLACK)  # a Ray Train worker of raysft's own: its allocator settings are ours to choose
     return _Worker(loop, ctx.get_world_rank(), ctx.get_world_size()).run(ray.train.get_checkpoint())
 
 

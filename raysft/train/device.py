@@ -8,6 +8,8 @@ comment.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 
 from raysft.errors import RaysftError
@@ -41,3 +43,11 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
             )
         return device
     raise RaysftError(f"--device {spec!r} is not one of auto, cpu, cuda (or cuda:N)")
+
+
+def onto(tensors: Mapping[str, torch.Tensor], device: str | torch.device) -> dict[str, torch.Tensor]:
+    """The one way tensors read from disk (θ1, SVD factors, checkpoints) reach the run's device: each moved there,
+    a no-op for those already on it. Weights are the exception: they are copied into the model's parameters
+    (``restore``, ``SparseDelta.apply``), which copy across devices, so a model-sized read never doubles on the
+    device."""
+    return {name: t.to(device) for name, t in tensors.items()}

@@ -23,31 +23,20 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
 
 from raysft import __version__
-from raysft.config import Config, steps_for
+from raysft.config import Config
 from raysft.errors import RaysftError
 from raysft.models import load_for_mlm, load_tokenizer, model_id
 from raysft.sft.delta import SparseDelta, base_metadata
 from raysft.sft.groups import ParamSpace
-from raysft.sft.mask import entries_per_group
-from raysft.sft.methods import Method, SelectionContext, make_method
+from raysft.sft.methods import Method, make_method
 from raysft.tasks.base import TaskData, take_first, take_shuffled
 from raysft.tasks.mlm import corpus_of, load_text, mlm_collator, tokenize_for_mlm
 from raysft.train.device import resolve_device
-from raysft.train.loop import (
-    Reporter,
-    model_device,
-    SilentReporter,
-    restore,
-    train_dense,
-    train_gated,
-    train_head,
-    train_mask_scores,
-    train_sparse,
-)
-from raysft.train.recipe import delta_from_updater, gated_delta
+from raysft.train.loop import Reporter, SilentReporter, model_device, restore, train_head
+from raysft.train.parallel import sharded_loader
+from raysft.train.phases import SFTJob, snapshot, train_sft
 
 
 def mlm_head(model: nn.Module) -> nn.Module:
@@ -156,84 +145,58 @@ def lang_delta_meta(run: LangRun, k: int, losses: dict[str, float]) -> dict[str,
     }
 
 
+def lang_job(run: LangRun, train_ds) -> SFTJob:
+    """The language SFT's job for :func:`raysft.train.phases.train_sft`: seeded MLM masking (each loader's
+    collator draws its masks from the loader's seed), the masked-positions loss, and no embedding rows (MLM's random
+    replacement draws tokens from the whole vocabulary, so every row can appear)."""
+    cfg, lc = run.cfg, run.cfg.lang
+    return SFTJob(
+        model=run.model, space=run.space, method=run.method, k=run.k, dataset=train_ds,
+        collate=lambda seed: mlm_collator(run.tokenizer, lc.mlm_probability, seed=seed),
+        dense=lc.dense, mask=cfg.mask_phase, sparse=lc.sparse, seed=cfg.seed, rows=None, loss_fn=mlm_loss,
+    )
+
+
 def train_lang_sft(run: LangRun, reporter: Reporter = SilentReporter()) -> tuple[SparseDelta, dict]:
-    """Head warm-up (fresh head only) → first phase → select → rewind → sparse phase; returns (delta, metrics)."""
+    """Head warm-up (fresh head only) → the training sequence (:func:`raysft.train.phases.train_sft`: first phase →
+    select → rewind → sparse phase); returns (delta, metrics)."""
     cfg, lc, space, model = run.cfg, run.cfg.lang, run.space, run.model
     train_ds = tokenize_for_mlm(run.train_text, run.tokenizer, lc.max_seq_len)
     heldout = fixed_batches(
         tokenize_for_mlm(run.heldout_text, run.tokenizer, lc.max_seq_len),
         mlm_collator(run.tokenizer, lc.mlm_probability, seed=cfg.seed + 7), lc.sparse.batch_size,
     )
-
-    def loader(batch_size: int, seed: int) -> DataLoader:
-        collate = mlm_collator(run.tokenizer, lc.mlm_probability, seed=seed)
-        gen = torch.Generator().manual_seed(seed)
-        return DataLoader(train_ds, batch_size=batch_size, shuffle=True, generator=gen, collate_fn=collate)
-
-    timings = {"head_s": 0.0, "dense_s": 0.0, "select_s": 0.0, "sparse_s": 0.0}
+    job = lang_job(run, train_ds)
     losses: dict[str, list[float]] = {}
     t = time.perf_counter()
     if run.head_fresh and lc.head_warmup_steps:
+        loader, _ = sharded_loader(train_ds, job.collate(cfg.seed + 3), lc.sparse.batch_size, cfg.seed + 3)
         losses["head"] = train_head(
-            model, space, loader(lc.sparse.batch_size, cfg.seed + 3), lc.head_warmup_steps, lc.head_warmup_lr,
+            model, space, loader, lc.head_warmup_steps, lc.head_warmup_lr,
             reporter=reporter, loss_fn=mlm_loss, precision=lc.dense.precision,
         )
-    timings["head_s"] = time.perf_counter() - t
-    theta0, head0 = space.snapshot(), space.head_snapshot()
+    head_s = time.perf_counter() - t
+    theta0 = snapshot(space)
     loss_before = heldout_loss(model, heldout)
 
-    ctx = SelectionContext(space, run.k, theta0, seed=cfg.seed)
-    t = time.perf_counter()
-    if run.method.first_phase == "dense":
-        steps = steps_for(lc.dense, len(train_ds))
-        losses["dense"] = train_dense(
-            model, space, loader(lc.dense.batch_size, cfg.seed), steps, lc.dense, reporter=reporter, loss_fn=mlm_loss
-        )
-        ctx.theta1 = space.snapshot()
-    elif run.method.first_phase == "mask":
-        s = run.method.settings
-        steps = steps_for(cfg.mask_phase, len(train_ds))
-        ctx.scores = train_mask_scores(
-            model, space, loader(cfg.mask_phase.batch_size, cfg.seed), steps, cfg.mask_phase,
-            score_init=s.score_init, score_lr=s.score_lr, reporter=reporter, names=run.method.score_params(space),
-        )
-    timings["dense_s"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    selection = run.method.select(ctx)
-    timings["select_s"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    if run.method.sparse_phase:
-        restore(space, theta0, head0)  # rewind to θ0 (the fitted head too), then train only the selected entries
-        steps = steps_for(lc.sparse, len(train_ds))
-        updater, losses["sparse"] = train_sparse(
-            model, space, selection.mask, loader(lc.sparse.batch_size, cfg.seed + 1), steps, lc.sparse,
-            reporter=reporter, loss_fn=mlm_loss,
-        )
-        delta = delta_from_updater(updater, space, {})
-    elif run.method.gated_phase:  # Ada-SFT (the report's): M fixed, W trained through W ⊙ M, then folded
-        gates = run.method.gates(ctx.scores)
-        steps = steps_for(lc.sparse, len(train_ds))
-        losses["gated"] = train_gated(
-            model, space, gates, loader(lc.sparse.batch_size, cfg.seed + 1), steps, lc.sparse, reporter=reporter
-        )
-        delta = gated_delta(space, theta0, gates, {})
-    else:  # `full`: the dense phase's result is the delta
-        delta = SparseDelta.from_params(space, theta0, selection.mask)
-    timings["sparse_s"] = time.perf_counter() - t
+    trained = train_sft(job, theta0, reporter=reporter)
+    delta = trained.delta
+    losses.update(trained.losses)
 
     loss_after = heldout_loss(model, heldout)
     restore(space, theta0)  # the final head stays: what did the head alone gain?
     loss_head_only = heldout_loss(model, heldout)
     mlm = {"before": loss_before, "head_only": loss_head_only, "after": loss_after}
-    delta.meta = lang_delta_meta(run, selection.k, mlm)
+    k = trained.selection["k"]
+    delta.meta = lang_delta_meta(run, k, mlm)
     metrics = {
-        "kind": "lang", "language": run.lang, "method": run.method.name, "k": selection.k, "n": space.n,
+        "kind": "lang", "language": run.lang, "method": run.method.name, "k": k, "n": space.n,
         "corpus": run.corpus, "corpus_lines": run.corpus_lines, "train_lines": len(run.train_text),
         "heldout_lines": len(run.heldout_text), "head_fresh": run.head_fresh, "mlm_loss": mlm,
-        "timings": timings, "entries_per_group": entries_per_group(selection.mask, space),
+        "timings": {"head_s": head_s, **trained.timings},
+        "entries_per_group": trained.selection["entries_per_group"],
         "delta_bytes": delta.nbytes(),
         "losses": {phase: [round(x, 5) for x in v] for phase, v in losses.items()},
+        "phases": trained.phases,
     }
     return delta.to(device="cpu"), metrics  # host: the delta is saved by the caller

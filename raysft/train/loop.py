@@ -20,16 +20,22 @@ from raysft.sft.mask import Mask
 from raysft.sft.mask_scores import MaskScores, gated_call
 from raysft.sft.sparse import SparseUpdater
 from raysft.train.dropout import byte_mask_dropout
+from raysft.train.parallel import GradSync
 from raysft.train.rows import RowSubsetEmbedding, row_gradients
 from raysft.train.spill import HeapTrimmer
-
-GradSync = Callable[[list[torch.Tensor]], None]  # all-reduces (averages) gradient tensors in place
-
 
 class Reporter(Protocol):
     def start(self, phase: str, total: int) -> None: ...
     def step(self, loss: float) -> None: ...
     def end(self) -> None: ...
+
+
+def note(reporter: Reporter, **fields) -> None:
+    """Tell a reporter that keeps a trial's state (a sweep's progress board) something beyond the steps, e.g. the
+    phase between two loops; reporters without ``note`` ignore it."""
+    tell = getattr(reporter, "note", None)
+    if tell is not None:
+        tell(**fields)
 
 
 class SilentReporter:
@@ -106,7 +112,8 @@ def head_params(space: ParamSpace) -> list[nn.Parameter]:
     return [space.param(n) for n in space.head]
 
 
-def _loss(model: nn.Module, batch: dict) -> torch.Tensor:
+def default_loss(model: nn.Module, batch: dict) -> torch.Tensor:
+    """The model's own loss (a task head's cross-entropy)."""
     return model(**batch).loss
 
 
@@ -175,7 +182,7 @@ def train_dense(
     *,
     reporter: Reporter = SilentReporter(),
     grad_sync: GradSync | None = None,
-    loss_fn: Callable[[nn.Module, dict], torch.Tensor] = _loss,
+    loss_fn: Callable[[nn.Module, dict], torch.Tensor] = default_loss,
     rows: RowSubsetEmbedding | None = None,
 ) -> list[float]:
     """Dense fine-tuning of every maskable parameter and the head (LayerNorms frozen). With ``rows`` (the model's
@@ -212,7 +219,7 @@ def train_head(
     lr: float,
     *,
     reporter: Reporter = SilentReporter(),
-    loss_fn: Callable[[nn.Module, dict], torch.Tensor] = _loss,
+    loss_fn: Callable[[nn.Module, dict], torch.Tensor] = default_loss,
     precision: str = "fp32",
 ) -> list[float]:
     """Only the head trains (the encoder stays at its current weights): fits a freshly initialised head."""
@@ -287,7 +294,7 @@ def train_gated(
     using W ⊙ M; the head trains densely too. The weights are left unfolded (see ``fold_gates``)."""
     set_trainable(space, maskable=False)
     model.train()
-    device = next(model.parameters()).device
+    device = model_device(model)
     gates = {n: m.to(device) for n, m in gates.items()}
     weights = [space.param(n) for n in gates]
     for w in weights:
@@ -310,7 +317,8 @@ def train_gated(
         optimizer.zero_grad(set_to_none=True)
 
     return _run_steps(
-        cycle(loader), steps, lambda b: gated_call(model, space, gates, **b).loss, update, reporter, "gated", device
+        cycle(loader), steps, lambda b: gated_call(model, space, gates, **b).loss, update, reporter, "gated", device,
+        precision=cfg.precision,
     )
 
 
@@ -324,7 +332,7 @@ def train_sparse(
     *,
     reporter: Reporter = SilentReporter(),
     grad_sync: GradSync | None = None,
-    loss_fn: Callable[[nn.Module, dict], torch.Tensor] = _loss,
+    loss_fn: Callable[[nn.Module, dict], torch.Tensor] = default_loss,
     on_step: Callable[[int, float], None] | None = None,
     on_start: Callable[[SparseUpdater, torch.optim.Optimizer | None, list], None] | None = None,
     start_step: int = 0,

@@ -5,7 +5,6 @@ The stages are separate functions so that the Ray Train edge can run the same co
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import shutil
@@ -13,7 +12,6 @@ import tempfile
 import time
 import warnings
 from collections.abc import Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,29 +20,17 @@ from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding
 
 from raysft import __version__
-from raysft.config import Config, steps_for
+from raysft.config import Config
 from raysft.errors import RaysftError
 from raysft.models import load_for_classification, load_tokenizer, model_id
 from raysft.sft.delta import SparseDelta, base_metadata
 from raysft.sft.groups import ParamSpace
-from raysft.sft.mask import entries_per_group
-from raysft.sft.methods import Method, SelectionContext, make_method
+from raysft.sft.methods import Method, make_method
 from raysft.tasks import Task, TaskData, get_task
 from raysft.train.device import resolve_device
-from raysft.train.loop import (
-    Reporter,
-    model_device,
-    SilentReporter,
-    predict,
-    restore,
-    seed_second_phase,
-    train_dense,
-    train_gated,
-    train_mask_scores,
-    train_sparse,
-)
-from raysft.train.rows import data_rows, row_subset_embeddings
-from raysft.train.spill import SpilledParams, trim_heap
+from raysft.train.loop import Reporter, SilentReporter, model_device, predict, restore
+from raysft.train.phases import SFTJob, Trained, snapshot, train_sft
+from raysft.train.rows import data_rows
 
 
 @dataclass
@@ -228,51 +214,30 @@ def _hub_lang_sfts(template: str, space: ParamSpace, langs: list[str], warn: lis
 def training_base(run: Run, spill: bool = True) -> tuple[Mapping[str, torch.Tensor], Mapping[str, torch.Tensor]]:
     """(θ0, the base the task SFT trains from). When the source language has a language SFT, it is applied (without
     its head) and left applied, so the task SFT learns on top of it, as composable-sft does; evaluation starts
-    again from θ0.
-
-    With ``spill`` (and the model on the CPU) the snapshots live in an unlinked temp file (:class:`SpilledParams`)
-    and are read back one tensor at a time, bitwise: θ0 costs no copy of the model in memory."""
-    space = run.space
-    on_cpu = all(space.param(p.name).device.type == "cpu" for p in space.maskable)  # host: spill only host models
-    if spill and on_cpu:
-        def snapshot():
-            return SpilledParams((p.name, space.param(p.name)) for p in space.maskable)
-    else:
-        snapshot = space.snapshot
-    theta0 = snapshot()
+    again from θ0. With ``spill`` the snapshots live on disk (:func:`raysft.train.phases.snapshot`)."""
+    theta0 = snapshot(run.space, spill)
     source = run.lang_sfts.get(run.source_lang)
     if source is None:
         return theta0, theta0
-    source.apply(space, with_abs=False)
-    return theta0, snapshot()
+    source.apply(run.space, with_abs=False)
+    return theta0, snapshot(run.space, spill)
 
 
-@contextmanager
-def activation_checkpointing(model: torch.nn.Module, on: bool):
-    """The model recomputes its layers' activations in backward while inside (HF gradient checkpointing, RNG state
-    preserved, so dropout masks and the resulting weights are bitwise the same)."""
-    if not on:
-        yield
-        return
-    if not getattr(model, "supports_gradient_checkpointing", False):
-        raise RaysftError(
-            f"{type(model).__name__} does not support activation checkpointing: set checkpoint_activations: false"
-        )
-    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x names
-        enable, disable, key = model.activation_checkpointing_enable, model.activation_checkpointing_disable, "activation"
-    else:
-        enable, disable, key = model.gradient_checkpointing_enable, model.gradient_checkpointing_disable, "gradient"
-    enable(**{f"{key}_checkpointing_kwargs": {"use_reentrant": False}})
-    try:
-        yield
-    finally:
-        disable()
+def task_job(run: Run, train_ds) -> SFTJob:
+    """The task SFT's job for :func:`raysft.train.phases.train_sft` (every path that trains a task SFT builds it
+    here): padded batches, the model's own loss, the training data's token ids as the embedding's rows."""
+    cfg = run.cfg
+    collate = DataCollatorWithPadding(run.tokenizer)
+    return SFTJob(
+        model=run.model, space=run.space, method=run.method, k=run.k, dataset=train_ds, collate=lambda seed: collate,
+        dense=cfg.dense, mask=cfg.mask_phase, sparse=cfg.sparse, seed=cfg.seed,
+        rows=data_rows([train_ds], extra=[run.tokenizer.pad_token_id]) if needs_rows(cfg) else None,
+        meta=task_delta_meta(run, run.k),
+    )
 
 
-def live_params(space: ParamSpace) -> dict[str, torch.Tensor]:
-    """The maskable parameters as they are now, as detached views (no copy): θ1 for a selection that runs before the
-    rewind."""
-    return {p.name: space.param(p.name).detach() for p in space.maskable}
+def needs_rows(cfg: Config) -> bool:
+    return cfg.dense.embedding_rows or cfg.sparse.embedding_rows
 
 
 def loader(ds, tokenizer, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
@@ -397,120 +362,41 @@ def task_delta_meta(run: Run, k: int) -> dict[str, str]:
     }
 
 
-def delta_from_updater(updater, space: ParamSpace, meta: dict[str, str]) -> SparseDelta:
-    """The trained δ at the masked entries (exactly what the model holds: θ0 + δ) and the head as abs values."""
-    mask = updater.mask()
-    return SparseDelta(diffs={n: (mask[n], v) for n, v in updater.values().items()}, abs=space.head_snapshot(), meta=meta)
-
-
-def gated_delta(space: ParamSpace, base: dict, gates: dict, meta: dict[str, str]) -> SparseDelta:
-    """A gated phase's result as a delta: the gates folded into the weights (dense diffs of the gated weights, the
-    model left at base + δ bitwise) and the head as abs values."""
-    from raysft.sft.mask_scores import fold_gates
-
-    diffs = {n: (None, d) for n, d in fold_gates(space, base, gates).items()}
-    return SparseDelta(diffs=diffs, abs=space.head_snapshot(), meta=meta)
-
-
 def run_training(run: Run, reporter: Reporter = SilentReporter(), *, low_memory: bool = True) -> tuple[SparseDelta, dict]:
-    """One run. ``low_memory`` (default) keeps θ0 on disk (:func:`training_base`), selects on the live θ1 (no copy)
-    and frees each phase's optimizer before the next: the same delta, bitwise (bench/memory.py measures the peak)."""
-    cfg, space, model = run.cfg, run.space, run.model
+    """One run in this process: the training sequence (:func:`raysft.train.phases.train_sft`) from the run's base,
+    then the composed evaluation. ``low_memory`` (default) keeps θ0 on disk and frees each phase's optimizer before
+    the next: the same delta, bitwise (bench/memory.py measures the peak)."""
+    cfg = run.cfg
     train_ds = run.task.tokenize(run.task.load_train(run.data), run.tokenizer, cfg.data.max_seq_len)
     loaders = eval_loaders(run)
     theta0, base = training_base(run, spill=low_memory)
-    head0 = space.head_snapshot()
-    timings = {"dense_s": 0.0, "select_s": 0.0, "sparse_s": 0.0, "eval_s": 0.0}
-    losses: dict[str, list[float]] = {}
-    ctx = SelectionContext(space, run.k, base, seed=cfg.seed)
-
+    trained = train_sft(task_job(run, train_ds), base, reporter=reporter, low_memory=low_memory)
     t = time.perf_counter()
-    if run.method.first_phase == "dense":
-        steps = steps_for(cfg.dense, len(train_ds))
-        train_loader = loader(train_ds, run.tokenizer, cfg.dense.batch_size, True, cfg.seed)
-        rows = data_rows([train_ds], extra=[run.tokenizer.pad_token_id]) if cfg.dense.embedding_rows else None
-        with (
-            activation_checkpointing(model, cfg.dense.checkpoint_activations),
-            row_subset_embeddings(model, rows, cfg.dense.weight_decay, base if low_memory else None, space) as sub,
-        ):
-            losses["dense"] = train_dense(model, space, train_loader, steps, cfg.dense, reporter=reporter, rows=sub)
-        if low_memory:
-            gc.collect()  # the dense AdamW state (2 copies of the model) must not wait for a later collection
-            trim_heap()
-        ctx.theta1 = live_params(space) if low_memory else space.snapshot()
-    elif run.method.first_phase == "mask":
-        steps = steps_for(cfg.mask_phase, len(train_ds))
-        train_loader = loader(train_ds, run.tokenizer, cfg.mask_phase.batch_size, True, cfg.seed)
-        s = run.method.settings
-        ctx.scores = train_mask_scores(
-            model, space, train_loader, steps, cfg.mask_phase,
-            score_init=s.score_init, score_lr=s.score_lr, reporter=reporter, names=run.method.score_params(space),
-        )
-    timings["dense_s"] = time.perf_counter() - t
+    results = evaluate(run, trained.delta, theta0, loaders, reporter=reporter)
+    timings = {**trained.timings, "eval_s": time.perf_counter() - t}
+    return trained.delta, run_metrics(run, trained, evaluation_metrics(run, results), timings)
 
-    t = time.perf_counter()
-    selection = run.method.select(ctx)
-    timings["select_s"] = time.perf_counter() - t
-    zero_selected = zero_delta_selected(selection.mask, ctx) if ctx.theta1 is not None else None
-    ctx.theta1 = None  # live views (low_memory) are rewound below; a snapshot is not needed any more
 
-    t = time.perf_counter()
-    meta = task_delta_meta(run, selection.k)
-    if run.method.sparse_phase:
-        restore(space, base, head0)  # rewind to θ0 (head too), then train only the selected entries
-        seed_second_phase(cfg.seed)
-        steps = steps_for(cfg.sparse, len(train_ds))
-        train_loader = loader(train_ds, run.tokenizer, cfg.sparse.batch_size, True, cfg.seed + 1)
-        with activation_checkpointing(model, cfg.sparse.checkpoint_activations):
-            rows = data_rows([train_ds], extra=[run.tokenizer.pad_token_id]) if cfg.sparse.embedding_rows else None
-            updater, losses["sparse"] = train_sparse(
-                model, space, selection.mask, train_loader, steps, cfg.sparse, reporter=reporter, rows=rows
-            )
-        delta = delta_from_updater(updater, space, meta)
-        optimizer_state = updater.state_bytes()
-        del updater
-        if low_memory:
-            gc.collect()
-            trim_heap()
-    elif run.method.gated_phase:
-        # M fixed, W trained with W ⊙ M in the forward pass (no rewind: W is still the base after the mask phase)
-        gates = run.method.gates(ctx.scores)
-        seed_second_phase(cfg.seed)
-        steps = steps_for(cfg.sparse, len(train_ds))
-        train_loader = loader(train_ds, run.tokenizer, cfg.sparse.batch_size, True, cfg.seed + 1)
-        losses["gated"] = train_gated(model, space, gates, train_loader, steps, cfg.sparse, reporter=reporter)
-        delta = gated_delta(space, base, gates, meta)
-        optimizer_state = 2 * selection.k * 4
-    else:
-        delta = SparseDelta.from_params(space, base, selection.mask, meta=meta)
-        optimizer_state = 2 * space.n * 4
-    timings["sparse_s"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    results = evaluate(run, delta, theta0, loaders, reporter=reporter)
-    timings["eval_s"] = time.perf_counter() - t
-
-    metrics = {
+def run_metrics(run: Run, trained: Trained, evaluation: dict, timings: dict) -> dict:
+    """metrics.json of a task SFT (``raysft train`` and every sweep trial: the same schema)."""
+    cfg = run.cfg
+    return {
         "method": run.method.name,
         **device_info(run),
-        "k": selection.k,
-        "n": space.n,
+        "k": trained.selection["k"],
+        "n": run.space.n,
         "task": cfg.task,
         "metric": run.task.metric,
-        **evaluation_metrics(run, results),
+        **evaluation,
         "timings": timings,
-        "selection": {
-            **{k: v for k, v in selection.info.items() if isinstance(v, (int, float, str, list, dict))},
-            "entries_per_group": entries_per_group(selection.mask, space),
-            "zero_delta_selected": zero_selected,
-        },
-        "optimizer_state_bytes": optimizer_state,
-        "delta_bytes": delta.nbytes(),
-        "losses": {phase: [round(x, 5) for x in v] for phase, v in losses.items()},
+        "selection": {k: v for k, v in trained.selection.items() if k != "k"},
+        "optimizer_state_bytes": trained.optimizer_state_bytes,
+        "delta_bytes": trained.delta.nbytes(),
+        "losses": {phase: [round(x, 5) for x in v] for phase, v in trained.losses.items()},
+        "phases": trained.phases,
         "source_lang_sft": run.source_lang in run.lang_sfts,
         "target_langs": run.target_langs,
     }
-    return delta, metrics
 
 
 def device_info(run: Run) -> dict:
@@ -520,15 +406,6 @@ def device_info(run: Run) -> dict:
         "device": str(model_device(run.model)),
         "precision": {"dense": cfg.dense.precision, "mask": cfg.mask_phase.precision, "sparse": cfg.sparse.precision},
     }
-
-
-def zero_delta_selected(mask, ctx: SelectionContext) -> int:
-    """Selected entries that the dense phase did not move at all (|Δ| = 0): ties filled in by position."""
-    zero = 0
-    for name, idx in mask.items():
-        d = ctx.theta1[name].reshape(-1) - ctx.theta0[name].reshape(-1)
-        zero += int((d if idx is None else d[idx]).eq(0).sum())
-    return zero
 
 
 def write_outputs(out: Path, delta: SparseDelta, metrics: dict, force: bool = False) -> None:
