@@ -328,30 +328,38 @@ def save_sparse_state(
 
 def read_checkpoint(checkpoint) -> SparseState | dict:
     """A Ray Train checkpoint: a :class:`SparseState`, or the final metrics dict of a run that had finished."""
+    with checkpoint.as_directory() as d:
+        return read_checkpoint_folder(Path(d), name=checkpoint.path)
+
+
+def read_checkpoint_folder(d: Path, name: str | None = None) -> SparseState | dict:
+    """What :func:`save_sparse_state` (or a finished run's final report) wrote into the folder ``d``."""
     from safetensors.torch import load_file
 
-    with checkpoint.as_directory() as d:
-        d = Path(d)
-        if (d / METRICS_FILE).exists() and (d / DELTA_FILE).exists():
-            return json.loads((d / METRICS_FILE).read_text())
-        if not (d / STATE_JSON).exists():
-            raise RaysftError(f"checkpoint {checkpoint.path} holds no {STATE_JSON}: it was not written by raysft")
-        meta = json.loads((d / STATE_JSON).read_text())
-        if meta.get("format") != STATE_FORMAT:
-            raise RaysftError(f"checkpoint {checkpoint.path} has format {meta.get('format')!r}, expected {STATE_FORMAT}")
-        return SparseState({k: v.clone() for k, v in load_file(str(d / STATE_TENSORS)).items()}, meta)
+    name = name or str(d)
+    if (d / METRICS_FILE).exists() and (d / DELTA_FILE).exists():
+        return json.loads((d / METRICS_FILE).read_text())
+    if not (d / STATE_JSON).exists():
+        raise RaysftError(f"checkpoint {name} holds no {STATE_JSON}: it was not written by raysft")
+    meta = json.loads((d / STATE_JSON).read_text())
+    if meta.get("format") != STATE_FORMAT:
+        raise RaysftError(f"checkpoint {name} has format {meta.get('format')!r}, expected {STATE_FORMAT}")
+    return SparseState({k: v.clone() for k, v in load_file(str(d / STATE_TENSORS)).items()}, meta)
 
 
 @torch.no_grad()
 def restore_sparse_state(
     state: SparseState, updater: SparseUpdater, head_opt, schedules: list, space: ParamSpace, rank: int, world: int
 ) -> None:
-    t, m = state.tensors, state.meta
+    m = state.meta
     if list(updater.names) != m["mask_names"] or updater.k != m["k"]:
         raise RaysftError("the sparse checkpoint's mask does not match the rebuilt one: start the trial afresh")
-    updater.delta.copy_(t["delta"].to(updater.delta.device))
+    device = updater.delta.device
+    # The K-sized state reaches the run's device; the generator states stay host tensors (torch's set_rng_state).
+    t = {**state.tensors, **onto({k: v for k, v in state.tensors.items() if not k.startswith("rng")}, device)}
+    updater.delta.copy_(t["delta"])
     for name in space.head:
-        space.param(name).copy_(t[f"head/{name}"].to(space.param(name).device))
+        space.param(name).copy_(t[f"head/{name}"])  # copy_ into the parameter: its device
     updater.optimizer.load_state_dict(_opt_from_files("opt/sparse", m["opt_sparse"], t))
     if head_opt is not None and m["opt_head"] is not None:
         head_opt.load_state_dict(_opt_from_files("opt/head", m["opt_head"], t))
