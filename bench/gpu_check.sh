@@ -7,6 +7,10 @@
 #      (12 layers, hidden 768, vocabulary 250,002) at K = 14,155,776: dense and sparse step times in fp32 and bf16,
 #      optimizer-state bytes, selection time and peak GPU memory over all 278M entries;
 #   4. bench/ddp_check.py: two processes on the GPU, synchronised through the loop's gradient-sync hook.
+#   5. (run right after 2.; STEPS=trial-sequence reruns it alone) bench/trial_sequence.py: every method's sweep
+#      trial as the Ray worker runs it (train_sft with the worker's hooks, minus Ray) at xlm-roberta-base's shape:
+#      θ1 computed and saved, θ1 and DeFT-X's SVD cache reused (a rank sweep), a sparse phase resumed from a
+#      mid-phase checkpoint (bitwise the uninterrupted delta), every tensor checked on the GPU.
 # Everything goes to $OUT/log (and the JSON lines to $OUT/results.jsonl); a failing step does not stop the others,
 # the exit status is the number of failed steps.
 #     OUT=/tmp/out bash bench/gpu_check.sh
@@ -57,6 +61,9 @@ EOF
 
 step gpu-tests 240 "$PY" -m pytest -q -rs -p no:cacheprovider -m gpu tests/test_gpu.py
 step device-tests 120 "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_device.py
+# What a sweep trial runs, without Ray (raysft.distributed.train_workers' helpers): the trial sequence of every
+# method (computing, reusing θ1 and the selection cache, resumed from a checkpoint), tensors kept on the GPU.
+step trial-sequence 180 "$PY" bench/trial_sequence.py --device "${DEVICE:-cuda}" --shape "${SHAPE:-xlmr-base}"
 # DEVICE, SHAPE, K and BATCH override the GPU defaults (e.g. DEVICE=cpu SHAPE=tiny K=6941 BATCH=8 to try the script's
 # path on a CPU machine, where the gpu tests skip).
 DEVICE=${DEVICE:-cuda}
