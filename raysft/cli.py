@@ -144,7 +144,7 @@ def train(
     experiment: Annotated[str | None, typer.Option(help="MLflow experiment (default: the space's name; with --from-run, the trial's)")] = None,
     track: Annotated[bool, typer.Option(help="log the run to MLflow")] = True,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
-    from_run: Annotated[str | None, typer.Option("--from-run", help="rerun one sweep trial from its MLflow child run (its run id, or a prefix as raysft compare shows it): the trial's own config, method and seed; not with --method or --set")] = None,
+    from_run: Annotated[str | None, typer.Option("--from-run", help="rerun one sweep trial from its MLflow child run (its run id, or a prefix as raysft compare shows it): the trial's own config, method, seed and torch threads; not with --method or --set")] = None,
 ) -> None:
     """Train one SFT in this process: dense → select → sparse → composed evaluation on every target language; the run
     is logged to MLflow. With --from-run, the same for one sweep trial's resolved config (read back from its run)."""
@@ -183,7 +183,19 @@ def train(
     out = out or Path("runs") / "train" / f"{cfg.name}-{name}{tag}-{datetime.now():%Y%m%d-%H%M%S}"
     check_out(out, force)
     if trial is not None:
-        console.print(trial.line(), highlight=False, soft_wrap=True)
+        import torch
+
+        # The trial's worker's torch threads: they can decide the order of a float sum, so the rerun uses as many
+        # (this command owns its process). A trial recorded before raysft logged them: the process keeps its own.
+        if trial.threads is not None:
+            torch.set_num_threads(trial.threads)
+        console.print(trial.line(torch.get_num_threads() if trial.threads is not None else None), highlight=False,
+                      soft_wrap=True)
+        if trial.threads is None:
+            err_console.print(f"[yellow]note:[/] trial {trial.trial_id}'s run does not record its torch threads (logged "
+                              f"by an older raysft): this rerun keeps this process's {torch.get_num_threads()}, so a "
+                              "float sum may split otherwise and the delta differ from the trial's in the last bits",
+                              highlight=False, soft_wrap=True)
         if trial.num_workers > 1:
             err_console.print(f"[yellow]warning:[/] trial {trial.trial_id} ran on {trial.num_workers} Ray Train workers; "
                               "this rerun is one process, so its delta cannot be bitwise the trial's", highlight=False,
@@ -587,7 +599,7 @@ def _number(v: float) -> str:
 
 
 def compare_table(ranking) -> Table:
-    from raysft.export import lower_is_better
+    from raysft.results.ranking import lower_is_better
 
     metric, tm = ranking.metric, ranking.task_metric
     order = "lowest" if lower_is_better(metric) else "highest"
@@ -630,12 +642,12 @@ def compare(
 ) -> None:
     """The top trials of an experiment with per-language scores, read back from MLflow; with --pareto, the trade-off
     between two metrics as a plot with its Pareto front."""
-    from raysft.export import rank
+    from raysft.results.ranking import rank
 
     if plot is not None and pareto is None:
         raise RaysftError("--plot needs --pareto X,Y: e.g. --pareto score,bytes --plot front.png")
     if pareto is not None:
-        from raysft.export import pareto as pareto_of
+        from raysft.results.pareto import pareto as pareto_of
 
         p = pareto_of(tracking_uri, experiment, pareto, plot)
         table = Table(title=f"{experiment}: Pareto front of {p.y} against {p.x} ({len(p.front)} of {len(p.rows)} runs)")
@@ -646,7 +658,7 @@ def compare(
         console.print(table)
         console.print(f"wrote {p.plot}", highlight=False)
         return
-    from raysft.export import outcome_of_runs
+    from raysft.results.ranking import outcome_of_runs
 
     if top < 1:
         raise RaysftError(f"--top {top}: show at least 1 run")
@@ -719,7 +731,7 @@ def export(
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow store (default $MLFLOW_TRACKING_URI, else sqlite:///runs/mlflow.db)")] = None,
 ) -> None:
     """Export one trial: its task delta, a model card (README.md) and the language SFTs it was evaluated with."""
-    from raysft.export import export_run
+    from raysft.export.run import export_run
 
     info = export_run(tracking_uri, experiment, out, run_id=run_id, best=best, metric=metric, force=force,
                       confirmed=confirmed)
@@ -740,7 +752,7 @@ def apply(
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
 ) -> None:
     """Compose SFTs into the base model and save a folder that AutoModelForSequenceClassification loads."""
-    from raysft.export import apply_sfts
+    from raysft.export.apply import apply_sfts
 
     _quiet_libraries()
     info = apply_sfts(base, sft, out, force=force, device=device)

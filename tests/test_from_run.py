@@ -97,14 +97,66 @@ def test_from_run_trains_the_trials_config_method_and_seed(store, captured, caps
         assert "Ray Train workers" not in out.err
 
 
+@pytest.fixture(autouse=True)
+def keep_threads():
+    """``--from-run`` sets this process's torch threads (the CLI owns its process): the tests' process gets its own
+    back."""
+    import torch
+
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
 def test_from_run_warns_when_the_trial_ran_several_workers(store, captured, capsys, tmp_path):
-    _, trial_cfg, run_id, _ = store(["tune.num_workers=2"], "def67890", "sweep2")
+    _, trial_cfg, run_id, c = store(["tune.num_workers=2"], "def67890", "sweep2")
+    c.log_metric(run_id, "threads", 1.0)
     capsys.readouterr()  # the store's creation
     with pytest.raises(Captured):
         main(["train", "smoke", "--from-run", run_id, "--out", str(tmp_path / "out"), "-q"])
     assert captured[0][0] == trial_cfg
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "ran on 2 Ray Train workers" in err[0], err
+
+
+def test_from_run_trains_with_the_trials_torch_threads(store, captured, capsys, tmp_path):
+    """The worker's torch threads, from the child run's metric ``threads`` (what the tracking callback logs from the
+    trial's metrics.json) or else from its metrics.json artifact, are this process's before training."""
+    import torch
+
+    from raysft.tracking import record
+
+    assert ("threads", 1.0, 0) in record.final_metrics({"k": 3, "threads": 1})  # metrics.json → the run's metric
+    _, _, metric_run, c = store([], "thr00001", "sweep")
+    c.log_metric(metric_run, "threads", 1.0)
+    _, _, json_run, c = store([], "thr00002", "sweep3")
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "metrics.json").write_text(json.dumps({"method": "sc-sft", "threads": 1}))
+    c.log_artifact(json_run, str(tmp_path / "m" / "metrics.json"))
+    capsys.readouterr()  # the stores' creation
+    for run_id, tid in ((metric_run, "thr00001"), (json_run, "thr00002")):
+        torch.set_num_threads(2)
+        with pytest.raises(Captured):
+            main(["train", "smoke", "--from-run", run_id, "--out", str(tmp_path / "out"), "-q"])
+        assert torch.get_num_threads() == 1
+        out = capsys.readouterr()
+        assert f"reproducing trial {tid} (run {run_id}" in out.out and "sc-sft, seed 0, 1 torch thread" in out.out, out
+        assert not out.err.strip(), out.err
+
+
+def test_from_run_keeps_the_process_threads_when_the_trial_did_not_record_them(store, captured, capsys, tmp_path):
+    import torch
+
+    _, _, run_id, _ = store([], "old00002", "sweep")
+    capsys.readouterr()  # the store's creation
+    torch.set_num_threads(2)
+    with pytest.raises(Captured):
+        main(["train", "smoke", "--from-run", run_id, "--out", str(tmp_path / "out"), "-q"])
+    assert torch.get_num_threads() == 2
+    out = capsys.readouterr()
+    assert "reproducing trial old00002" in out.out and "torch thread" not in out.out
+    err = out.err.strip().splitlines()
+    assert len(err) == 1 and "does not record its torch threads" in err[0] and "keeps this process's 2" in err[0], err
 
 
 def test_from_run_reads_a_config_yaml_of_a_run_logged_before_config_json(store, captured, tmp_path):

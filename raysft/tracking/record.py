@@ -135,7 +135,7 @@ def final_metrics(metrics: dict, extra: dict | None = None) -> list[tuple[str, f
     out.append(("trained_entries", float(metrics["k"]), 0))
     if metrics.get("n"):
         out.append(("density", metrics["k"] / metrics["n"], 0))
-    for key in ("delta_bytes", "optimizer_state_bytes", "peak_memory_bytes"):
+    for key in ("delta_bytes", "optimizer_state_bytes", "peak_memory_bytes", "threads"):  # threads: --from-run's
         if metrics.get(key) is not None:
             out.append((key, float(metrics[key]), 0))
     for key, v in (metrics.get("timings") or {}).items():

@@ -76,10 +76,13 @@ class TrialRun:
     seed: int
     num_workers: int  # Ray Train workers the trial ran on
     status: str
+    threads: int | None = None  # torch threads of the trial's (rank 0) worker; None: its record does not say
 
-    def line(self) -> str:
+    def line(self, threads: int | None = None) -> str:
+        """What is reproduced; ``threads``: the torch threads this rerun uses (the trial's, when it recorded them)."""
         return (f"reproducing trial {self.trial_id} (run {self.run_id}, {self.status.lower()}, sweep {self.sweep_run}, "
-                f"experiment '{self.experiment}'): {self.method}, seed {self.seed}")
+                f"experiment '{self.experiment}'): {self.method}, seed {self.seed}"
+                + ("" if threads is None else f", {threads} torch thread{'s' if threads != 1 else ''}"))
 
 
 def _kind_of(tags: dict) -> str:
@@ -127,6 +130,24 @@ def _config_of(c, run_id: str, trial_id: str) -> dict:
     raise RaysftError(f"run {run_id} (trial {trial_id}) has no {record.CONFIG_JSON_FILE} or {record.CONFIG_FILE} "
                       "artifact (a trial still running, logged by an older raysft): rerun it with --method and --set "
                       "from its params")
+
+
+def _threads_of(c, run) -> int | None:
+    """The torch threads the trial's worker trained with: its metric ``threads``, else its metrics.json artifact's
+    ``threads``; None for a run logged before raysft recorded them (or one that never finished)."""
+    n = run.data.metrics.get("threads")
+    if n is None:
+        try:
+            with tempfile.TemporaryDirectory(prefix="raysft-from-run-") as d:
+                path = download(c, run.info.run_id, record.METRICS_FILE, Path(d))
+                n = json.loads(path.read_text()).get("threads") if path is not None else None
+        except Exception:  # an unreadable metrics.json: the rerun keeps its process's threads and says so
+            n = None
+    try:
+        n = int(n)
+    except (TypeError, ValueError):
+        return None
+    return n if n >= 1 else None
 
 
 def trial_of_run(uri: TrackingURI, run_id: str, space: str, experiment: str | None = None) -> TrialRun:
@@ -178,7 +199,8 @@ def trial_of_run(uri: TrackingURI, run_id: str, space: str, experiment: str | No
     except Exception:
         sweep_run = parent
     return TrialRun(run_id=run.info.run_id, trial_id=trial_id, experiment=exp_name, sweep_run=sweep_run, cfg=cfg,
-                    method=cfg.method, seed=cfg.seed, num_workers=int(cfg.tune.num_workers), status=run.info.status)
+                    method=cfg.method, seed=cfg.seed, num_workers=int(cfg.tune.num_workers), status=run.info.status,
+                    threads=_threads_of(c, run))
 
 
 __all__ = ["TRIAL_RUN_KINDS", "TrialRun", "open_trial_run", "trial_of_run", "trial_params"]

@@ -400,10 +400,13 @@ def run_metrics(run: Run, trained: Trained, evaluation: dict, timings: dict) -> 
 
 
 def device_info(run: Run) -> dict:
-    """Where the run trained and in which precision per phase (metrics.json; the distributed run's too)."""
+    """Where the run trained, with how many torch threads (they can decide the order of a float sum: ``raysft train
+    --from-run`` reruns a trial with its count), and in which precision per phase (metrics.json; the distributed
+    run's too, rank 0's)."""
     cfg = run.cfg
     return {
         "device": str(model_device(run.model)),
+        "threads": torch.get_num_threads(),
         "precision": {"dense": cfg.dense.precision, "mask": cfg.mask_phase.precision, "sparse": cfg.sparse.precision},
     }
 
