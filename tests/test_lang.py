@@ -321,7 +321,8 @@ def test_language_sft_on_multilingual_e5_small_lowers_heldout_loss():
 def test_export_copies_the_language_sfts_and_its_card_shows_composition(tmp_path):
     import yaml
 
-    from raysft.export import composition_lines, language_sfts
+    from raysft.export.card import composition_lines
+    from raysft.export.run import language_sfts
 
     store = tmp_path / "store"
     store.mkdir()

@@ -17,8 +17,8 @@ RANKS = {
     "models": 2, "tasks": 2,
     "store": 3, "config": 3, "outcome": 3,
     "train": 4,
-    # the edges: Ray Train, Ray Tune, MLflow, cluster checks, export, the CLI
-    "distributed": 5, "sweep": 5, "tracking": 5, "cluster": 5, "export": 5, "cli": 5,
+    # the edges: Ray Train, Ray Tune, MLflow, cluster checks, results read back, export, the CLI
+    "distributed": 5, "sweep": 5, "tracking": 5, "cluster": 5, "results": 5, "export": 5, "cli": 5,
 }
 
 

@@ -468,7 +468,7 @@ def test_sweep_summary_counts_methods_dense_reuse_and_describes_the_best():
 
 
 def test_pareto_front_and_axis_names():
-    from raysft.export import pareto_front, pareto_metric
+    from raysft.results.pareto import pareto_front, pareto_metric
 
     # (delta bytes ↓, score ↑): c is dominated by a (smaller and better), e ties a and is not strictly better
     points = [(100, 0.5), (1000, 0.7), (400, 0.45), (5000, 0.69), (100, 0.5)]
