@@ -63,12 +63,13 @@ class PhaseConfig(_Strict):
     # bf16: forward and backward under torch.autocast(bfloat16) on the run's device; the weights, gradients, the
     # sparse δ and every optimizer state stay float32, so a saved delta still reproduces the model bitwise.
     precision: Literal["fp32", "bf16"] = "fp32"
-    # Recompute each layer's activations in backward instead of keeping them (raysft train): ~1 GB less on
-    # multilingual-e5-small at batch 16 x 128 (peak 3.43 → 2.47 GB), bitwise the same weights, ~30 % more compute.
+    # Recompute each layer's activations in backward instead of keeping them (raysft train): a lower memory peak for
+    # more compute, bitwise the same weights (bench/memory.py --lean measures the peak with and without).
     checkpoint_activations: bool = False
     # A task SFT's word embedding by the rows its training data contains (raysft.train.rows), bitwise the same result
-    # where it applies: the dense phase trains a table of those rows (without weight decay; ~1.5 GB less on
-    # multilingual-e5-small), the sparse phase builds the embedding's gradient for those rows only.
+    # where it applies: the dense phase trains a table of those rows (without weight decay; the whole matrix's
+    # gradient and AdamW moments go: bench/embedding_rows.py, bench/memory.py), the sparse phase builds the embedding's
+    # gradient for those rows only (bench/sparse_step.py).
     embedding_rows: bool = True
 
 

@@ -147,8 +147,8 @@ class TuneConfig(BaseModel):
     dense_cache: bool = True  # trials with the same dense settings share one dense phase
     # False: a trial scores the test sets only when its dev objective leads its kind (the defaults, or the searched
     # trials) among the trials finished so far, so the trials best-vs-default reports always have test scores and
-    # the others score dev only (the test passes were ~0.1 of a sa-cpu trial; test never chooses anything). Confirm
-    # runs always score test. True: every trial does.
+    # the others score dev only (test never chooses anything; the test passes' share of a trial:
+    # bench/sweep_overhead.py --leading, eval_test). Confirm runs always score test. True: every trial does.
     test_every_trial: bool = False
     # The computing trial renews a lease on its dense phase; one silent for this long (dead, or stopped by the
     # scheduler) loses it to a waiting trial.

@@ -102,7 +102,7 @@ def _in_process_memory(model):
     """The weights copied out of the checkpoint file, one tensor at a time (bitwise). transformers loads them as
     views of a private mapping of the safetensors file, which stays mapped (and resident once read) as long as any
     parameter views it: a weight a run releases would not give its memory back (the dense phase's word embedding,
-    0.38 GB on e5-small, raysft.train.rows). Once every parameter is copied the mapping goes."""
+    raysft.train.rows). Once every parameter is copied the mapping goes."""
     import torch
 
     with torch.no_grad():

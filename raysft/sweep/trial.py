@@ -31,7 +31,8 @@ def run_trial(config: dict, base: dict, storage: str) -> None:
     push(board, trial_id, phase="starting", method=sampled["method"], desc=describe(sampled))
     cfg = trial_config(base, sampled)
     # Only ASHA reads the per-epoch dev objective (it stops trials on it; TPE reads the final one). Without it (no
-    # scheduler, a multi-objective sweep, a confirm run) the dev passes are skipped: ~17 % of a sa-cpu trial here.
+    # scheduler, a multi-objective sweep, a confirm run) the dev passes are skipped (their share of a trial:
+    # bench/sweep_overhead.py's dev_passes, in an ASHA sweep).
     report_dev = uses_asha(cfg) and not sampled.get("confirm")
     extra: dict[str, Any] = {"report_dev": report_dev, "trial_id": trial_id, "progress": board is not None,
                              "started_at": started}

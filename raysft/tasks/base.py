@@ -202,9 +202,9 @@ _TOKENIZE_VERSION = "1"
 
 
 # sha256 of a backend tokenizer's raw JSON → the sha256 state after its normalised spec. Parsing and re-encoding the
-# JSON of a 250k-piece vocabulary took ~1 s (2.4 s on a busy machine) per call, and a trial tokenises 23 data sets
-# (train + 11 languages × dev/test): the normalised spec is hashed once per raw JSON, the raw JSON itself each time
-# (~0.1 s), so the fingerprint stays exactly what it was and still follows any change to the tokenizer.
+# JSON of a 250k-piece vocabulary is the slow part of the fingerprint, and a trial tokenises 23 data sets (train +
+# 11 languages × dev/test): the normalised spec is hashed once per raw JSON, the raw JSON itself (a plain hash, far
+# cheaper) each time, so the fingerprint stays exactly what it was and still follows any change to the tokenizer.
 _SPEC_HASHES: dict[str, Any] = {}
 _SPEC_HASHES_MAX = 8
 

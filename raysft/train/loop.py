@@ -53,7 +53,7 @@ def seed_second_phase(seed: int, rank: int = 0) -> None:
     """Reseed torch's global generator (dropout) before the second phase (sparse or gated), so that its randomness
     does not depend on what this process ran before: a sweep trial that reuses a cached θ1 never ran the dense phase,
     and used to train its sparse phase on other dropout masks than the trial that computed θ1 (same config and seed,
-    dev 0.5947 vs 0.5981 on sa-cpu). Ranks keep distinct masks (seed + rank), as in the first phase."""
+    another delta and dev score). Ranks keep distinct masks (seed + rank), as in the first phase."""
     torch.manual_seed(seed + SECOND_PHASE_SEED_OFFSET + rank)
 
 

@@ -2,14 +2,15 @@
 the memory.
 
 The word-embedding matrix holds most of a multilingual encoder's entries (82 % of multilingual-e5-small's: 250k
-rows × 384), but a task's training set uses a few thousand distinct tokens (~3 % of the rows). A row no batch
-contains gets a zero gradient at every step; with no weight decay, AdamW leaves it, and its zero moments, exactly as
-they were. So the dense phase can train a table of just the touched rows (plus the padding row, which the original
-embedding excludes from the gradient) and write them back at the end. Every kept row sees the same values and the
-same arithmetic as in the full matrix: the forward is an exact gather, the embedding backward sums each row's
-contributions in token order either way, and AdamW's update is element-wise. What goes away is the full matrix's
-gradient (0.38 GB on e5-small), its two AdamW moments (0.77 GB) and the step's temporary (0.38 GB), and the time
-AdamW spends sweeping them.
+rows × 384), but a task's training set uses a few thousand distinct tokens (a small fraction of the rows:
+bench/embedding_rows.py prints it). A row no batch contains gets a zero gradient at every step; with no weight
+decay, AdamW leaves it, and its zero moments, exactly as they were. So the dense phase can train a table of just
+the touched rows (plus the padding row, which the original embedding excludes from the gradient) and write them
+back at the end. Every kept row sees the same values and the same arithmetic as in the full matrix: the forward is
+an exact gather, the embedding backward sums each row's contributions in token order either way, and AdamW's
+update is element-wise. What goes away is the full matrix's gradient, its two AdamW moments and the step's
+temporary (four times the matrix's size), and the time AdamW spends sweeping them (bench/embedding_rows.py and
+bench/memory.py measure both).
 
 The sparse phase uses the same fact another way (:func:`row_gradients`): the weight stays in the model, and only
 the gradient is built for the data's rows, from which the updater gathers its masked entries.
@@ -96,7 +97,8 @@ def row_subset_embeddings(
 
     With ``base`` (what the phase starts from, by ``space`` name: a run's spilled θ0 or base) the original weight's
     memory is released during the phase (nothing reads it: the table holds every row the phase uses) and read back
-    from ``base`` at the end, bitwise, before the rows go in: 0.38 GB less at the phase's peak on e5-small."""
+    from ``base`` at the end, bitwise, before the rows go in: the matrix's size less at the phase's peak
+    (bench/memory.py)."""
     emb = row_subset_for(model, weight_decay) if rows is not None else None
     if emb is None:
         yield None
@@ -161,11 +163,12 @@ class _RowGradientLookup(torch.autograd.Function):
 
 class RowGradients:
     """During the sparse phase the input embedding's gradient is built for the data's rows only, into ``holder``
-    (a leaf tensor of len(rows) × dim, outside the model), instead of as the full matrix: on e5-small that is a
-    0.38 GB zero-fill and a gather over it at every step, for the few thousand rows a batch can touch. The weight
-    itself stays where it is (updates are written into it) and every lookup without a gradient (evaluation) is the
-    module's own. A masked entry in a row the data never contains gets a zero gradient at every step either way, so
-    its δ stays exactly 0 (AdamW and its decay or an L1 term keep a zero δ with zero moments at zero)."""
+    (a leaf tensor of len(rows) × dim, outside the model), instead of as the full matrix: that is a zero-fill of the
+    whole matrix and a gather over it at every step, for the few thousand rows a batch can touch (bench/sparse_step.py
+    --sparse both steps both ways). The weight itself stays where it is (updates are written into it) and every
+    lookup without a gradient (evaluation) is the module's own. A masked entry in a row the data never contains gets
+    a zero gradient at every step either way, so its δ stays exactly 0 (AdamW and its decay or an L1 term keep a
+    zero δ with zero moments at zero)."""
 
     def __init__(self, emb: nn.Embedding, rows: torch.Tensor):
         self.embedding, self.weight = emb, emb.weight

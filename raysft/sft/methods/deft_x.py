@@ -43,8 +43,9 @@ def energy_rank(singular_values: torch.Tensor, energy: float) -> int:
 
 def singular_basis(delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
     """Singular values (descending) and the singular vectors of the smaller side, from the eigen-decomposition of
-    the small Gram matrix (eigh in float64): about 4x faster than a full SVD on CPU for these shapes, and the top
-    components, which carry the energy DeFT-X keeps, are as accurate. Returns (σ, basis, basis_is_right)."""
+    the small Gram matrix (eigh in float64): cheaper than a full SVD of the matrix (the decomposition is of the
+    smaller side only), and the top components, which carry the energy DeFT-X keeps, are as accurate. Returns
+    (σ, basis, basis_is_right)."""
     right = delta.shape[0] >= delta.shape[1]
     d = delta.double()  # the product itself in float64: small singular values survive (an fp32 product loses them)
     gram = d.T @ d if right else d @ d.T
