@@ -116,9 +116,12 @@ def main():
         import torch
 
         from raysft.config import load_config
+        from raysft.train import phases as phases_mod
         from raysft.train import recipe
+        from raysft.train.spill import HEAP_SLACK, keep_heap_top
 
         torch.set_num_threads(2)
+        keep_heap_top(HEAP_SLACK)  # as `raysft train` does: the process is the command's own
         sets = [f"data.max_seq_len={args.seq}", f"dense.lr={args.lr}", f"sparse.lr={args.lr}", "lang_sfts=null"]
         if args.dense_steps:
             sets.append(f"dense.max_steps={args.dense_steps}")
@@ -139,10 +142,11 @@ def main():
 
             return wrapper
 
-        recipe.train_dense = phased("dense", recipe.train_dense)
-        recipe.train_mask_scores = phased("dense", recipe.train_mask_scores)
+        # the training sequence's phases (raysft.train.phases, which every path runs) and the evaluation
+        phases_mod.train_dense = phased("dense", phases_mod.train_dense)
+        phases_mod.train_mask_scores = phased("dense", phases_mod.train_mask_scores)
         run.method.select = phased("select", run.method.select)
-        recipe.train_sparse = phased("sparse", recipe.train_sparse)
+        phases_mod.train_sparse = phased("sparse", phases_mod.train_sparse)
         recipe.evaluate = phased("eval", recipe.evaluate)
         t = time.perf_counter()
         delta, metrics = recipe.run_training(run)

@@ -1,26 +1,24 @@
-"""Ray Train edge: one trial (first phase → select → sparse phase → evaluation) run by Ray Train V2 workers.
+"""Ray Train edge: one trial run by Ray Train V2 workers, a thin adapter around the training sequence.
 
 Per worker (:func:`train_loop_per_worker`), over the torch.distributed group that ``TorchTrainer`` sets up (gloo on
-CPU, NCCL on GPU):
+CPU, NCCL on GPU), the worker runs :func:`raysft.train.phases.train_sft`, the same function ``raysft train`` runs,
+with a :class:`raysft.train.parallel.Comm` of its rank and world (sharded global batches, DDP in the dense phase, one
+flat all-reduce of the K-vector and head gradients per sparse step, the selection on rank 0) and what only a trial
+adds, as :class:`raysft.train.phases.Hooks`:
 
-- Data: :class:`ShardedBatchSampler` draws, step by step, exactly the global batch that the single-process recipe
-  draws (same shuffle, same seeded generator) and gives each rank a contiguous slice of it (global batch / world
-  size). Uneven slices are weighted so that the averaged gradient is still the global batch's mean.
-- Dense phase: DDP over the unwrapped model (``ParamSpace`` is built on the unwrapped module, the loss goes through
-  the wrapper); a comm hook counts the bytes DDP all-reduces. Mask phase (Ada-SFT): one flat all-reduce of the score
-  and head gradients per step.
-- Selection: once, on rank 0; the mask reaches every rank by ``broadcast_object_list``.
-- Sparse phase: one flat all-reduce per step of the gathered K-vector gradient and the head gradients (K + head
-  entries, never N). Every rank then takes the same AdamW step, so all ranks hold bitwise-identical weights.
-- Checkpoints every ``checkpoint_every`` sparse steps (default: once per epoch) hold only the K-sized state: mask
+- the sweep's dense-phase cache: θ1 loaded instead of the dense phase, or saved after it and published to the cache
+  actor; DeFT-X's SVD factors shared beside θ1 (:func:`select_with_shared_cache`);
+- checkpoints every ``checkpoint_every`` sparse steps (default: once per epoch) with only the K-sized state: mask
   indices, delta, the K vector's AdamW moments, the head and its optimizer, the schedules, the step and each rank's
-  RNG (``sparse_state.safetensors`` + ``sparse_state.json``). A restarted worker group skips the first phase and the
-  selection, rebuilds θ0 from the model and continues from that step with the same data order.
-- Evaluation: rank r evaluates languages r, r+W, …; the results are gathered to rank 0, which returns the metrics
+  RNG (``sparse_state.safetensors`` + ``sparse_state.json``); each also reports the dev objective ASHA reads. A
+  restarted worker group resumes the sparse phase from the latest one (``Resume``) with the same data order;
+- evaluation: rank r evaluates languages r, r+W, …; the results are gathered to rank 0, which returns the metrics
   (``run_training``'s schema plus a ``distributed`` section) and reports a final checkpoint holding
   ``task_sft.safetensors`` and ``metrics.json`` (also written to ``out_dir`` when given).
 
-Nothing under ``raysft/sft``, ``raysft/tasks`` or ``raysft/models`` imports Ray; this module imports it lazily.
+Nothing under ``raysft/sft``, ``raysft/train``, ``raysft/tasks`` or ``raysft/models`` imports Ray; this module
+imports it inside the functions that run in a Ray worker or driver, so it loads without Ray (bench/trial_sequence.py
+runs its hooks on a GPU machine that has none).
 """
 
 from __future__ import annotations
