@@ -56,7 +56,7 @@ from raysft.sft.delta import SparseDelta, base_metadata
 from raysft.sft.groups import ParamSpace
 from raysft.sft.methods import METHODS, SelectionContext, make_method
 from raysft.train.device import resolve_device
-from raysft.train.phases import Hooks, Resume, SFTJob, SparseRun, train_sft
+from raysft.train.phases import SFTJob, SparseRun, train_sft
 from raysft.distributed import train_workers as tw  # must import without Ray (the GPU machine has none)
 
 # Per shape: K, examples, batch, sequence length and the phases' step caps (every phase runs `steps` steps; the
@@ -155,15 +155,16 @@ class Trial:
         self.checkpoints: list[Path] = []
         self.select_info: dict = {}
         self.fresh_same: bool | None = None
-        hooks = Hooks()
         method, space = job.method, job.space
-        if state is None and method.first_phase == "dense" and theta1_path:
-            cache_uri = tw.selection_cache_path(theta1_path, method.name)
+        # The worker's own hooks (raysft.distributed.train_workers.trial_hooks); the bench adds its device checks.
+        hooks = tw.trial_hooks(method, space, device, theta1_path=theta1_path, theta1_mode=mode, state=state)
+        if hooks.select is not None:
+            shared_select = hooks.select
 
             def select(m, ctx: SelectionContext):
                 check.tensors("select/theta0", ctx.theta0)
                 check.tensors("select/theta1", ctx.theta1)
-                selection = tw.select_with_shared_cache(m, ctx, cache_uri, device)
+                selection = shared_select(m, ctx)
                 cached = {k: v for c in ctx.cache.values() if isinstance(c, dict) for k, v in c.items()}
                 check.tensors("select/cache", cached)  # DeFT-X's SVD factors, read back from the file or computed
                 check.tensors("select/mask", {n: i for n, i in selection.mask.items() if i is not None})
@@ -177,15 +178,6 @@ class Trial:
                 return selection
 
             hooks.select = select
-            if mode == "load":
-                hooks.load_theta1 = lambda: tw.load_theta1(theta1_path)
-            elif mode == "save":
-                hooks.save_theta1 = lambda theta1, head: tw.save_theta1(theta1_path, theta1, head)
-        if state is not None:
-            hooks.resume = Resume(
-                state.mask(), state.meta["info"]["selection"], state.step,
-                restore=lambda u, h, s: tw.restore_sparse_state(state, u, h, s, space, 0, 1),
-            )
         info: dict = {}
         handles: dict = {}
         local: list[float] = []

@@ -32,6 +32,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, Literal
 
 import pyarrow.fs as pafs
@@ -370,6 +371,33 @@ def restore_sparse_state(
             torch.cuda.set_rng_state(t[f"rng_cuda/{rank}"])
 
 
+def trial_hooks(method, space: ParamSpace, device, *, theta1_path: str | None, theta1_mode: str | None,
+                state: SparseState | None = None, rank: int = 0, world: int = 1,
+                on_theta1_saved: Callable[[], None] | None = None) -> Hooks:
+    """The hooks a trial's workers put around the training sequence, without Ray (bench/trial_sequence.py builds
+    the same): the sweep's dense-phase cache (θ1 loaded instead of the dense phase, or saved after it, then
+    ``on_theta1_saved``), DeFT-X's SVD factors shared beside θ1, and a sparse phase resumed from ``state``."""
+    hooks = Hooks()
+    if state is None and method.first_phase == "dense" and theta1_path:
+        cache_uri = selection_cache_path(theta1_path, method.name)
+        hooks.select = lambda m, ctx: select_with_shared_cache(m, ctx, cache_uri, device)
+        if theta1_mode == "load":
+            hooks.load_theta1 = lambda: load_theta1(theta1_path)
+        elif theta1_mode == "save":
+            def save(theta1, head):
+                save_theta1(theta1_path, theta1, head)
+                if on_theta1_saved is not None:
+                    on_theta1_saved()
+
+            hooks.save_theta1 = save
+    if state is not None:
+        hooks.resume = Resume(
+            state.mask(), state.meta["info"]["selection"], state.step,
+            restore=lambda u, h, s: restore_sparse_state(state, u, h, s, space, rank, world),
+        )
+    return hooks
+
+
 # ------------------------------------------------------------------------------------------------------------ worker
 class _Worker:
     def __init__(self, loop: LoopConfig, rank: int, world: int):
@@ -511,25 +539,15 @@ class _Worker:
         and published), DeFT-X's per-θ1 selection cache beside it, a resumed sparse phase, and the sparse phase's
         checkpoints (with the dev objective ASHA reads) and sync checks."""
         loop, space, rank, world = self.loop, run.space, self.rank, self.world
-        hooks = Hooks()
-        if state is None and run.method.first_phase == "dense" and loop.theta1_path:
-            cache_uri = selection_cache_path(loop.theta1_path, run.method.name)
-            hooks.select = lambda method, ctx: select_with_shared_cache(method, ctx, cache_uri, self.device)
-            if loop.theta1_mode == "load":
-                dist_info["dense_cache"] = "reused"
-                hooks.load_theta1 = lambda: load_theta1(loop.theta1_path)
-            elif loop.theta1_mode == "save":
-                def save(theta1, head):
-                    save_theta1(loop.theta1_path, theta1, head)
-                    dist_info["dense_cache"] = "computed"
-                    publish_theta1(loop.theta1_actor, loop.theta1_key)
 
-                hooks.save_theta1 = save
-        if state is not None:
-            hooks.resume = Resume(
-                state.mask(), state.meta["info"]["selection"], state.step,
-                restore=lambda u, h, s: restore_sparse_state(state, u, h, s, space, rank, world),
-            )
+        def saved() -> None:
+            dist_info["dense_cache"] = "computed"
+            publish_theta1(loop.theta1_actor, loop.theta1_key)
+
+        hooks = trial_hooks(run.method, space, self.device, theta1_path=loop.theta1_path, theta1_mode=loop.theta1_mode,
+                            state=state, rank=rank, world=world, on_theta1_saved=saved)
+        if hooks.load_theta1 is not None:
+            dist_info["dense_cache"] = "reused"
         info: dict = {}
         handles: dict[str, Any] = {}
         local: list[float] = []
