@@ -6,6 +6,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 import raysft
 
 ROOT = Path(raysft.__file__).resolve().parent
@@ -123,5 +125,28 @@ def test_sft_is_pure_torch():
             continue
         for name, line in imports_of(m):
             if any(name == f or name.startswith(f + ".") for f in FORBIDDEN_IN_SFT):
+                bad.append(f"{m} line {line} imports {name}")
+    assert bad == []
+
+
+# The layers (design.md §1), each with what it may never import: a lower layer never reaches up, the pure-torch core
+# (sft, train) imports no Ray, MLflow or Optuna.
+EDGES = ("raysft.sweep", "raysft.distributed", "raysft.tracking", "raysft.cluster", "raysft.cli", "raysft.report",
+         "raysft.export")
+LAYERS = {
+    "raysft.train": ("ray", "mlflow", "optuna", *EDGES),
+    "raysft.tasks": ("ray", "mlflow", "optuna", "raysft.train", *EDGES),
+    "raysft.models": ("ray", "mlflow", "optuna", "raysft.train", "raysft.tasks", *EDGES),
+}
+
+
+@pytest.mark.parametrize("layer", sorted(LAYERS))
+def test_no_layer_imports_upward(layer):
+    bad = []
+    for m in MODULES:
+        if m != layer and not m.startswith(layer + "."):
+            continue
+        for name, line in imports_of(m):
+            if any(name == f or name.startswith(f + ".") for f in LAYERS[layer]):
                 bad.append(f"{m} line {line} imports {name}")
     assert bad == []
