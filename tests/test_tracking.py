@@ -302,6 +302,46 @@ def test_sweep_one_parent_three_ended_children_with_metrics_and_artifacts(server
 
 
 @pytest.mark.slow
+def test_from_run_rewrites_a_trials_delta_bitwise(server, sweep, tmp_path, capsys):
+    """`raysft train smoke --from-run RUN_ID` on this sweep's trials (one computed θ1, one took it from the
+    dense-phase cache; the driver was killed and the sweep resumed): the rerun in this process writes the trial's
+    delta (its child run's artifact) bitwise. What may differ and does not change the delta: a cached θ1 (the same
+    dense settings and seed), dev passes mid sparse phase (no RNG drawn); the rerun takes the trial's torch threads
+    (a 1-CPU Ray worker has one), so no float sum is split otherwise."""
+    from raysft.cli import main
+    from raysft.sft.delta import SparseDelta
+    from tests.test_parity import assert_bitwise
+
+    c = _client(server)
+    children = [r for r in _runs(server) if r.data.tags.get("raysft.kind") == "trial" and r.info.status == "FINISHED"]
+    by_hit = {r.data.metrics.get("dense_cache_hit"): r for r in children}
+    picks = [by_hit[h] for h in sorted(by_hit, key=str)][:2]
+    assert picks, [(r.info.run_name, r.info.status) for r in _runs(server)]
+    threads = torch.get_num_threads()
+    try:
+        for r in picks:
+            run_id, tid = r.info.run_id, r.data.tags["trial_id"]
+            assert r.data.metrics["threads"] == 1.0  # a 1-CPU Ray Train worker: one torch thread
+            (tmp_path / tid).mkdir()
+            want = c.download_artifacts(run_id, "task_sft.safetensors", str(tmp_path / tid))
+            logged = json.loads(Path(c.download_artifacts(run_id, "metrics.json", str(tmp_path / tid))).read_text())
+            torch.set_num_threads(2)  # the rerun sets the trial's count, whatever this process had
+            out = tmp_path / f"rerun-{tid}"
+            main(["train", "smoke", "--from-run", run_id, "--out", str(out), "-q", "--no-track",
+                  "--tracking-uri", server])
+            printed = capsys.readouterr()
+            assert f"reproducing trial {tid} (run {run_id}" in printed.out and "1 torch thread" in printed.out, printed
+            assert torch.get_num_threads() == 1
+            rerun = json.loads((out / "metrics.json").read_text())
+            # a trial that took θ1 from the cache ran no dense phase of its own: every phase it ran, the rerun ran alike
+            assert logged["phases"] == {p: rerun["phases"][p] for p in logged["phases"]}
+            assert_bitwise(SparseDelta.load(out / "task_sft.safetensors"), SparseDelta.load(want), f"trial {tid}")
+            assert rerun["k"] == logged["k"] and rerun["avg"]["dev"] == logged["avg"]["dev"]
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.slow
 def test_resumed_sweep_adds_runs_under_the_same_parent(server, sweep):
     _, before, stdout = sweep
     after = {r.info.run_id: r for r in _runs(server)}
