@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from raysft.errors import RaysftError
-from raysft.results.ranking import RunRow, lower_is_better, trial_rows
+from raysft.results.ranking import RunRow, experiment_runs, lower_is_better
 
 # `--pareto X,Y`: a short name per axis (or any logged metric); the score is higher-better, the costs lower-better.
 PARETO_AXES = {
@@ -56,18 +56,11 @@ class Pareto:
 
 def pareto(tracking_uri: str | None, experiment: str, axes: str, plot: Path | None = None) -> Pareto:
     """The experiment's runs on two metrics (``axes`` = "X,Y"), their Pareto front, and a plot marking it."""
-    from raysft.tracking.store import connect, get_experiment, resolve_uri
-
     names = [a for a in axes.split(",")]
     if len(names) != 2 or not all(n.strip() for n in names):
         raise RaysftError(f"--pareto {axes!r}: give two axes separated by a comma, e.g. --pareto f1,delta_bytes "
                           f"(any two of score, k, bytes, time, memory, or metric names)")
-    uri = resolve_uri(tracking_uri)
-    c = connect(uri, create=False)
-    exp = get_experiment(c, uri, experiment)
-    rows = trial_rows(c, exp.experiment_id)
-    if not rows:
-        raise RaysftError(f"experiment '{exp.name}' has no trial runs yet: run raysft tune {exp.name} (or raysft train) first")
+    _, _, exp, rows = experiment_runs(tracking_uri, experiment)
     task_metric = next((r.params["metric"] for r in rows if r.params.get("metric")), "acc")
     x, y = (pareto_metric(n, task_metric) for n in names)
     if x == y:

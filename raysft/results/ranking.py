@@ -89,19 +89,25 @@ def trial_rows(c, experiment_id: str) -> list[RunRow]:
     return out
 
 
-def rank(tracking_uri: str | None, experiment: str, metric: str | None = None, top: int | None = None) -> Ranking:
-    """The experiment's trial and train runs that have ``metric``, best first."""
+def experiment_runs(tracking_uri: str | None, experiment: str):
+    """(store URI, client, experiment, its trial and train runs as rows); an experiment without runs is refused."""
     from raysft.tracking.store import connect, get_experiment, resolve_uri
 
-    metric = metric or record.DEFAULT_METRIC
-    if top is not None and top < 1:
-        raise RaysftError(f"--top {top}: show at least 1 run")
     uri = resolve_uri(tracking_uri)
     c = connect(uri, create=False)
     exp = get_experiment(c, uri, experiment)
     rows = trial_rows(c, exp.experiment_id)
     if not rows:
         raise RaysftError(f"experiment '{exp.name}' has no trial runs yet: run raysft tune {exp.name} (or raysft train) first")
+    return uri, c, exp, rows
+
+
+def rank(tracking_uri: str | None, experiment: str, metric: str | None = None, top: int | None = None) -> Ranking:
+    """The experiment's trial and train runs that have ``metric``, best first."""
+    metric = metric or record.DEFAULT_METRIC
+    if top is not None and top < 1:
+        raise RaysftError(f"--top {top}: show at least 1 run")
+    uri, c, exp, rows = experiment_runs(tracking_uri, experiment)
     have = [r for r in rows if isinstance(r.metrics.get(metric), float) and math.isfinite(r.metrics[metric])]
     if not have:
         names = sorted({k for r in rows for k in r.metrics if not k.startswith("loss/")})

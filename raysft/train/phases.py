@@ -223,6 +223,13 @@ def _ran(cfg: PhaseConfig, steps: int, checkpointing: bool, rows: bool) -> dict:
             "checkpoint_activations": checkpointing, "embedding_rows": rows}
 
 
+def _batches(job: SFTJob, comm: Comm, cfg: PhaseConfig, seed: int):
+    """(steps, loader, sampler) of a phase: the job's data batched by ``cfg``, shuffled with ``seed`` (a phase's own
+    seed, so each phase draws the same batches on every path)."""
+    loader, sampler = comm.loader(job.dataset, job.collate(seed), cfg.batch_size, seed)
+    return steps_for(cfg, len(job.dataset)), loader, sampler
+
+
 def _release(low_memory: bool) -> None:
     if low_memory:
         gc.collect()  # a phase's optimizer state (2 copies of the model) must not wait for a later collection
@@ -288,8 +295,7 @@ def train_sft(
     if method.sparse_phase:
         restore(space, base, head0)  # rewind to the base (head too), then train only the selected entries
         seed_second_phase(job.seed, comm.rank)  # a resumed phase then restores its checkpoint's generator state
-        steps = steps_for(cfg, len(job.dataset))
-        loader, sampler = comm.loader(job.dataset, job.collate(job.seed + 1), cfg.batch_size, job.seed + 1)
+        steps, loader, sampler = _batches(job, comm, cfg, job.seed + 1)
         sync = comm.grad_sync(sampler)
         resume = hooks.resume
 
@@ -319,8 +325,7 @@ def train_sft(
         # M fixed, W trained with W ⊙ M in the forward pass (no rewind: W is still the base after the mask phase)
         gates = method.gates(ctx.scores)
         seed_second_phase(job.seed, comm.rank)
-        steps = steps_for(cfg, len(job.dataset))
-        loader, sampler = comm.loader(job.dataset, job.collate(job.seed + 1), cfg.batch_size, job.seed + 1)
+        steps, loader, sampler = _batches(job, comm, cfg, job.seed + 1)
         sync = comm.grad_sync(sampler)
         ran["gated"] = _ran(cfg, steps, cfg.checkpoint_activations, False)
         with activation_checkpointing(model, cfg.checkpoint_activations):
@@ -354,8 +359,7 @@ def _first_phase(job: SFTJob, base, ctx: SelectionContext, comm: Comm, reporter,
         return "dense (reused)"
     if method.first_phase == "dense":
         cfg = job.dense
-        steps = steps_for(cfg, len(job.dataset))
-        loader, sampler = comm.loader(job.dataset, job.collate(job.seed), cfg.batch_size, job.seed)
+        steps, loader, sampler = _batches(job, comm, cfg, job.seed)
         rows = job.rows if cfg.embedding_rows else None
         with (
             activation_checkpointing(model, cfg.checkpoint_activations),
@@ -382,8 +386,7 @@ def _first_phase(job: SFTJob, base, ctx: SelectionContext, comm: Comm, reporter,
         return "dense"
     if method.first_phase == "mask":
         cfg = job.mask
-        steps = steps_for(cfg, len(job.dataset))
-        loader, sampler = comm.loader(job.dataset, job.collate(job.seed), cfg.batch_size, job.seed)
+        steps, loader, sampler = _batches(job, comm, cfg, job.seed)
         sync = comm.grad_sync(sampler)
         s = method.settings
         ran["mask"] = _ran(cfg, steps, cfg.checkpoint_activations, False)
