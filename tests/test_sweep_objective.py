@@ -7,6 +7,7 @@ import torch
 
 from raysft.config import load_config
 from raysft.distributed.train_workers import dev_scores, param_hash
+from raysft.train.phases import delta_from_updater
 from raysft.sft.delta import SparseDelta
 from raysft.sft.sparse import SparseUpdater
 from raysft.train import recipe
@@ -48,7 +49,7 @@ def test_intermediate_and_final_dev_scores_come_from_the_same_model(monkeypatch,
         return h
 
     saved = tmp_path / "task.safetensors"
-    recipe.delta_from_updater(updater, space, {"kind": "task"}).save(saved)
+    delta_from_updater(updater, space, {"kind": "task"}).save(saved)
     task = SparseDelta.load(saved, space)
     expected = {"jav": model_hash(task, run.lang_sfts["jav"]), "sun": model_hash(task)}
     with run.lang_sfts["jav"].apply(space, with_abs=False):  # the old intermediate model: base + δ + SFT_jav
