@@ -129,6 +129,15 @@ def same_delta(a: SparseDelta, b: SparseDelta) -> tuple[bool, float]:
     return same, worst
 
 
+def compare_delta(got: SparseDelta, ref: SparseDelta, line: dict, fails: list[str], what: str) -> None:
+    """Record in the JSON line whether ``got`` is ``ref`` bitwise (and by how much it differs otherwise)."""
+    same, worst = same_delta(got, ref)
+    line["delta_bitwise_equal_to_computing"] = same
+    if not same:
+        line["delta_max_abs_diff"] = worst
+        fails.append(f"delta differs from {what}")
+
+
 class DirCheckpoint:
     """What ``read_checkpoint`` reads from a ``ray.train.Checkpoint``: a folder (here a local one)."""
 
@@ -326,11 +335,7 @@ class Bench:
                 want = "reused" if name == "deft-x" else "none"
                 if trial.select_info.get("select_cache") != want:
                     fails.append(f"select_cache {trial.select_info.get('select_cache')!r}, expected {want!r}")
-                same, worst = same_delta(trained.delta, ref)
-                line["delta_bitwise_equal_to_computing"] = same
-                if not same:
-                    line["delta_max_abs_diff"] = worst
-                    fails.append("delta differs from the computing trial's")
+                compare_delta(trained.delta, ref, line, fails, "the computing trial's")
             self.emit(line, fails)
             del trained
             if name == "deft-x":  # a rank sweep's next trial: another energy, the SVD factors from the cache
@@ -362,11 +367,7 @@ class Bench:
             if trained is not None:
                 if trained.first_phase != "resumed":
                     fails.append(f"first_phase {trained.first_phase!r}")
-                same, worst = same_delta(trained.delta, ref)
-                line["delta_bitwise_equal_to_computing"] = same
-                if not same:
-                    line["delta_max_abs_diff"] = worst
-                    fails.append("delta differs from the uninterrupted trial's")
+                compare_delta(trained.delta, ref, line, fails, "the uninterrupted trial's")
             self.emit(line, fails)
 
 
