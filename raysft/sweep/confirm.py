@@ -123,7 +123,9 @@ def _confirm_trials(base: dict, picks, seeds, samples: list[dict], *, root, name
         run_config=tune.RunConfig(name=name, storage_path=root, callbacks=callbacks, verbose=1 if verbose else 0,
                                   failure_config=tune.FailureConfig(max_failures=1)),
     )
-    get_cache(root)  # lives as long as this driver (see run_sweep)
+    # The handle is held until every confirm run is over: the actor dies with its last handle, and trials find it by
+    # name (a dropped handle let it be collected mid-confirm).
+    cache = get_cache(root)
     # the same live display as the sweep's: a confirm run takes minutes (its own dense phase per seed)
     stop_watch = watch_sweep(console, len(samples), concurrent) if console is not None else None
     try:
@@ -131,3 +133,4 @@ def _confirm_trials(base: dict, picks, seeds, samples: list[dict], *, root, name
     finally:
         if stop_watch is not None:
             stop_watch()
+        del cache
