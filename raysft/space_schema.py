@@ -157,9 +157,6 @@ class TuneConfig(BaseModel):
     # the worker group's start included): one whose workers hang, or wait forever for resources, loses its lease
     # after this long even though its driver still renews it, and a waiting trial takes the dense phase over.
     dense_stall_s: float = Field(900.0, gt=0)
-    # Seeds per configuration (racing, issue 21): each configuration starts at one seed; the test decides who gets
-    # the next. 1: every trial runs at `seed` only.
-    seeds: int = Field(1, ge=1)
     # The confidence of every verdict (the paired test over seeds, the bootstrap interval of a dev score).
     confidence: float = Field(0.95, gt=0, lt=1)
 
