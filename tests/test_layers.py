@@ -12,7 +12,7 @@ ROOT = Path(raysft.__file__).resolve().parent
 
 # Lower rank = lower layer. A module may import modules of its own rank or below.
 RANKS = {
-    "errors": 0, "storage": 0, "space_schema": 0,
+    "errors": 0, "storage": 0, "space_schema": 0, "stats": 0,
     "sft": 1,
     "models": 2, "tasks": 2,
     "store": 3, "config": 3, "outcome": 3,
