@@ -540,7 +540,7 @@ def tune(
 
         console.print("\n".join(pareto_lines(grid)), highlight=False)
     else:
-        console.print(outcome_of(list(grid)).line(), highlight=False)
+        console.print(outcome_of(list(grid), cfg.tune.confidence).line(), highlight=False)
     errors = sum(1 for r in grid if r.error)
     console.print(
         f"{len(grid)} trials ({errors} failed) in {wall:.0f}s · dense phases computed {counts['computed']}, "
@@ -566,8 +566,11 @@ def confirm_table(summary, metric_name: str) -> Table:
     for col in ("configuration", "method", "seeds", "dev", "test"):
         table.add_column(col, justify="right" if col in ("dev", "test") else "left")
     for c in summary:
-        table.add_row(("default " if c.default else "trial ") + c.label, c.method, ",".join(map(str, c.seeds)),
+        seeds = ",".join(map(str, c.seeds)) + (" · failed " + ",".join(map(str, c.failed)) if c.failed else "")
+        table.add_row(("default " if c.default else "trial ") + c.label, c.method, seeds.lstrip(" ·"),
                       str(c.dev), str(c.test))
+    if any(c.failed for c in summary):
+        table.caption = "failed: the run failed or never reported; it is left out of the mean and of the test"
     return table
 
 
@@ -588,7 +591,7 @@ def _confirm(base: dict, picks, seed_list: list[int], experiment_dir: str, *, ad
                                          verbose=verbose, console=console, tracking=tracking,
                                          done=tracking.confirmed_rows() if tracking is not None else None)
     console.print(confirm_table(summary, get_task(base["task"]).metric))
-    console.print(verdict, highlight=False)
+    console.print(f"confirm: {verdict.line()}", highlight=False, soft_wrap=True)
     if grid is not None:
         console.print(f"confirm runs in {storage_join(root, run_name)}", highlight=False)
 

@@ -1,12 +1,17 @@
 """Best against default: the one comparison that `raysft tune`'s trial lines and table, `raysft compare`, the MLflow
-parent run and `raysft confirm` all report. Pure Python (no Ray, no MLflow): callers turn their own records (Tune
-results, MLflow runs) into :class:`Row` s."""
+parent run, `raysft confirm` and `raysft export --best` all report, and its one verdict (:func:`judge`, the paired
+test of :mod:`raysft.stats`). Pure Python (no Ray, no MLflow): callers turn their own records (Tune results, MLflow
+runs) into :class:`Row` s."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import statistics
 from dataclasses import dataclass, field
+
+from raysft.stats import CONFIDENCE, TEST_NAME, PairedTest, paired_test
 
 
 @dataclass
@@ -18,17 +23,116 @@ class Row:
     default: bool = False  # the method's space at its defaults (the sweep's first trials)
     final: bool = True  # a full composed evaluation (False: stopped early, its dev is an intermediate score)
     label: str = ""  # what the row is, for humans (its configuration)
+    seed: int | None = None  # the run's seed (None: the sweep's own seed, the same for every trial)
 
 
 def _num(x) -> float | None:
     return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else None
 
 
+# ------------------------------------------------------------------------------------------------------ the verdict
+@dataclass(frozen=True)
+class Verdict:
+    """A searched configuration against the default, paired by seed: the one answer every report prints and every
+    record keeps. Dev decides (it is what the search ranks on); test is reported beside it and never decides."""
+
+    best: str | None  # the configuration tested (a sweep trial's id), None when there is none to test
+    default: str | None  # the default configuration it is tested against
+    dev: PairedTest  # best − default on dev at each seed both finished
+    test: PairedTest  # the same on test
+    seeds: tuple[int, ...] = ()  # the seeds paired on dev
+    failed: tuple[tuple[str, int], ...] = ()  # (configuration, seed) runs that failed or never reported: left out
+
+    @property
+    def significant(self) -> bool:
+        """The best configuration beats the default beyond the seeds' noise: its dev CI lies above 0."""
+        return self.dev.significant
+
+    @property
+    def confidence(self) -> float:
+        return self.dev.confidence
+
+    def judgement(self) -> str:
+        if self.best is None or self.default is None:
+            return "nothing to compare (no default or no searched configuration finished)"
+        if self.dev.n == 0:
+            return "no seed at which both finished: nothing to test"
+        if self.dev.n == 1:
+            # a single pair has no spread to measure noise against: no interval, no test, whatever its size
+            return "one seed cannot tell (no CI): rerun both with new seeds (raysft confirm) to test it"
+        if self.dev.significant:
+            return "beats the default beyond the seeds' noise"
+        if self.dev.ruled_out:
+            return "worse than the default beyond the seeds' noise"
+        return f"NOT beyond the seeds' noise (the {self.confidence:.0%} CI includes 0)"
+
+    def line(self) -> str:
+        """``t7 vs default d1, dev +0.023, 95% CI [+0.006, +0.040], t=5.81, p=0.028 (paired t-test over seeds, n=3,
+        better at 3) · test … → beats the default beyond the seeds' noise``"""
+        if self.best is None or self.default is None or self.dev.n == 0:
+            return self.judgement() + self._left_out()
+        out = f"{self.best} vs default {self.default}, dev {self.dev.line()}"
+        if self.test.n:
+            out += f" · test {self.test.line()}"
+        return out + f" → {self.judgement()}" + self._left_out()
+
+    def _left_out(self) -> str:
+        if not self.failed:
+            return ""
+        runs = ", ".join(f"{label} seed {seed}" for label, seed in self.failed)
+        return f" · left out of the test, failed or never reported: {runs}"
+
+    def metrics(self, prefix: str) -> dict[str, float]:
+        """Its numbers as MLflow metrics (NaN where there is none, so that an earlier verdict's number is replaced)."""
+        out: dict[str, float] = {f"{prefix}/n_seeds": float(self.dev.n), f"{prefix}/significant": float(self.significant)}
+        for split, t in (("dev", self.dev), ("test", self.test)):
+            for name, v in (("effect", t.mean), ("ci_low", t.low), ("ci_high", t.high), ("p", t.p), ("t", t.statistic)):
+                out[f"{prefix}/{split}_{name}"] = float(v) if v is not None and math.isfinite(v) else math.nan
+        return out
+
+    def tags(self, prefix: str) -> dict[str, str]:
+        """Its text and its whole record as MLflow tags (``raysft.<prefix>.json`` reads back with :meth:`from_json`)."""
+        return {f"raysft.{prefix}": self.line()[:5000], f"raysft.{prefix}.test": TEST_NAME,
+                f"raysft.{prefix}.confidence": str(self.confidence), f"raysft.{prefix}.best": self.best or "",
+                f"raysft.{prefix}.significant": str(self.significant).lower(),
+                f"raysft.{prefix}.seeds": ",".join(map(str, self.seeds)), f"raysft.{prefix}.json": self.to_json()}
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> Verdict:
+        d = json.loads(text)
+        return cls(d["best"], d["default"], PairedTest(**d["dev"]), PairedTest(**d["test"]), tuple(d["seeds"]),
+                   tuple((str(c), int(s)) for c, s in d["failed"]))
+
+
+def judge(best: str | None, best_runs: dict[int | None, Row], default: str | None, default_runs: dict[int | None, Row],
+          confidence: float = CONFIDENCE, failed: list[tuple[str, int]] | tuple = ()) -> Verdict:
+    """The verdict of ``best`` against ``default`` from their finished runs by seed: the paired test of
+    :mod:`raysft.stats` over the per-seed differences, on dev (it decides) and on test. Pairing by seed: a seed fixes
+    the data order, the head's init and the dropout draws of both runs, so what the seed moves cancels in the
+    difference (comparing the two means against their own spreads counts that shared effect as noise twice)."""
+    gains: dict[str, list[float]] = {"dev": [], "test": []}
+    seeds = []
+    for seed in sorted(set(best_runs) & set(default_runs), key=lambda s: (s is None, s or 0)):
+        for split in gains:
+            b, d = _num(getattr(best_runs[seed], split)), _num(getattr(default_runs[seed], split))
+            if b is not None and d is not None:
+                gains[split].append(b - d)
+                if split == "dev" and seed is not None:
+                    seeds.append(seed)
+    return Verdict(best, default, paired_test(gains["dev"], confidence), paired_test(gains["test"], confidence),
+                   tuple(seeds), tuple(failed))
+
+
+# ------------------------------------------------------------------------------------------------------ a sweep
 @dataclass
 class Outcome:
     best: Row | None  # the best searched (non-default) trial with a full evaluation
     default: Row | None  # the best default trial with a full evaluation (the baseline the sweep must beat)
     defaults: list[Row] = field(default_factory=list)
+    confidence: float = CONFIDENCE
 
     @property
     def dev_gain(self) -> float | None:
@@ -47,8 +151,16 @@ class Outcome:
         g = self.dev_gain
         return None if g is None else g > 0
 
+    def verdict(self) -> Verdict:
+        """The best searched trial against the best default, paired by seed (:func:`judge`): at the sweep's one seed
+        it says that one seed cannot tell."""
+        best, default = self.best, self.default
+        return judge(best and best.id, {best.seed: best} if best else {},
+                     default and default.id, {default.seed: default} if default else {}, self.confidence)
+
     def line(self) -> str:
-        """``best dev 0.621 vs default 0.600 (+0.021) · test 0.580 vs 0.575 (+0.005) [sc-sft vs lt-sft default]``"""
+        """``best dev 0.621 vs default 0.600 (+0.021) · test 0.580 vs 0.575 (+0.005) [sc-sft c vs lt-sft default a]
+        → one seed cannot tell (no CI): …``"""
         if self.default is None and self.best is None:
             return "best vs default: no trial has finished yet"
         if self.default is None:
@@ -58,7 +170,10 @@ class Outcome:
         out = f"best dev {_f(self.best.dev)} vs default {_f(self.default.dev)} ({_g(self.dev_gain)})"
         if self.test_gain is not None:
             out += f" · test {_f(self.best.test)} vs {_f(self.default.test)} ({_g(self.test_gain)})"
-        return out + f" [{self.best.method} {self.best.id} vs {self.default.method} default {self.default.id}]"
+        out += f" [{self.best.method} {self.best.id} vs {self.default.method} default {self.default.id}]"
+        v = self.verdict()
+        # the gains are printed above: only the test's numbers when it has them (two seeds or more)
+        return out + (f" → paired over seeds: dev {v.dev.line()} → {v.judgement()}" if v.dev.n > 1 else f" → {v.judgement()}")
 
     def metrics(self) -> dict[str, float]:
         """The numbers as MLflow metric names (the parent run of a sweep)."""
@@ -83,15 +198,17 @@ def _g(x) -> str:
     return "–" if x is None else f"{x:+.3f}"
 
 
-def versus_default(rows: list[Row]) -> Outcome:
+def versus_default(rows: list[Row], confidence: float = CONFIDENCE) -> Outcome:
     """The best searched trial against the best default trial, both with a full evaluation (a trial stopped early
     has only an intermediate dev score, on a partly trained model: it is never the best nor the default)."""
     finals = [r for r in rows if r.final and _num(r.dev) is not None]
     defaults = sorted((r for r in finals if r.default), key=lambda r: -r.dev)
     searched = sorted((r for r in finals if not r.default), key=lambda r: -r.dev)
-    return Outcome(best=searched[0] if searched else None, default=defaults[0] if defaults else None, defaults=defaults)
+    return Outcome(best=searched[0] if searched else None, default=defaults[0] if defaults else None, defaults=defaults,
+                   confidence=confidence)
 
 
+# ------------------------------------------------------------------------------------------------------ confirm
 @dataclass
 class Spread:
     n: int
@@ -118,86 +235,91 @@ class Confirmed:
     label: str  # "default", or the sweep trial it reruns
     method: str
     default: bool
-    dev: Spread
+    dev: Spread  # over the seeds that finished (descriptive: the verdict is the paired test)
     test: Spread
-    seeds: list[int]
+    seeds: list[int]  # the seeds that finished
     by_seed: dict[int, Row] = field(default_factory=dict)  # the finished run of each seed
+    failed: list[int] = field(default_factory=list)  # the seeds whose run failed or never reported
+
+
+def finished(row: Row) -> bool:
+    """A run that reached its full evaluation with a dev score (anything else is failed: it never reported, it
+    errored, or it stopped before its final evaluation)."""
+    return row.final and _num(row.dev) is not None
 
 
 def confirm_summary(rows: list[tuple[str, int, Row]]) -> list[Confirmed]:
-    """(configuration label, seed, row) of every confirm run → mean ± sd per configuration, best mean dev first."""
-    groups: dict[str, list[tuple[int, Row]]] = {}
+    """(configuration label, seed, row) of every confirm run → one :class:`Confirmed` per configuration, best mean
+    dev first. Keyed by (configuration, seed), never by position: a finished run of a pair counts over a failed one
+    of the same pair (a confirm started again reruns the failed pairs), and a pair with no finished run is failed."""
+    runs: dict[tuple[str, int], Row] = {}
     for label, seed, row in rows:
-        groups.setdefault(label, []).append((seed, row))
+        have = runs.get((label, seed))
+        if have is None or (not finished(have) and finished(row)):
+            runs[(label, seed)] = row
+    groups: dict[str, dict[int, Row]] = {}
+    for (label, seed), row in runs.items():
+        groups.setdefault(label, {})[seed] = row
     out = []
-    for label, items in groups.items():
-        finals = [(s, r) for s, r in items if r.final]
+    for label, by_seed in groups.items():
+        done = {s: r for s, r in sorted(by_seed.items()) if finished(r)}
+        first = next(iter(by_seed.values()))
         out.append(Confirmed(
-            label, items[0][1].method, items[0][1].default,
-            spread([r.dev for _, r in finals]), spread([r.test for _, r in finals]), sorted(s for s, _ in items),
-            dict(finals),
+            label, first.method, any(r.default for r in by_seed.values()),
+            spread([r.dev for r in done.values()]), spread([r.test for r in done.values()]), sorted(done), done,
+            sorted(s for s in by_seed if s not in done),
         ))
     return sorted(out, key=lambda c: -(c.dev.mean if c.dev.mean is not None else -math.inf))
 
 
-def paired_gains(best: Confirmed, default: Confirmed, split: str) -> list[float]:
-    """best − default at each seed both finished: a seed fixes the data order, the head's init and the dropout
-    draws of both runs, so what the seed moves cancels in the difference."""
-    out = []
-    for seed in sorted(set(best.by_seed) & set(default.by_seed)):
-        b, d = _num(getattr(best.by_seed[seed], split)), _num(getattr(default.by_seed[seed], split))
-        if b is not None and d is not None:
-            out.append(b - d)
-    return out
-
-
-def confirm_verdict(confirmed: list[Confirmed]) -> str:
-    """Whether the best confirmed configuration beats the default beyond the seeds' noise. Paired by seed: the mean
-    of the per-seed gains on dev must exceed their standard deviation, over at least two seeds. (Comparing the two
-    means against their own spreads instead counts the seed's shared effect as noise twice.) Both ways are printed."""
+def confirm_verdict(confirmed: list[Confirmed], confidence: float = CONFIDENCE) -> Verdict:
+    """The best confirmed configuration (best mean dev) against the default: :func:`judge` over the seeds both
+    finished; every failed run is named and left out."""
     default = next((c for c in confirmed if c.default), None)
-    best = next((c for c in confirmed if not c.default), None)
-    if default is None or best is None or best.dev.mean is None or default.dev.mean is None:
-        return "confirm: nothing to compare (no default or no searched configuration finished)"
-    gain = best.dev.mean - default.dev.mean
-    test = ""
-    if best.test.mean is not None and default.test.mean is not None:
-        test = f" · test {best.test} vs {default.test} ({best.test.mean - default.test.mean:+.3f})"
-    out = f"confirmed: best {best.label} dev {best.dev} vs default {default.dev} ({gain:+.3f}){test}"
-    dev_gains, test_gains = paired_gains(best, default, "dev"), paired_gains(best, default, "test")
-    paired = spread(dev_gains)
-    if paired.n < 2:
-        return out + " → too few seeds both finished to tell (need 2)"
-    wins = sum(g > 0 for g in dev_gains)
-    out += f"; paired by seed: dev {paired.mean:+.3f} ± {paired.sd:.3f} (better at {wins} of {paired.n} seeds)"
-    if len(test_gains) > 1:
-        t = spread(test_gains)
-        out += f", test {t.mean:+.3f} ± {t.sd:.3f} (better at {sum(g > 0 for g in test_gains)} of {t.n})"
-    holds = paired.mean > paired.sd
-    return out + (" → holds beyond the seeds' noise" if holds else " → NOT beyond the seeds' noise (paired gain ≤ its sd)")
+    best = next((c for c in confirmed if not c.default and c.dev.mean is not None), None)
+    failed = sorted(((c.label, s) for c in confirmed for s in c.failed), key=lambda f: (f[1], f[0]))
+    return judge(best and best.label, best.by_seed if best else {}, default and default.label,
+                 default.by_seed if default else {}, confidence, failed)
 
 
+# ------------------------------------------------------------------------------------------------------ Tune records
 OBJECTIVE = "objective"  # the dev objective every trial reports (raysft.sweep.tune.OBJECTIVE)
 
 
+def _sample(t) -> dict:
+    return (getattr(t, "config", None) or {}).get("sample") or {}
+
+
+def _result(t) -> dict:
+    r = getattr(t, "last_result", None)
+    if r is None:
+        r = getattr(t, "metrics", None)
+    return r or {}
+
+
+def errored(t) -> bool:
+    """A Tune trial (``status``) or result (``error``) that failed."""
+    return getattr(t, "error", None) is not None or getattr(t, "status", None) == "ERROR"
+
+
+def row_of(t) -> Row | None:
+    """One Tune trial or result (duck-typed: ``.config["sample"]`` and ``.last_result`` or ``.metrics``) → its row,
+    built from that trial's own config and result only; None when it never reported its objective."""
+    r, sampled = _result(t), _sample(t)
+    if OBJECTIVE not in r or not sampled:
+        return None
+    seed = (sampled.get("overrides") or {}).get("seed")
+    return Row(
+        id=str(r.get("trial_id") or getattr(t, "trial_id", "?")), method=sampled.get("method", "?"),
+        dev=r.get(OBJECTIVE), test=r.get("avg/test"), default=bool(sampled.get("default")),
+        final=r.get("phase") == "final" and not errored(t), seed=None if seed is None else int(seed),
+    )
+
+
 def rows_of(items) -> list[Row]:
-    """Tune trials or results (duck-typed: ``.config["sample"]`` and ``.last_result`` or ``.metrics``) → rows."""
-    rows = []
-    for t in items:
-        r = getattr(t, "last_result", None)
-        if r is None:
-            r = getattr(t, "metrics", None)
-        r = r or {}
-        sampled = (getattr(t, "config", None) or {}).get("sample") or {}
-        if OBJECTIVE not in r or not sampled:
-            continue
-        rows.append(Row(
-            id=str(r.get("trial_id") or getattr(t, "trial_id", "?")), method=sampled.get("method", "?"),
-            dev=r.get(OBJECTIVE), test=r.get("avg/test"), default=bool(sampled.get("default")),
-            final=r.get("phase") == "final",
-        ))
-    return rows
+    """The rows of the trials that reported (a trial that never did has none: never zip this with ``items``)."""
+    return [row for row in map(row_of, items) if row is not None]
 
 
-def outcome_of(items) -> Outcome:
-    return versus_default(rows_of(items))
+def outcome_of(items, confidence: float = CONFIDENCE) -> Outcome:
+    return versus_default(rows_of(items), confidence)

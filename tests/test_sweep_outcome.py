@@ -10,8 +10,9 @@ import optuna
 import pytest
 
 from raysft.config import load_config, trial_config
-from raysft.outcome import Row, confirm_summary, confirm_verdict, spread, versus_default
+from raysft.outcome import Row, Verdict, confirm_summary, confirm_verdict, spread, versus_default
 from raysft.sft.mask import expand_budget
+from raysft.stats import paired_test
 from raysft.sweep.confirm import confirm_samples, confirm_seeds
 from raysft.sweep.space import (
     DEFAULT_ATTR,
@@ -215,26 +216,65 @@ def test_best_vs_default_uses_finished_trials_only():
 
 
 def test_confirm_summary_and_verdict():
-    rows = [("default", s, Row(f"d{s}", "lt-sft", dev, 0.5, default=True)) for s, dev in ((1, 0.60), (2, 0.61), (3, 0.59))]
-    rows += [("t1", s, Row(f"t{s}", "sc-sft", dev, 0.55)) for s, dev in ((1, 0.64), (2, 0.65), (3, 0.63))]
+    rows = [("d1", s, Row(f"d{s}", "lt-sft", dev, 0.5, default=True)) for s, dev in ((1, 0.60), (2, 0.61), (3, 0.59))]
+    rows += [("t1", s, Row(f"t{s}", "sc-sft", dev, 0.55)) for s, dev in ((1, 0.640), (2, 0.655), (3, 0.628))]
     summary = confirm_summary(rows)
-    assert [c.label for c in summary] == ["t1", "default"] and summary[0].seeds == [1, 2, 3]
+    assert [c.label for c in summary] == ["t1", "d1"] and summary[0].seeds == [1, 2, 3] and not summary[0].failed
     assert summary[1].dev.mean == pytest.approx(0.60) and summary[1].dev.sd == pytest.approx(0.01)
-    assert str(summary[0].dev) == "0.640 ± 0.010"
-    assert "holds beyond the seeds' noise" in confirm_verdict(summary)
-    noisy = confirm_summary([("default", 1, Row("a", "m", 0.60, default=True)), ("default", 2, Row("b", "m", 0.64, default=True)),
+    assert str(summary[1].dev) == "0.600 ± 0.010"
+    v = confirm_verdict(summary)
+    want = paired_test([0.040, 0.045, 0.038])
+    assert v.significant and (v.best, v.default, v.seeds) == ("t1", "d1", (1, 2, 3))
+    assert v.dev.mean == pytest.approx(want.mean) and v.dev.p == pytest.approx(want.p) and v.dev.low > 0
+    assert v.line() == (f"t1 vs default d1, dev {want.line()} · test {paired_test([0.05, 0.05, 0.05]).line()} "
+                        "→ beats the default beyond the seeds' noise")
+    assert "holds" not in v.line()
+    noisy = confirm_summary([("d", 1, Row("a", "m", 0.60, default=True)), ("d", 2, Row("b", "m", 0.64, default=True)),
                              ("t", 1, Row("c", "m", 0.63)), ("t", 2, Row("d", "m", 0.62))])
-    assert "NOT beyond" in confirm_verdict(noisy)  # +0.03 then -0.02: the paired gain is within its spread
+    assert "NOT beyond the seeds' noise (the 95% CI includes 0)" in confirm_verdict(noisy).line()
     assert spread([None]).mean is None
-    # sa-cpu's confirm (dev): seed 3000 pulled both runs down by ~0.06; paired, the searched config won at each seed
+    # sa-cpu's confirm (dev): seed 3000 pulled both runs down by ~0.06; paired, the searched config won at each seed,
+    # which mean > sd called "holds"; the t-test at 95 % does not (p 0.097, the interval includes 0)
     seeds = {1000: (0.6224, 0.6304), 2000: (0.6062, 0.6338), 3000: (0.5388, 0.5728)}
     real = confirm_summary([(label, s, Row(f"{label}{s}", "deft-x", pair[i], default=label == "d")) for s, pair in seeds.items()
                             for i, label in enumerate(("d", "t"))])
     verdict = confirm_verdict(real)
-    assert "paired by seed: dev +0.023 ± 0.014 (better at 3 of 3 seeds)" in verdict and "→ holds" in verdict
-    assert real[0].dev.sd > 0.023 and real[1].dev.sd > 0.023  # the means alone are within either spread
+    assert verdict.line() == ("t vs default d, dev +0.023, 95% CI [-0.010, +0.057], t=2.97, p=0.097 "
+                              "(paired t-test over seeds, n=3, better at 3) → NOT beyond the seeds' noise "
+                              "(the 95% CI includes 0)")
+    assert confirm_verdict(real, 0.9).significant  # at the confidence the config states
     one = confirm_summary([("d", 1, Row("a", "m", 0.6, default=True)), ("t", 1, Row("b", "m", 0.7))])
-    assert "too few seeds" in confirm_verdict(one)
+    assert confirm_verdict(one).line() == ("t vs default d, dev +0.100 at 1 seed (95% CI needs 2 seeds) → one seed "
+                                           "cannot tell (no CI): rerun both with new seeds (raysft confirm) to test it")
+    assert "nothing to compare" in confirm_verdict(confirm_summary(rows[:3])).line()
+
+
+def test_a_single_seed_sweep_says_one_seed_cannot_tell():
+    o = versus_default([Row("a", "lt-sft", 0.600, 0.575, default=True), Row("c", "sc-sft", 0.621, 0.580)])
+    assert o.line() == ("best dev 0.621 vs default 0.600 (+0.021) · test 0.580 vs 0.575 (+0.005) [sc-sft c vs lt-sft "
+                        "default a] → one seed cannot tell (no CI): rerun both with new seeds (raysft confirm) to test it")
+    v = o.verdict()
+    assert (v.dev.n, v.dev.low, v.dev.p, v.significant) == (1, None, None, False)
+    # rows at different seeds are no pair: nothing to test
+    apart = versus_default([Row("a", "lt-sft", 0.6, default=True, seed=1), Row("c", "sc-sft", 0.7, seed=2)])
+    assert apart.verdict().dev.n == 0 and "no seed at which both finished" in apart.line()
+
+
+def test_the_verdict_records_its_numbers_and_reads_back_whole():
+    real = confirm_summary([(label, s, Row(f"{label}{s}", "m", dev, test=dev, default=label == "d"))
+                            for s, (d, t) in {1: (0.60, 0.64), 2: (0.61, 0.655), 3: (0.59, 0.628)}.items()
+                            for label, dev in (("d", d), ("t", t))] + [("t", 4, Row("x", "m", None, final=False))])
+    v = confirm_verdict(real)
+    m = v.metrics("confirm_verdict")
+    assert m["confirm_verdict/n_seeds"] == 3 and m["confirm_verdict/significant"] == 1
+    assert (m["confirm_verdict/dev_effect"], m["confirm_verdict/dev_ci_low"], m["confirm_verdict/dev_ci_high"],
+            m["confirm_verdict/dev_p"]) == (v.dev.mean, v.dev.low, v.dev.high, v.dev.p)
+    tags = v.tags("confirm_verdict")
+    assert tags["raysft.confirm_verdict.test"] == "paired t-test over seeds" and tags["raysft.confirm_verdict"] == v.line()
+    assert tags["raysft.confirm_verdict.significant"] == "true" and tags["raysft.confirm_verdict.seeds"] == "1,2,3"
+    assert Verdict.from_json(tags["raysft.confirm_verdict.json"]) == v and v.failed == (("t", 4),)
+    one = versus_default([Row("a", "m", 0.6, default=True), Row("c", "m", 0.7)]).verdict().metrics("verdict")
+    assert one["verdict/n_seeds"] == 1 and math.isnan(one["verdict/dev_ci_low"]) and math.isnan(one["verdict/dev_p"])
 
 
 def test_confirm_seeds_are_new_and_each_configuration_gets_each():
@@ -263,7 +303,110 @@ def test_a_confirm_whose_pairs_all_finished_runs_nothing_and_summarises_them(tmp
     summary, verdict, grid = run_confirm({}, picks, [1000, 2000], root=str(tmp_path), name="c", done=done)
     assert grid is None and not any(tmp_path.iterdir())
     assert [(c.label, c.dev.n, round(c.dev.mean, 3)) for c in summary] == [("t2", 2, 0.631), ("d1", 2, 0.601)]
-    assert "holds beyond the seeds' noise" in verdict
+    assert verdict.dev.n == 2 and verdict.significant  # +0.030 at both seeds: no spread, the interval is that point
+
+
+# ------------------------------------------------------------------------------------------------------ bookkeeping
+def _result(sample: dict, metrics: dict | None, error: Exception | None = None):
+    """A Tune Result as confirm reads it (config, metrics, error): metrics None is a run that never reported."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(config={"sample": sample}, metrics=metrics, error=error)
+
+
+def _confirm_grid(picks, seeds, dev, broken):
+    """The results of a confirm, in Tune's (seed-major) order: ``dev[(label, seed)]`` the run's score; ``broken``:
+    (label, seed) → "never" (no report at all) or "failed" (an error after an intermediate report)."""
+    grid = []
+    for i, sample in enumerate(confirm_samples(picks, seeds)):
+        key = (sample["confirm"]["config"], sample["confirm"]["seed"])
+        if broken.get(key) == "never":
+            grid.append(_result(sample, None, RuntimeError("worker died before its first report")))
+        elif broken.get(key) == "failed":
+            grid.append(_result(sample, {"trial_id": f"r{i}", "objective": float("nan"), "phase": "sparse"},
+                                RuntimeError("OOM")))
+        else:
+            grid.append(_result(sample, {"trial_id": f"r{i}", "objective": dev[key], "avg/test": dev[key] - 0.01,
+                                         "phase": "final"}))
+    return grid
+
+
+PICKS = [("d1", {"method": "lt-sft", "settings": {}, "overrides": {}, "default": True}),
+         ("t7", {"method": "sc-sft", "settings": {}, "overrides": {"sparse.lr": 1e-4}})]
+SEEDS = [1000, 2000, 3000, 4000]
+# every (configuration, seed) has its own score: a row labelled with another pair's key shows up at once
+DEV = {("d1", 1000): 0.601, ("d1", 2000): 0.602, ("d1", 3000): 0.603, ("d1", 4000): 0.604,
+       ("t7", 1000): 0.641, ("t7", 2000): 0.652, ("t7", 3000): 0.633, ("t7", 4000): 0.644}
+BROKEN = {("d1", 1000): "never", ("t7", 2000): "failed"}
+
+
+def test_a_confirm_with_a_failed_and_a_never_reporting_run_keeps_every_label():
+    """The default's first run never reports and the searched configuration's second fails: zipping the trials with
+    the rows of those that reported labelled every later run with its neighbour's (configuration, seed)."""
+    from raysft.sweep.confirm import confirm_rows
+
+    grid = _confirm_grid(PICKS, SEEDS, DEV, BROKEN)
+    rows = confirm_rows(grid)
+    assert len(rows) == 8  # every run is there, the broken ones too
+    for label, seed, row in rows:
+        if (label, seed) in BROKEN:
+            assert not row.final and row.seed == seed and row.default == (label == "d1")
+        else:
+            assert row.final and row.dev == DEV[(label, seed)] and row.default == (label == "d1"), (label, seed)
+            assert row.method == ("lt-sft" if label == "d1" else "sc-sft") and row.seed == seed
+    summary = {c.label: c for c in confirm_summary(rows)}
+    assert summary["d1"].seeds == [2000, 3000, 4000] and summary["d1"].failed == [1000]
+    assert summary["t7"].seeds == [1000, 3000, 4000] and summary["t7"].failed == [2000]
+    assert summary["d1"].dev.mean == pytest.approx(0.603) and summary["t7"].dev.mean == pytest.approx(0.6393333)
+    v = confirm_verdict(list(summary.values()))
+    # paired only where both finished: seeds 3000 and 4000
+    assert v.seeds == (3000, 4000) and v.dev.mean == pytest.approx(paired_test([0.030, 0.040]).mean)
+    assert v.failed == (("d1", 1000), ("t7", 2000))
+    assert v.line().endswith("· left out of the test, failed or never reported: d1 seed 1000, t7 seed 2000")
+
+
+def test_the_confirm_table_and_run_confirm_show_the_failed_runs(monkeypatch, tmp_path):
+    from rich.console import Console
+
+    import raysft.sweep.confirm as confirm
+    from raysft.cli import confirm_table
+
+    grid = _confirm_grid(PICKS, SEEDS, DEV, BROKEN)
+    monkeypatch.setattr(confirm, "_confirm_trials", lambda *a, **k: grid)  # no Ray: the fake results above
+
+    class Tracking:
+        def log_confirm(self, summary, verdict, seeds):
+            self.logged = (summary, verdict, seeds)
+
+    tracking = Tracking()
+    summary, verdict, _ = confirm.run_confirm({"tune": {"confidence": 0.9}}, PICKS, SEEDS, root=str(tmp_path),
+                                              name="c", tracking=tracking)
+    assert tracking.logged == (summary, verdict, SEEDS) and verdict.confidence == 0.9
+    console = Console(width=200, record=True)
+    console.print(confirm_table(summary, "f1"))
+    text = console.export_text()
+    assert "2000,3000,4000 · failed 1000" in text and "1000,3000,4000 · failed 2000" in text
+    assert "failed: the run failed or never reported; it is left out of the mean and of the test" in text
+
+
+def test_confirm_picks_take_each_sample_from_its_own_trial():
+    from types import SimpleNamespace
+
+    from raysft.sweep.confirm import confirm_picks
+
+    def trial(tid, sample, result):
+        return SimpleNamespace(trial_id=tid, config={"sample": sample}, last_result=result)
+
+    s = {t: {"method": "sc-sft", "settings": {}, "overrides": {"sparse.lr": lr}} for t, lr in (("a", 1e-4), ("c", 3e-4))}
+    trials = [
+        trial("d", {"method": "lt-sft", "settings": {}, "overrides": {}, "default": True},
+              {"trial_id": "d", "objective": 0.60, "phase": "final"}),
+        trial("x", {"method": "deft-x", "settings": {}, "overrides": {}}, {}),  # never reported
+        trial("a", s["a"], {"trial_id": "a", "objective": 0.62, "phase": "final"}),
+        trial("b", {"method": "deft-x", "settings": {}, "overrides": {}}, {"trial_id": "b", "objective": 0.7, "phase": "sparse"}),
+        trial("c", s["c"], {"trial_id": "c", "objective": 0.65, "phase": "final"}),
+    ]
+    assert confirm_picks(trials, 2) == [("d", trials[0].config["sample"]), ("c", s["c"]), ("a", s["a"])]
 
 
 # ------------------------------------------------------------------------------------------------------ Ray
@@ -319,7 +462,7 @@ def test_sweep_runs_the_default_first_and_confirm_logs_distinct_seeds(tmp_path):
     # (a checkpoint's objective is NaN: not measured)
     assert all(math.isnan(r["objective"]) for reports in confirm_reports for r in reports[:-1])
     assert any(len(reports) > 1 for reports in confirm_reports)  # it did report (checkpoints) before the end
-    assert "confirm: mean ± sd" in out and "confirmed: best" in out
+    assert "confirm: mean ± sd" in out and "paired t-test over seeds, n=2" in out
     confirm_out = out[out.index("confirm: 2 configurations"):]
     assert ": sparse (" in confirm_out and ": eval (" in confirm_out  # the confirm runs' phases are shown as they run
 

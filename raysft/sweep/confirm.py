@@ -7,7 +7,8 @@ from raysft.cluster.connect import connect
 from raysft.cluster.resources import cluster_capacity, default_max_concurrent, driver_resources
 from raysft.config import Config
 from raysft.errors import RaysftError
-from raysft.outcome import confirm_summary, confirm_verdict, rows_of
+from raysft.outcome import Row, confirm_summary, confirm_verdict, errored, row_of
+from raysft.stats import CONFIDENCE
 from raysft.sweep.report import trial_lines_callback
 from raysft.sweep.trial import run_trial
 from raysft.sweep.watch import watch_sweep
@@ -23,20 +24,17 @@ def confirm_seeds(base_seed: int, n: int) -> list[int]:
 
 def confirm_picks(items, top: int) -> list[tuple[str, dict]]:
     """(label, sampled) of the top ``top`` searched trials with a full evaluation, by dev objective, and the best
-    default trial (label: its trial id; the default's sample keeps ``default: True``)."""
+    default trial (label: its trial id; the default's sample keeps ``default: True``). Each row and its sample come
+    from the same trial (a trial that never reported has no row: a list of rows never lines up with the trials)."""
     if top < 1:
         raise RaysftError(f"--top {top}: confirm at least 1 configuration")
-    rows = rows_of(items)
-    samples = {}
-    for t in items:
-        r = getattr(t, "last_result", None) or getattr(t, "metrics", None) or {}
-        samples[str(r.get("trial_id") or getattr(t, "trial_id", "?"))] = (getattr(t, "config", None) or {}).get("sample")
-    finals = sorted((r for r in rows if r.final and isinstance(r.dev, (int, float))), key=lambda r: -r.dev)
-    searched = [r for r in finals if not r.default][:top]
-    default = [r for r in finals if r.default][:1]
+    pairs = [(row, t.config["sample"]) for t in items if (row := row_of(t)) is not None]
+    finals = sorted(((r, s) for r, s in pairs if r.final and isinstance(r.dev, (int, float))), key=lambda p: -p[0].dev)
+    searched = [p for p in finals if not p[0].default][:top]
+    default = [p for p in finals if p[0].default][:1]
     if not searched and not default:
         raise RaysftError("no trial of this sweep has a full evaluation: nothing to confirm (let the sweep finish first)")
-    return [(r.id, samples[r.id]) for r in default + searched]
+    return [(r.id, sampled) for r, sampled in default + searched]
 
 
 def confirm_samples(picks: list[tuple[str, dict]], seeds: list[int]) -> list[dict]:
@@ -56,12 +54,24 @@ def confirm_samples(picks: list[tuple[str, dict]], seeds: list[int]) -> list[dic
     return out
 
 
-def confirm_rows(items) -> list:
-    """(configuration label, seed, outcome row) of every confirm trial."""
+def confirm_rows(items) -> list[tuple[str, int, Row]]:
+    """(configuration label, seed, row) of every confirm trial, each read from that trial's own config (its sample's
+    ``confirm`` record), never from its position among the trials. A trial that failed or never reported gets a row
+    without a full evaluation: :func:`raysft.outcome.confirm_summary` shows it as failed and the test leaves it out."""
     out = []
-    for t, row in zip(items, rows_of(items)):
-        c = (getattr(t, "config", None) or {}).get("sample", {}).get("confirm") or {}
-        out.append((str(c.get("config")), int(c.get("seed", -1)), row))
+    for t in items:
+        sampled = (getattr(t, "config", None) or {}).get("sample") or {}
+        c = sampled.get("confirm") or {}
+        if "config" not in c or "seed" not in c:
+            continue  # not a confirm trial (nothing to label it with)
+        row = row_of(t)
+        if row is None:  # never reported: what it was comes from its sample alone
+            row = Row(id=str(getattr(t, "trial_id", None) or "?"), method=sampled.get("method", "?"), dev=None,
+                      default=bool(sampled.get("default")), final=False)
+        elif errored(t):
+            row.final = False
+        row.label, row.seed = str(c["config"]), int(c["seed"])
+        out.append((row.label, row.seed, row))
     return out
 
 
@@ -83,7 +93,8 @@ def run_confirm(
     run goes to its full evaluation), logged under the sweep's parent run when ``tracking`` is given. ``done``:
     (label, seed, row) of confirm runs that already finished (:meth:`SweepTracking.confirmed_rows`); those pairs are
     not rerun but count in the summary. Returns the confirm summary (:func:`raysft.outcome.confirm_summary`), its
-    verdict line and the result grid (None when every pair was done)."""
+    verdict (:func:`raysft.outcome.confirm_verdict`, at the config's ``tune.confidence``) and the result grid (None
+    when every pair was done)."""
     labels = {label for label, _ in picks}
     done = [(label, seed, row) for label, seed, row in (done or []) if label in labels and seed in seeds]
     have = {(label, seed) for label, seed, _ in done}
@@ -94,7 +105,7 @@ def run_confirm(
     grid = _confirm_trials(base, picks, seeds, samples, root=root, name=name, address=address, verbose=verbose,
                            console=console, tracking=tracking, max_concurrent=max_concurrent) if samples else None
     summary = confirm_summary(done + (confirm_rows(list(grid)) if grid is not None else []))
-    verdict = confirm_verdict(summary)
+    verdict = confirm_verdict(summary, float((base.get("tune") or {}).get("confidence", CONFIDENCE)))
     if tracking is not None:
         tracking.log_confirm(summary, verdict, seeds)
     return summary, verdict, grid

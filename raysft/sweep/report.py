@@ -7,6 +7,7 @@ import time
 
 from raysft.distributed.progress import find_board, push
 from raysft.outcome import outcome_of
+from raysft.stats import CONFIDENCE
 from raysft.sweep.space import describe
 from raysft.sweep.study import OBJECTIVE
 
@@ -34,10 +35,11 @@ def pareto_lines(grid) -> list[str]:
     ]
 
 
-def trial_lines_callback():
-    """A Tune callback: one line per finished trial (method, key parameters, dev score, time), handed to the sweep's
-    progress board, whose watcher prints it (:mod:`raysft.sweep.watch`). It holds no console or actor handle (Tune
-    pickles its callbacks); the board is found by name."""
+def trial_lines_callback(confidence: float = CONFIDENCE):
+    """A Tune callback: one line per finished trial (method, key parameters, dev score, time, best vs default and its
+    verdict at ``confidence``), handed to the sweep's progress board, whose watcher prints it
+    (:mod:`raysft.sweep.watch`). It holds no console or actor handle (Tune pickles its callbacks); the board is found
+    by name."""
     from ray.tune import Callback  # imported where it is used (a heavy import)
 
     class TrialLines(Callback):
@@ -50,7 +52,7 @@ def trial_lines_callback():
             test = r.get("avg/test")
             test = f" test {test:.4f}" if isinstance(test, (int, float)) else ""
             line = (f"trial {trial.trial_id}: {describe(trial.config['sample'])} → dev {score:.4f}{test} "
-                    f"({r.get('time_total_s', 0):.0f}s{reused}{stopped}) · {outcome_of(trials).line()}")
+                    f"({r.get('time_total_s', 0):.0f}s{reused}{stopped}) · {outcome_of(trials, confidence).line()}")
             push(find_board(), trial.trial_id, phase="done" if final else "stopped", line=line, ended=time.time(),
                  method=trial.config["sample"]["method"])
 

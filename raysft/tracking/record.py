@@ -25,6 +25,10 @@ CONFIG_FILE = "config.yaml"
 CONFIG_JSON_FILE = "config.json"  # the same resolved config, read back exactly (raysft train --from-run)
 DEFAULT_METRIC = "objective"
 COMPONENTS = ("attention", "feed_forward", "embeddings", "other")
+# A sweep's parent run keeps two verdicts (raysft.outcome.Verdict: metrics <prefix>/…, tags raysft.<prefix>…): the
+# sweep's own (its trials' seeds) and raysft confirm's, apart so that a --resume of the sweep cannot replace confirm's.
+SWEEP_VERDICT = "verdict"
+CONFIRM_VERDICT = "confirm_verdict"
 
 
 def now_ms() -> int:

@@ -125,15 +125,21 @@ def _write_state(experiment_dir: str, state: dict) -> None:
     storage.write_atomic(storage.join(experiment_dir, STATE_FILE), json.dumps(state, indent=2).encode())
 
 
-def sweep_outcome(results):
+def sweep_outcome(results, confidence: float):
     """Best searched trial vs default (:func:`raysft.outcome.versus_default`) from a Tune result grid."""
     try:
         from raysft.outcome import outcome_of
 
-        return outcome_of(results)
+        return outcome_of(results, confidence)
     except Exception as e:
         warn(f"best vs default: {type(e).__name__}: {first_line(e)}")
         return None
+
+
+def _confidence(base: dict) -> float:
+    from raysft.stats import CONFIDENCE
+
+    return float((base.get("tune") or {}).get("confidence", CONFIDENCE))
 
 
 class SweepTracking:
@@ -184,6 +190,7 @@ class SweepTracking:
                 "space": cfg.name, "task": cfg.task, "model": cfg.model, "seed": str(cfg.seed),
                 "tune.methods": ",".join(tune.methods), "tune.scheduler": str(tune.scheduler),
                 "tune.seed": str(tune.seed), "tune.num_workers": str(tune.num_workers),
+                "tune.seeds": str(tune.seeds), "tune.confidence": str(tune.confidence),
             }
             log_batch(c, parent, params)
             with tempfile.TemporaryDirectory(prefix="raysft-track-") as d:
@@ -231,8 +238,12 @@ class SweepTracking:
                 default=tags.get("raysft.default") == "true")))
         return out
 
-    def log_confirm(self, summary, verdict: str, seeds: list[int]) -> None:
-        """The confirm step's mean ± sd per configuration and its verdict, on the parent run."""
+    def log_confirm(self, summary, verdict, seeds: list[int]) -> None:
+        """The confirm step on the parent run: mean ± sd per configuration, and its verdict
+        (:class:`raysft.outcome.Verdict`) as metrics ``confirm_verdict/…`` (effect, CI low/high, p, t, n seeds, on
+        dev and test) and tags ``raysft.confirm_verdict…`` (its line, the test's name, the confidence, the tested
+        configuration, whether it beats the default, the seeds, and the whole verdict as JSON for
+        ``raysft export --best``)."""
         metrics: list[tuple[str, float, int]] = []
         for c in summary:
             label = "default" if c.default else c.label
@@ -241,9 +252,8 @@ class SweepTracking:
                     metrics.append((f"confirm/{label}/{split}_mean", sp.mean, 0))
                 if sp.sd is not None:
                     metrics.append((f"confirm/{label}/{split}_sd", sp.sd, 0))
-        tags = {"raysft.confirm": verdict[:5000], "raysft.confirm_seeds": ",".join(map(str, seeds))}
-        if summary and summary[0].dev.mean is not None:  # the best mean dev, the default included
-            tags["raysft.confirmed_best"] = summary[0].label
+        metrics += [(k, v, 0) for k, v in verdict.metrics(record.CONFIRM_VERDICT).items()]
+        tags = {"raysft.confirm_seeds": ",".join(map(str, seeds)), **verdict.tags(record.CONFIRM_VERDICT)}
         cb = self._callback
         writer = cb._writer() if cb is not None else Writer(self.uri.uri)
         writer.submit("confirm summary", log_batch, self.parent_run_id, None, metrics, tags)
@@ -285,12 +295,15 @@ class SweepTracking:
                 metric = get_task(self.base.get("task", "")).metric
             except Exception:
                 metric = ""
-            outcome = sweep_outcome(list(grid))
+            outcome = sweep_outcome(list(grid), _confidence(self.base))
             if outcome is not None:
                 sections = [f"**Best vs default:** {outcome.line()}", *(sections or [])]
             metrics, tags, note = record.sweep_summary(trials, counts, wall_s, self.base.get("name", ""), metric, sections)
             if outcome is not None:
+                verdict = outcome.verdict()
                 metrics += [(k, float(v), 0) for k, v in outcome.metrics().items()]
+                metrics += [(k, v, 0) for k, v in verdict.metrics(record.SWEEP_VERDICT).items()]
+                tags.update(verdict.tags(record.SWEEP_VERDICT))
                 tags["raysft.best_vs_default"] = outcome.line()
                 if outcome.default is not None:
                     tags["raysft.default_trial"] = outcome.default.id
