@@ -229,6 +229,11 @@ def train(
     ended = time.time()
     write_outputs(out, delta, metrics, force=force)
     console.print(results_table(metrics))
+    from raysft.stats import interval_text
+
+    for split, ci in metrics.get("avg_ci", {}).items():  # the targets' average, with its bootstrap interval
+        console.print(f"{split} {metrics['metric']} {metrics['avg'][split]:.3f} {interval_text(ci)}", highlight=False,
+                      soft_wrap=True)
     if metrics.get("lang_sft_source"):
         console.print(composition_table(metrics, f"{cfg.name} · {name}: task-only vs composed with language SFTs"))
     t = metrics["timings"]

@@ -189,6 +189,12 @@ def test_train_off_a_terminal_prints_a_line_per_phase_event(capsys, tmp_path):
         assert any(f"] {phase}: " in line and line.rstrip().endswith(" steps") for line in lines), (phase, out)
         assert any(f"] {phase}: done, " in line for line in lines), (phase, out)
     assert not any("\r" in line or "\x1b[" in line for line in lines)  # plain lines, no bar redraws
+    # the dev average carries its bootstrap interval, in metrics.json and in the summary
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    ci = metrics["avg_ci"]["dev"]
+    assert ci["low"] <= metrics["avg"]["dev"] <= ci["high"] and ci["examples"] == 64 and ci["resamples"] == 1000
+    assert f"dev f1 {metrics['avg']['dev']:.3f} (95% CI {ci['low']:.3f}–{ci['high']:.3f} over 1,000 bootstrap " \
+           "resamples of 64 examples)" in out
 
 
 def test_line_reporter_reports_at_start_every_interval_and_end():

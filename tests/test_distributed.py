@@ -152,6 +152,10 @@ def test_two_workers_match_one_process(two_workers):
     # The metrics have run_training's schema; every evaluation language was evaluated by some rank.
     assert set(single_metrics) <= set(metrics)
     assert sorted(metrics["dev"]) == sorted(single_metrics["dev"])
+    # The dev score's bootstrap interval is computed after the ranks' results merge: one process's, given its scores
+    assert metrics["avg_ci"]["dev"]["examples"] == single_metrics["avg_ci"]["dev"]["examples"]
+    if metrics["dev"] == single_metrics["dev"]:
+        assert metrics["avg_ci"] == single_metrics["avg_ci"]
     assert sum(d["eval_langs_per_rank"], []) and sorted(sum(d["eval_langs_per_rank"], [])) == sorted(run.eval_langs)
 
 

@@ -688,6 +688,9 @@ class _Worker:
         }
         if self.loop.dense_ready_at is not None:
             summary["dense_ready_at"] = self.loop.dense_ready_at
+        dev_ci = metrics["avg_ci"].get("dev")
+        if dev_ci is not None:  # the objective's bootstrap interval over the dev examples (metrics.json: avg_ci)
+            summary["objective_low"], summary["objective_high"] = dev_ci["low"], dev_ci["high"]
         for split in metrics["avg"]:
             summary[f"avg/{split}"] = metrics["avg"][split]
             for lang, vals in metrics[split].items():

@@ -26,6 +26,7 @@ from raysft.models import load_for_classification, load_tokenizer, model_id
 from raysft.sft.delta import SparseDelta, base_metadata
 from raysft.sft.groups import ParamSpace
 from raysft.sft.methods import Method, make_method
+from raysft.stats import bootstrap_average
 from raysft.tasks import Task, TaskData, get_task
 from raysft.train.device import resolve_device
 from raysft.train.loop import Reporter, SilentReporter, model_device, predict, restore
@@ -265,11 +266,14 @@ def evaluate(
     """Rewind to θ0 and apply the task delta once; per language evaluate θ0 + task, then, when the language has an
     SFT, apply it without its head, evaluate θ0 + task + lang and revert (bitwise back to θ0 + task). Returns
     ``{"task_only" | "composed": {split: {lang: metrics}}}``; a language without an SFT has no composed entry.
+    ``outputs`` beside them holds ``{split: {lang: (preds, labels)}}`` (numpy) of the model each language's dev/test
+    score comes from (composed where it has an SFT), for the score's bootstrap interval (not written out).
     ``composed_only`` (a sweep's intermediate objective) skips the task-only score of languages that have an SFT.
     ``reporter`` sees one step (loss NaN) per language and split scored."""
     restore(run.space, theta0)
     splits = run.cfg.eval.splits
     results: dict[str, dict[str, dict[str, dict]]] = {kind: {s: {} for s in splits} for kind in EVAL_KINDS}
+    results[OUTPUTS] = {s: {} for s in splits}
     # (kind, language, its SFT or None) in scoring order: the same list counts the reporter's steps
     passes = []
     for lang in run.eval_langs:
@@ -284,6 +288,8 @@ def evaluate(
         for split in splits:
             preds, labels = predict(run.model, loaders[(lang, split)])
             results[kind][split][lang] = run.task.metrics(preds, labels)
+            # composed is scored after task-only: what stays is the model the language's dev/test score is of
+            results[OUTPUTS][split][lang] = (preds.numpy(), labels.numpy())
             reporter.step(float("nan"))
 
     with task_delta.apply(run.space):
@@ -298,6 +304,7 @@ def evaluate(
 
 
 EVAL_KINDS = ("task_only", "composed")
+OUTPUTS = "outputs"  # evaluate()'s predictions and labels, merged across ranks like the kinds' metrics
 
 
 def merge_results(parts: list[dict], langs: list[str]) -> dict[str, dict[str, dict[str, dict]]]:
@@ -324,6 +331,7 @@ def evaluation_metrics(run: Run, results: dict) -> dict:
         "dev": primary.get("dev", {}),
         "test": primary.get("test", {}),
         "avg": {split: average(primary[split], run.target_langs, metric) for split in primary},
+        "avg_ci": average_intervals(run, results),
         "task_only": results["task_only"],
         "composed": results["composed"],
         "avg_task_only": {s: average(v, run.target_langs, metric) for s, v in results["task_only"].items()},
@@ -344,6 +352,19 @@ def composition_summary(results: dict, targets: list[str], metric: str) -> dict:
     alone = {s: average(results["task_only"][s], langs, metric) for s in results["composed"]}
     both = {s: average(v, langs, metric) for s, v in results["composed"].items()}
     return {"langs": langs, "task_only": alone, "composed": both, "gain": {s: both[s] - alone[s] for s in both}}
+
+
+def average_intervals(run: Run, results: dict) -> dict[str, dict]:
+    """Per split, the bootstrap interval of the targets' average (``avg``) over their examples, at the config's
+    ``tune.confidence`` (:func:`raysft.stats.bootstrap_average`). Computed from the merged results, so a trial's
+    interval is the same whichever rank scored which language."""
+    out = {}
+    for split, by_lang in (results.get(OUTPUTS) or {}).items():
+        samples = {lang: by_lang[lang] for lang in run.target_langs if lang in by_lang}
+        ci = bootstrap_average(samples, run.task.metric, confidence=run.cfg.tune.confidence)
+        if ci is not None:
+            out[split] = ci.as_dict()
+    return out
 
 
 def average(results: dict[str, dict[str, float]], langs: list[str], metric: str) -> float:
