@@ -545,7 +545,7 @@ def tune(
 
         console.print("\n".join(pareto_lines(grid)), highlight=False)
     else:
-        console.print(outcome_of(list(grid), cfg.tune.confidence).line(), highlight=False)
+        console.print(outcome_of(list(grid), cfg.tune.confidence).line(), highlight=False, markup=False)
     errors = sum(1 for r in grid if r.error)
     console.print(
         f"{len(grid)} trials ({errors} failed) in {wall:.0f}s · dense phases computed {counts['computed']}, "
@@ -596,7 +596,7 @@ def _confirm(base: dict, picks, seed_list: list[int], experiment_dir: str, *, ad
                                          verbose=verbose, console=console, tracking=tracking,
                                          done=tracking.confirmed_rows() if tracking is not None else None)
     console.print(confirm_table(summary, get_task(base["task"]).metric))
-    console.print(f"confirm: {verdict.line()}", highlight=False, soft_wrap=True)
+    console.print(f"confirm: {verdict.line()}", highlight=False, soft_wrap=True, markup=False)
     if grid is not None:
         console.print(f"confirm runs in {storage_join(root, run_name)}", highlight=False)
 
@@ -666,15 +666,19 @@ def compare(
         console.print(table)
         console.print(f"wrote {p.plot}", highlight=False)
         return
-    from raysft.results.ranking import outcome_of_runs
+    from raysft.results.ranking import latest_verdict, outcome_of_runs
 
     if top < 1:
         raise RaysftError(f"--top {top}: show at least 1 run")
     ranking = rank(tracking_uri, experiment, metric)
-    outcome = outcome_of_runs(ranking.rows)
+    recorded = latest_verdict(ranking.client, ranking.experiment.experiment_id)
+    outcome = outcome_of_runs(ranking.rows, recorded.confidence if recorded is not None else None)
     ranking.rows = ranking.rows[:top]
     console.print(compare_table(ranking))
-    console.print(outcome.line(), highlight=False)
+    console.print(outcome.line(), highlight=False, soft_wrap=True, markup=False)  # "[sc-sft … vs …]" is no markup
+    if recorded is not None and recorded.source == "confirm":  # the latest sweep's confirm: its verdict over seeds
+        console.print(f"confirm of sweep {recorded.parent.info.run_id[:8]}: {recorded.verdict.line()}", highlight=False,
+                      soft_wrap=True, markup=False)
     console.print(f"{len(ranking.rows)} runs shown · {ranking.uri} · raysft export {ranking.experiment.name} --run-id RUN "
                   "(a prefix will do)", highlight=False)
 
@@ -732,17 +736,24 @@ def export(
     experiment: Annotated[str, typer.Argument(help="an MLflow experiment (a space's name)")],
     out: Annotated[Path, typer.Option(help="the folder to write (task delta, README.md model card, metrics, plots)")],
     run_id: Annotated[str | None, typer.Option(help="the run to export (see raysft compare)")] = None,
-    best: Annotated[bool, typer.Option(help="export the best finished run by --metric")] = False,
-    confirmed: Annotated[bool, typer.Option(help="with --best: the configuration raysft confirm found best (its sweep trial)")] = False,
-    metric: Annotated[str | None, typer.Option(help="with --best: rank by this metric (default objective)")] = None,
+    best: Annotated[bool, typer.Option(help="export the configuration that beats the default beyond the seeds' noise (the latest sweep's verdict: raysft confirm's, else the sweep's own), else the default")] = False,
+    allow_unconfirmed: Annotated[bool, typer.Option(help="with --best: export the best finished run by --metric even though no verdict says it beats the default")] = False,
+    confirmed: Annotated[bool, typer.Option(hidden=True)] = False,
+    metric: Annotated[str | None, typer.Option(help="with --best --allow-unconfirmed: rank by this metric (default objective)")] = None,
     force: Annotated[bool, typer.Option(help="replace a non-empty --out")] = False,
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow store (default $MLFLOW_TRACKING_URI, else sqlite:///runs/mlflow.db)")] = None,
 ) -> None:
-    """Export one trial: its task delta, a model card (README.md) and the language SFTs it was evaluated with."""
+    """Export one trial: its task delta, a model card (README.md) stating the verdict that chose it, and the language
+    SFTs it was evaluated with."""
     from raysft.export.run import export_run
 
+    if confirmed:  # the flag of the old --best, which ranked on one seed: what it asked for is now --best itself
+        raise RaysftError("--confirmed is gone: --best now exports the configuration the confirm verdict found better "
+                          "than the default (or the default): drop --confirmed")
     info = export_run(tracking_uri, experiment, out, run_id=run_id, best=best, metric=metric, force=force,
-                      confirmed=confirmed)
+                      allow_unconfirmed=allow_unconfirmed)
+    if info.get("selection"):
+        console.print(info["selection"], highlight=False, soft_wrap=True, markup=False)
     score = info.get("score")
     console.print(
         f"exported run {info['run_id']}" + (f" ({info['metric']} {score:.4f})" if isinstance(score, float) else "")

@@ -1,5 +1,6 @@
-"""The model card (README.md) of an exported trial: what the delta is, its scores per language, the composition with
-the language SFTs, its parameters and how to apply it."""
+"""The model card (README.md) of an exported trial: what the delta is, why it was chosen (the verdict: the test, the
+seeds, the effect and its interval), its scores per language, the composition with the language SFTs, its parameters
+and how to apply it."""
 
 from __future__ import annotations
 
@@ -26,6 +27,52 @@ def composition_lines(metrics: dict) -> list[str]:
     if metrics.get("lang_sft_missing"):
         lines += ["", f"No language SFT for {', '.join(metrics['lang_sft_missing'])}: scored task-only."]
     return lines
+
+
+SELECTED = {  # export.json's selected_as → the card's words
+    "better than the default": "the configuration that beats the default beyond the seeds' noise",
+    "default": "the default configuration: no searched configuration is shown to beat it beyond the seeds' noise",
+    "unconfirmed": "the best run by {metric}, with --allow-unconfirmed: no verdict shows it beats the default",
+    "run id": "by its run id (--run-id)",
+}
+
+
+def verdict_lines(info: dict) -> list[str]:
+    """The card's verdict section: why this run, the test, the seeds, the effect on dev and test with its interval
+    (``info``: export.json's record, :func:`raysft.export.run.verdict_record`)."""
+    from raysft.stats import TEST_NAME
+
+    selected = SELECTED.get(info.get("selected_as") or "run id", "?").format(metric=info.get("metric", "?"))
+    lines = ["## Verdict", "", f"Exported as {selected}."]
+    v = info.get("verdict")
+    if not v:
+        return lines + ["", "No verdict concerns this run: no sweep of this experiment recorded one that compares it "
+                            "with the default (run `raysft confirm` to test a configuration over seeds)."]
+    if v["best"] is None or v["default"] is None:
+        return lines + ["", f"Verdict ({v['source']}): {v['judgement']}."]
+    source = "raysft confirm (new seeds)" if v["source"] == "confirm" else "the sweep (its trials' seeds)"
+
+    def effect(t: dict) -> str:
+        if t["mean"] is None:
+            return "–"
+        if t["p"] is None:
+            return f"{t['mean']:+.4f} at 1 seed (no interval: one seed cannot tell)"
+        t_stat = f"{t['statistic']:.2f}" if abs(t["statistic"]) != float("inf") else "∞ (no spread)"
+        return (f"{t['mean']:+.4f}, {t['confidence']:.0%} CI [{t['low']:+.4f}, {t['high']:+.4f}], t = {t_stat}, "
+                f"p = {t['p']:.3g}, better at {t['wins']} of {t['n']} seeds")
+
+    seeds = ", ".join(map(str, v["seeds"])) or ("the sweep's seed" if v["dev"]["n"] == 1 else "none")
+    lines += ["", "| | |", "|---|---|",
+              f"| test | {TEST_NAME} (scipy.stats.ttest_1samp on the per-seed differences), two-sided, "
+              f"{v['dev']['confidence']:.0%} confidence |",
+              f"| from | {source}, parent run `{v['sweep_run_id']}` |",
+              f"| compared | trial `{v['best']}` − default trial `{v['default']}` |",
+              f"| seeds | {seeds} ({v['dev']['n']} paired) |",
+              f"| dev gain (decides) | {effect(v['dev'])} |",
+              f"| test gain | {effect(v['test'])} |"]
+    if v.get("failed"):
+        lines.append("| left out | " + ", ".join(f"`{c}` seed {s}" for c, s in v["failed"]) + " (failed or never reported) |")
+    return lines + ["", f"Verdict: {v['judgement']}."]
 
 
 def _delta_meta(path: Path) -> dict:
@@ -65,8 +112,10 @@ def model_card(run, metrics: dict, folder: Path, info: dict) -> str:
         f"| task | {task} (labels: {labels}) |",
         f"| source language | {meta.get('language') or '?'} |",
         f"| delta | `{record.DELTA_FILE}` ({size / 1024:,.1f} KiB, fingerprint `{meta.get('base_fingerprint', '?')[:12]}…`) |",
-        f"| selected by | {info['metric']} = {info['score']:.4f} |" if isinstance(info.get("score"), float) else
-        f"| selected by | {info['metric']} |",
+        f"| {info['metric']} | {info['score']:.4f} |" if isinstance(info.get("score"), float) else
+        f"| {info['metric']} | – |",
+        "",
+        *verdict_lines(info),
         "",
         "## Scores",
         "",

@@ -125,29 +125,60 @@ def rank(tracking_uri: str | None, experiment: str, metric: str | None = None, t
     return Ranking(exp, uri, metric, task_metric, langs, have[:top] if top else have, c)
 
 
-def outcome_of_runs(rows: list[RunRow]):
-    """Best searched trial vs default (:func:`raysft.outcome.versus_default`) over an experiment's runs."""
+def outcome_of_runs(rows: list[RunRow], confidence: float | None = None):
+    """Best searched trial vs default (:func:`raysft.outcome.versus_default`) over an experiment's runs, paired by the
+    seed each run logged."""
     from raysft.outcome import Row, versus_default
+    from raysft.stats import CONFIDENCE
+
+    def seed(r: RunRow) -> int | None:
+        try:
+            return int(r.params["seed"])
+        except (KeyError, ValueError):
+            return None
 
     return versus_default([
         Row(id=r.trial_id or r.run_id[:8], method=r.method, dev=r.metrics.get(record.DEFAULT_METRIC),
             test=r.metrics.get("avg/test"), default=r.tags.get("raysft.default") == "true",
-            final=r.status == "FINISHED" and r.kind == "trial")
+            final=r.status == "FINISHED" and r.kind == "trial", seed=seed(r))
         for r in rows
-    ])
+    ], CONFIDENCE if confidence is None else confidence)
 
 
-def confirmed_run(c, experiment_id: str, rows: list[RunRow]) -> RunRow:
-    """The sweep trial of the configuration the latest ``raysft confirm`` found best (the parent run's tag
-    ``raysft.confirmed_best``)."""
+@dataclass
+class Recorded:
+    """The verdict recorded on an experiment's latest sweep (:class:`raysft.outcome.Verdict`)."""
+
+    parent: object  # the sweep's parent run
+    verdict: object | None  # raysft confirm's when it ran on this sweep, else the sweep's own; None: none recorded
+    source: str  # "confirm", "sweep" or "" (none)
+
+    @property
+    def confidence(self) -> float | None:
+        try:
+            return float(self.parent.data.params["tune.confidence"])
+        except (KeyError, ValueError):
+            return self.verdict.confidence if self.verdict is not None else None
+
+
+def latest_verdict(c, experiment_id: str) -> Recorded | None:
+    """The verdict on the experiment's latest sweep (the newest parent run): the one raysft confirm recorded on it,
+    else the sweep's own (its trials' seeds); None when the experiment has no sweep."""
+    from raysft.outcome import Verdict
     from raysft.tracking.store import all_runs
 
-    parents = [r for r in all_runs(c, experiment_id, "tags.`raysft.kind` = 'sweep'") if r.data.tags.get("raysft.confirmed_best")]
+    parents = all_runs(c, experiment_id, "tags.`raysft.kind` = 'sweep'")
     if not parents:
-        raise RaysftError("no sweep of this experiment has been confirmed: run raysft confirm EXPERIMENT first, or drop --confirmed")
+        return None
     parent = max(parents, key=lambda r: r.info.start_time)
-    label = parent.data.tags["raysft.confirmed_best"]
-    match = [r for r in rows if r.trial_id == label and r.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    if not match:
-        raise RaysftError(f"the confirmed best trial {label} has no finished run in this experiment: pass --run-id")
-    return match[0]
+    for prefix, source in ((record.CONFIRM_VERDICT, "confirm"), (record.SWEEP_VERDICT, "sweep")):
+        text = parent.data.tags.get(f"raysft.{prefix}.json")
+        if text:
+            return Recorded(parent, Verdict.from_json(text), source)
+    return Recorded(parent, None, "")
+
+
+def sweep_trial(rows: list[RunRow], parent, label: str) -> RunRow | None:
+    """The finished sweep trial ``label`` (a trial id, as a verdict names it) of the sweep with parent run ``parent``."""
+    return next((r for r in rows if r.trial_id == label and r.kind == "trial" and r.status == "FINISHED"
+                 and r.tags.get("mlflow.parentRunId") == parent.info.run_id), None)
