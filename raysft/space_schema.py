@@ -157,6 +157,9 @@ class TuneConfig(BaseModel):
     # the worker group's start included): one whose workers hang, or wait forever for resources, loses its lease
     # after this long even though its driver still renews it, and a waiting trial takes the dense phase over.
     dense_stall_s: float = Field(900.0, gt=0)
+    # A waiting trial waits at most this long for another trial's dense phase, however well that one progresses,
+    # then computes its own and keeps it to itself (publishing nothing): no trial waits without a bound.
+    dense_wait_s: float = Field(21600.0, gt=0)
     # The confidence of every verdict (the paired test over seeds, the bootstrap interval of a dev score).
     confidence: float = Field(0.95, gt=0, lt=1)
 

@@ -83,6 +83,26 @@ def write_atomic(uri: str, data: bytes, filesystem: pafs.FileSystem | None = Non
         raise
 
 
+def move(src: str, dst: str, filesystem: pafs.FileSystem | None = None) -> None:
+    """Give the file at ``src`` the name ``dst`` (same file system) so that a reader of ``dst`` sees it whole or not
+    at all: a rename where the file system renames atomically, a copy then a delete on an object store (a copy
+    makes the object visible whole)."""
+    fs, src_path = resolve(src, filesystem)
+    _, dst_path = resolve(dst, filesystem)
+    if fs.type_name in _ATOMIC_PUT:
+        fs.copy_file(src_path, dst_path)
+        fs.delete_file(src_path)
+        return
+    fs.move(src_path, dst_path)
+
+
+def delete(uri: str, filesystem: pafs.FileSystem | None = None) -> None:
+    """Remove the file at ``uri``, if there is one."""
+    fs, path = resolve(uri, filesystem)
+    if fs.get_file_info(path).type == pafs.FileType.File:
+        fs.delete_file(path)
+
+
 def read_bytes(uri: str, filesystem: pafs.FileSystem | None = None) -> bytes:
     fs, path = resolve(uri, filesystem)
     with fs.open_input_stream(path) as src:

@@ -107,14 +107,17 @@ class LoopConfig(BaseModel):
     out_dir: str | None = None  # rank 0 also writes task_sft.safetensors + metrics.json here
     verify_sync: bool = False  # after every sparse step, check that all ranks hold bitwise-identical weights
     no_dropout: bool = False  # dropout p=0 (exact comparisons with a single-process run)
-    # The sweep's dense-phase cache: "save" θ1 (maskable + head) to theta1_path after the dense phase, or "load" it
-    # instead of running the dense phase.
+    # The sweep's dense-phase cache: "save" θ1 (maskable + head) after the dense phase, or "load" it from
+    # theta1_path instead of running the dense phase.
     theta1_path: str | None = None
     theta1_mode: Literal["save", "load"] | None = None
-    # With "save" in a sweep: the dense-phase cache actor's name and this θ1's key, to publish θ1 the moment it is
-    # written (waiting trials start their sparse phase then, not when this trial ends).
+    # With "save" in a sweep: where this computing attempt writes θ1 (its own name; None: theta1_path), the dense-phase
+    # cache actor's name, θ1's key and the attempt's id, to report the dense phase's progress and to publish θ1 the
+    # moment it is written (waiting trials start their sparse phase then, not when this trial ends).
+    theta1_save_path: str | None = None
     theta1_actor: str | None = None
     theta1_key: str | None = None
+    theta1_attempt: str | None = None
     dense_ready_at: float | None = None  # a sweep: when (time.time()) this trial's dense phase was settled (θ1 ready or ours to compute)
     started_at: float | None = None  # a sweep: when (time.time()) the trial driver started (timings["start_s"] from it)
     report_dev: bool = False  # each sparse checkpoint also reports the targets' average dev score ("objective")
@@ -142,17 +145,43 @@ def save_theta1(uri: str, theta1: dict[str, torch.Tensor], head: dict[str, torch
     storage.write_atomic(uri, safetensors.torch.save(tensors))
 
 
-def publish_theta1(actor: str | None, key: str | None) -> None:
-    """Tell the sweep's dense-phase cache (a named actor) that θ1 is on storage. Outside a sweep: nobody to tell."""
-    if not actor or not key:
-        return
+def publish_theta1(actor: str | None, key: str | None, attempt: str | None) -> bool | None:
+    """Tell the sweep's dense-phase cache (a named actor) that this attempt wrote θ1: True once published, False when
+    refused (the attempt lost its lease: the cache removed its file). None: nobody to tell (outside a sweep), or the
+    cache did not answer (the trial driver calls done() again when the trial ends)."""
+    if not actor or not key or not attempt:
+        return None
     import ray
 
     try:
-        cache = ray.get_actor(actor)
-    except ValueError:  # no such actor: the trial driver calls done() when the trial ends, as a fallback
-        return
-    ray.get(cache.done.remote(key))
+        return bool(ray.get(ray.get_actor(actor).done.remote(key, attempt)))
+    except Exception:  # a publication lost here costs waiters one lease, never this trial
+        return None
+
+
+class DenseProgress:
+    """Rank 0's dense-step hook in a sweep's computing trial: tells the dense-phase cache its step, so that the lease
+    proves progress (a trial whose workers hang loses it). Fire and forget, the first step at once, then at most one
+    message per ``every_s``."""
+
+    def __init__(self, actor: str, key: str, attempt: str, every_s: float, clock=time.monotonic):
+        self.actor, self.key, self.attempt, self.every_s, self.clock = actor, key, attempt, every_s, clock
+        self.cache = None
+        self.last: float | None = None
+
+    def __call__(self, step: int, loss: float) -> None:
+        now = self.clock()
+        if self.last is not None and now - self.last < self.every_s:
+            return
+        self.last = now
+        import ray
+
+        try:
+            if self.cache is None:
+                self.cache = ray.get_actor(self.actor)
+            self.cache.progress.remote(self.key, self.attempt, step + 1)
+        except Exception:  # a lost report costs at most the lease, never the trial
+            pass
 
 
 def load_theta1(uri: str) -> dict[str, torch.Tensor]:
@@ -373,10 +402,11 @@ def restore_sparse_state(
 
 def trial_hooks(method, space: ParamSpace, device, *, theta1_path: str | None, theta1_mode: str | None,
                 state: SparseState | None = None, rank: int = 0, world: int = 1,
-                on_theta1_saved: Callable[[], None] | None = None) -> Hooks:
+                on_theta1_saved: Callable[[], None] | None = None, theta1_save_path: str | None = None) -> Hooks:
     """The hooks a trial's workers put around the training sequence, without Ray (bench/trial_sequence.py builds
-    the same): the sweep's dense-phase cache (θ1 loaded instead of the dense phase, or saved after it, then
-    ``on_theta1_saved``), DeFT-X's SVD factors shared beside θ1, and a sparse phase resumed from ``state``."""
+    the same): the sweep's dense-phase cache (θ1 loaded from ``theta1_path`` instead of the dense phase, or saved
+    after it to ``theta1_save_path``, default ``theta1_path``, then ``on_theta1_saved``), DeFT-X's SVD factors
+    shared beside θ1, and a sparse phase resumed from ``state``."""
     hooks = Hooks()
     if state is None and method.first_phase == "dense" and theta1_path:
         cache_uri = selection_cache_path(theta1_path, method.name)
@@ -385,7 +415,7 @@ def trial_hooks(method, space: ParamSpace, device, *, theta1_path: str | None, t
             hooks.load_theta1 = lambda: load_theta1(theta1_path)
         elif theta1_mode == "save":
             def save(theta1, head):
-                save_theta1(theta1_path, theta1, head)
+                save_theta1(theta1_save_path or theta1_path, theta1, head)
                 if on_theta1_saved is not None:
                     on_theta1_saved()
 
@@ -539,15 +569,27 @@ class _Worker:
         and published), DeFT-X's per-θ1 selection cache beside it, a resumed sparse phase, and the sparse phase's
         checkpoints (with the dev objective ASHA reads) and sync checks."""
         loop, space, rank, world = self.loop, run.space, self.rank, self.world
+        mode = loop.theta1_mode
+        if mode == "save" and state is None and run.method.first_phase == "dense":
+            # A worker group restarted after an earlier one of this trial published θ1 reads it: the dense phase is
+            # not computed (nor published) twice. Rank 0 decides for all: every rank must run the same first phase.
+            if self.comm.broadcast(storage.exists(loop.theta1_path) if rank == 0 else None):
+                mode = "load"
 
         def saved() -> None:
             dist_info["dense_cache"] = "computed"
-            publish_theta1(loop.theta1_actor, loop.theta1_key)
+            publish_theta1(loop.theta1_actor, loop.theta1_key, loop.theta1_attempt)
 
-        hooks = trial_hooks(run.method, space, self.device, theta1_path=loop.theta1_path, theta1_mode=loop.theta1_mode,
-                            state=state, rank=rank, world=world, on_theta1_saved=saved)
+        hooks = trial_hooks(run.method, space, self.device, theta1_path=loop.theta1_path, theta1_mode=mode,
+                            state=state, rank=rank, world=world, on_theta1_saved=saved,
+                            theta1_save_path=loop.theta1_save_path)
         if hooks.load_theta1 is not None:
             dist_info["dense_cache"] = "reused"
+        if hooks.save_theta1 is not None and rank == 0 and loop.theta1_actor and loop.theta1_key and loop.theta1_attempt:
+            # Often enough that progress alone would keep the lease (and the stall bound) satisfied.
+            tune = self.cfg.tune
+            hooks.on_dense_step = DenseProgress(loop.theta1_actor, loop.theta1_key, loop.theta1_attempt,
+                                                every_s=min(tune.dense_lease_s, tune.dense_stall_s) / 4)
         info: dict = {}
         handles: dict[str, Any] = {}
         local: list[float] = []

@@ -22,7 +22,7 @@ def run_trial(config: dict, base: dict, storage: str) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from raysft.distributed.train_workers import fit_trial
-    from raysft.sweep.dense_cache import ACTOR_NAME, Lease, acquire, dense_key, get_cache
+    from raysft.sweep.dense_cache import ACTOR_NAME, Lease, acquire, dense_key, find_cache
 
     started = time.time()
     sampled = config["sample"]
@@ -38,17 +38,25 @@ def run_trial(config: dict, base: dict, storage: str) -> None:
                              "started_at": started}
     if not (cfg.tune.test_every_trial or sampled.get("confirm")):  # test only where best vs default will read it
         extra["test_if_leading"] = "default" if sampled.get("default") else "searched"
-    cache, key, lease = None, None, None
+    # The sweep's driver holds the cache; without one (no sweep driver) there is nobody to share θ1 with.
+    cache = find_cache() if cfg.tune.dense_cache and method_class(cfg.method).first_phase == "dense" else None
+    claim, key, lease = None, None, None
     workers = cfg.tune.num_workers
-    if cfg.tune.dense_cache and method_class(cfg.method).first_phase == "dense":
-        cache, key = get_cache(storage), dense_key(cfg, workers)
-        status, path = acquire(cache, key, trial_id, lease_s=cfg.tune.dense_lease_s,
-                               on_wait=lambda: push(board, trial_id, phase="waiting for θ1"))
-        extra.update(theta1_path=path, theta1_mode="save" if status == "compute" else "load")
-        if status == "compute":
-            # Renewed until θ1 is published; the rank-0 worker publishes it (done) as soon as it is written.
-            lease = Lease(cache, key, trial_id, cfg.tune.dense_lease_s)
-            extra.update(theta1_key=key, theta1_actor=ACTOR_NAME)
+    if cache is not None:
+        tune_cfg = cfg.tune
+        key = dense_key(cfg, workers)
+        claim = acquire(cache, key, trial_id, lease_s=tune_cfg.dense_lease_s, stall_s=tune_cfg.dense_stall_s,
+                        max_wait_s=tune_cfg.dense_wait_s,
+                        on_wait=lambda: push(board, trial_id, phase="waiting for θ1"))
+        if claim.status == "compute":
+            # Renewed until θ1 is published; the rank-0 worker reports the dense phase's steps (the lease's proof of
+            # progress) and publishes θ1 (done) as soon as it is written.
+            lease = Lease(cache, key, claim.attempt, tune_cfg.dense_lease_s)
+            extra.update(theta1_path=claim.path, theta1_mode="save", theta1_save_path=claim.write_path,
+                         theta1_key=key, theta1_actor=ACTOR_NAME, theta1_attempt=claim.attempt)
+        elif claim.status == "ready":
+            extra.update(theta1_path=claim.path, theta1_mode="load")
+        # "alone": waited past tune.dense_wait_s; the trial runs its own dense phase and publishes nothing
         extra["dense_ready_at"] = time.time()
     push(board, trial_id, phase="workers")
     try:
@@ -58,13 +66,19 @@ def run_trial(config: dict, base: dict, storage: str) -> None:
             extra=extra, callbacks=[TuneReportCallback()], checkpoint_every=cfg.tune.report_every or None,
         )
     except BaseException:
-        if cache is not None and extra.get("theta1_mode") == "save":
-            cache.failed.remote(key, trial_id)  # a no-op when θ1 was already published
+        if lease is not None:
+            cache.failed.remote(key, claim.attempt)  # a no-op when θ1 was already published
         raise
     finally:
         if lease is not None:
             lease.stop()
-    if cache is not None and extra.get("theta1_mode") == "save":
+    if lease is not None:
         import ray  # imported where it is used (a heavy import)
 
-        ray.get(cache.done.remote(key, trial_id))
+        # The worker published θ1 already, unless the cache did not answer it: a repeated done changes nothing, and
+        # one refused (this attempt lost its lease meanwhile) leaves the taker's θ1 as the published one. A finished
+        # trial's result never depends on it.
+        try:
+            ray.get(cache.done.remote(key, claim.attempt), timeout=60)
+        except Exception:
+            pass

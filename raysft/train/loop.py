@@ -184,9 +184,11 @@ def train_dense(
     grad_sync: GradSync | None = None,
     loss_fn: Callable[[nn.Module, dict], torch.Tensor] = default_loss,
     rows: RowSubsetEmbedding | None = None,
+    on_step: Callable[[int, float], None] | None = None,
 ) -> list[float]:
     """Dense fine-tuning of every maskable parameter and the head (LayerNorms frozen). With ``rows`` (the model's
-    input embedding swapped for a :class:`RowSubsetEmbedding`) the embedding is trained through its row table."""
+    input embedding swapped for a :class:`RowSubsetEmbedding`) the embedding is trained through its row table.
+    ``on_step(step, loss)`` after each step."""
     body = set_dense_trainable(space, model, rows)
     model.train()
     optimizer = torch.optim.AdamW(
@@ -207,7 +209,8 @@ def train_dense(
 
     device = model_device(model)
     return _run_steps(
-        cycle(loader), steps, lambda b: loss_fn(model, b), update, reporter, "dense", device, precision=cfg.precision
+        cycle(loader), steps, lambda b: loss_fn(model, b), update, reporter, "dense", device, on_step=on_step,
+        precision=cfg.precision,
     )
 
 

@@ -105,6 +105,9 @@ class Hooks:
 
     # A cached θ1 (maskable parameters and head, by name) replaces the dense phase.
     load_theta1: Callable[[], Mapping[str, torch.Tensor]] | None = None
+    # Every rank, after each step of a computed dense phase: (step, loss), e.g. to show a shared dense phase's
+    # progress to the trials waiting for it.
+    on_dense_step: Callable[[int, float], None] | None = None
     # Rank 0, after a computed dense phase: θ1 and the head (live views) to keep for other trials.
     save_theta1: Callable[[Mapping[str, torch.Tensor], Mapping[str, torch.Tensor]], None] | None = None
     # Rank 0: the selection (default ``method.select(ctx)``), e.g. with a per-θ1 cache shared across trials.
@@ -370,7 +373,8 @@ def _first_phase(job: SFTJob, base, ctx: SelectionContext, comm: Comm, reporter,
             set_dense_trainable(space, model, sub)  # before wrapping: DDP registers the parameters that need grads
             module, loss_fn, counter = comm.wrap_dense(model, sampler, job.loss_fn)
             t = time.perf_counter()
-            local = train_dense(module, space, loader, steps, cfg, reporter=reporter, loss_fn=loss_fn, rows=sub)
+            local = train_dense(module, space, loader, steps, cfg, reporter=reporter, loss_fn=loss_fn, rows=sub,
+                                on_step=hooks.on_dense_step)
             timings["dense_steps_s"] = time.perf_counter() - t  # the dense phase's optimizer steps
             del module  # the second phase runs on the unwrapped module, without DDP's hooks
         losses["dense"] = mean_losses(comm.gather(local))
