@@ -28,7 +28,7 @@ of MLflow) and the wall-clock stamps the trial writes (`distributed.clock`):
     finish          the final report (delta + metrics.json checkpoint) until Tune sees the trial complete
                     (checkpoint persisted, worker group and trial torn down)
 
-By default both trials are typical sweep trials: a leader of each kind is on the sweep's board, so neither leads
+By default both trials are typical sweep trials: a leader of each kind is in the sweep's dev record, so neither leads
 and neither scores the test sets (tune.test_every_trial: false; only the trials best vs default reports do). With
 --leading each trial leads its kind and scores test, as a sweep's first trials.
 
@@ -87,13 +87,14 @@ def clock_callback(typical: bool):
     class Clock(Callback):
         def on_trial_start(self, iteration, trials, trial, **info):
             if typical and not CLOCK:
-                # A leader of each kind (defaults, searched) with dev 1.0 on the sweep's board: no trial of the bench
-                # leads its kind, so none scores test, as most trials of a sweep (tune.test_every_trial: false).
-                from raysft.distributed.progress import find_board
+                # A leader of each kind (defaults, searched) with dev 1.0 in the sweep's dev record: no trial of the
+                # bench leads its kind, so none scores test, as most trials of a sweep (tune.test_every_trial: false).
+                import ray
 
-                board = find_board()
-                for kind in (True, False):
-                    board.push.remote(f"bench-leader-{kind}", {"final_dev": 1.0, "default": kind})
+                from raysft.sweep.dev_record import ACTOR_NAME
+
+                record = ray.get_actor(ACTOR_NAME)
+                ray.get([record.leads.remote(f"bench-leader-{kind}", kind, 1.0) for kind in (True, False)])
             CLOCK.setdefault(trial.trial_id, {})["start"] = time.time()
             say(f"trial {trial.trial_id} started ({trial.config['sample']['method']})")
 

@@ -159,17 +159,3 @@ def test_board_logs_phase_changes_and_restarts_a_retried_trials_clock():
     states, events, _ = board.read(cursor)
     assert [e["phase"] for e in events] == ["starting"]
     assert "running_since" not in states["t"] and states["t"]["started"] == 1060.0 and "step" not in states["t"]
-
-
-def test_the_board_knows_the_leading_dev_of_each_kind():
-    """What a sweep trial asks before scoring test: the best final dev the other trials of its kind told."""
-    from raysft.distributed.progress import Board
-
-    board = Board(clock=lambda: 0.0)
-    assert board.leader_dev("a", default=False) is None
-    board.push("a", {"final_dev": 0.5, "default": False})
-    board.push("d", {"final_dev": 0.7, "default": True})
-    board.push("b", {"phase": "eval"})  # no final dev yet
-    assert board.leader_dev("b", default=False) == 0.5
-    assert board.leader_dev("a", default=False) is None  # its own score does not count
-    assert board.leader_dev("b", default=True) == 0.7

@@ -1,5 +1,6 @@
 """Live progress of a sweep's trials: a named Ray actor (the board) that trial drivers and their rank-0 Train workers
-tell their phase and step, and that the `raysft tune` driver reads to draw what is running.
+tell their phase and step, and that the `raysft tune` driver reads to draw what is running. Display only: nothing a
+trial computes depends on it (which trials score test is the sweep's :mod:`raysft.sweep.dev_record`).
 
 Nothing here reports to Tune: an intermediate ``tune.report`` would count as a training iteration for ASHA and a
 result for Optuna. The board is fire-and-forget for its writers (``push.remote`` without waiting), throttled to one
@@ -45,13 +46,6 @@ class Board:
             self.events.append({"time": now, "trial_id": trial_id, **fields})
         state.update(fields)
         state["updated"] = now
-
-    def leader_dev(self, trial_id: str, default: bool) -> float | None:
-        """The best final dev objective told so far (``final_dev``) by the other trials of the same kind (the
-        defaults, or the searched trials); None when none has told one."""
-        devs = [t["final_dev"] for tid, t in self.trials.items()
-                if tid != trial_id and "final_dev" in t and bool(t.get("default")) == default]
-        return max(devs) if devs else None
 
     def read(self, since: int = 0) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]], int]:
         """(every trial's state, the phase changes after event number ``since``, the next ``since``)."""

@@ -122,8 +122,9 @@ class LoopConfig(BaseModel):
     started_at: float | None = None  # a sweep: when (time.time()) the trial driver started (timings["start_s"] from it)
     report_dev: bool = False  # each sparse checkpoint also reports the targets' average dev score ("objective")
     # A sweep's trial (tune.test_every_trial false): the final evaluation scores dev first and scores test only when
-    # that dev leads this trial's kind ("default" or "searched") on the sweep's progress board.
+    # that dev leads this trial's kind ("default" or "searched") in the sweep's dev record (an actor of this name).
     test_if_leading: Literal["default", "searched"] | None = None
+    dev_record_actor: str | None = None
     # A sweep's trial: rank 0 tells the sweep's progress board (raysft.distributed.progress) its phase and step.
     trial_id: str | None = None
     progress: bool = False
@@ -182,6 +183,21 @@ class DenseProgress:
             self.cache.progress.remote(self.key, self.attempt, step + 1)
         except Exception:  # a lost report costs at most the lease, never the trial
             pass
+
+
+def scores_test(actor: str | None, trial_id: str | None, default: bool, dev: float) -> bool:
+    """Whether a sweep's trial scores the test sets: its final dev objective, told to the sweep's dev record (a named
+    actor, :mod:`raysft.sweep.dev_record`), is at least the best the other finished trials of its kind told. With no
+    record (a Train run outside a sweep) or one that does not answer: it does, so a report never lacks a test score
+    it might need."""
+    if not actor or trial_id is None:
+        return True
+    import ray
+
+    try:
+        return bool(ray.get(ray.get_actor(actor).leads.remote(trial_id, default, dev), timeout=30))
+    except Exception:
+        return True
 
 
 def load_theta1(uri: str) -> dict[str, torch.Tensor]:
@@ -691,22 +707,12 @@ class _Worker:
         return sum(merged.values()) / max(1, len(merged))
 
     def test_leads(self, dev: float | None) -> bool:
-        """Whether this trial scores test: its dev objective (told to the board, the same on every rank) is at least
-        the best one the other finished trials of its kind told. Decided on rank 0, the same answer everywhere.
-        Without a board (or a score) it scores test: a report never lacks a test score it might need."""
+        """Whether this trial scores test (:func:`scores_test`; its dev objective is the same on every rank).
+        Decided on rank 0, the same answer everywhere. Without a score it scores test."""
         answer = [True]
         if self.rank == 0 and dev is not None and math.isfinite(dev):
-            board = find_board() if self.loop.progress else None
-            if board is not None:
-                import ray
-
-                kind = self.loop.test_if_leading == "default"
-                try:
-                    best = ray.get(board.leader_dev.remote(self.loop.trial_id, kind), timeout=30)
-                    board.push.remote(self.loop.trial_id, {"final_dev": dev, "default": kind})
-                    answer = [best is None or dev >= best]
-                except Exception:  # a board that does not answer never costs a test score
-                    answer = [True]
+            answer = [scores_test(self.loop.dev_record_actor, self.loop.trial_id,
+                                  self.loop.test_if_leading == "default", dev)]
         dist.broadcast_object_list(answer, src=0)
         return bool(answer[0])
 

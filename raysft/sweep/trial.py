@@ -22,6 +22,7 @@ def run_trial(config: dict, base: dict, storage: str) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from raysft.distributed.train_workers import fit_trial
+    from raysft.sweep import dev_record
     from raysft.sweep.dense_cache import ACTOR_NAME, Lease, acquire, dense_key, find_cache
 
     started = time.time()
@@ -37,7 +38,8 @@ def run_trial(config: dict, base: dict, storage: str) -> None:
     extra: dict[str, Any] = {"report_dev": report_dev, "trial_id": trial_id, "progress": board is not None,
                              "started_at": started}
     if not (cfg.tune.test_every_trial or sampled.get("confirm")):  # test only where best vs default will read it
-        extra["test_if_leading"] = "default" if sampled.get("default") else "searched"
+        extra.update(test_if_leading="default" if sampled.get("default") else "searched",
+                     dev_record_actor=dev_record.ACTOR_NAME)
     # The sweep's driver holds the cache; without one (no sweep driver) there is nobody to share θ1 with.
     cache = find_cache() if cfg.tune.dense_cache and method_class(cfg.method).first_phase == "dense" else None
     claim, key, lease = None, None, None

@@ -19,9 +19,9 @@ from raysft.cluster.resources import (
 )
 from raysft.cluster.storage import machines, storage_uri
 from raysft.config import Config
-from raysft.distributed.progress import get_board
 from raysft.errors import RaysftError
 from raysft.storage import join as storage_join
+from raysft.sweep.dev_record import get_record
 from raysft.sweep.preflight import check_model_and_spaces, check_not_exhausted
 from raysft.sweep.report import trial_lines_callback
 from raysft.sweep.study import OBJECTIVE, make_searcher, uses_asha
@@ -144,12 +144,11 @@ def run_sweep(
                 failure_config=tune.FailureConfig(max_failures=1), stop=InterruptStopper(),
             ),
         )
-    # Created here so that it lives as long as this driver (an actor dies with the process that created it);
-    # trial drivers find it by name.
+    # The sweep's own actors, found by name by trial drivers and workers: the dense-phase cache and the record of
+    # final dev scores that decides who scores the test sets. Created here and held to the end of this function: an
+    # actor dies with the process that created it, and with its last handle.
     cache = get_cache(root)
-    # Even with nothing drawn: trials tell it their final dev, which decides who scores the test sets. The handle
-    # is held to the end (the actor dies with its last handle).
-    board = get_board()
+    dev_record = get_record()
     started = time.perf_counter()
     stop_watch = watch_sweep(console, trials, concurrent) if console is not None else None
     say = (lambda line: console.print(line, highlight=False)) if console is not None else print
@@ -169,5 +168,5 @@ def run_sweep(
     if tracking is not None:
         # sections: more markdown for the parent run's description (best vs default, issue 10, goes here)
         tracking.finish(grid, cache_counts, wall, sections=[], status="KILLED" if interrupted() else None)
-    del board  # the sweep's trials are over: the board may go
+    del cache, dev_record  # the sweep's trials are over: its actors may go
     return grid, cache_counts, experiment, wall
