@@ -195,3 +195,21 @@ def test_the_sweeps_parent_run_records_its_verdict(store):
     assert run.tags["raysft.verdict.confidence"] == "0.9"
     assert run.tags["raysft.best_vs_default"].endswith("→ one seed cannot tell (no CI): rerun both with new seeds "
                                                        "(raysft confirm) to test it")
+
+
+def test_a_new_sweep_states_its_confidence_and_is_the_one_export_reads(store, tmp_path, capsys):
+    """The parent run logs tune.confidence (what compare states its line at); a newer sweep, not yet confirmed, is
+    the latest: an older sweep's confirm does not vouch for it."""
+    from raysft.config import load_config
+
+    uri, tracking, runs = store
+    _confirm(tracking, [0.040, 0.045, 0.038])  # the older sweep: t7 beats its default
+    (tmp_path / "tune2").mkdir()
+    new = SweepTracking.start(load_config("smoke", ["tune.confidence=0.9"]), tracking_uri=uri, experiment="smoke",
+                              experiment_dir=str(tmp_path / "tune2"), storage_root=str(tmp_path), resume=False, nodes=1)
+    c = connect(TrackingURI(uri, True))
+    assert c.get_run(new.parent_run_id).data.params["tune.confidence"] == "0.9"
+    with pytest.raises(SystemExit) as exc:  # the new sweep has no trials yet: no default to fall back on
+        main(["export", "smoke", "--best", "--out", str(tmp_path / "x"), "--tracking-uri", uri])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "no verdict recorded: run raysft confirm smoke" in err and "has no finished default" in err

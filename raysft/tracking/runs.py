@@ -190,7 +190,7 @@ class SweepTracking:
                 "space": cfg.name, "task": cfg.task, "model": cfg.model, "seed": str(cfg.seed),
                 "tune.methods": ",".join(tune.methods), "tune.scheduler": str(tune.scheduler),
                 "tune.seed": str(tune.seed), "tune.num_workers": str(tune.num_workers),
-                "tune.seeds": str(tune.seeds), "tune.confidence": str(tune.confidence),
+                "tune.confidence": str(tune.confidence),  # the confidence its verdicts are stated at (compare)
             }
             log_batch(c, parent, params)
             with tempfile.TemporaryDirectory(prefix="raysft-track-") as d:
