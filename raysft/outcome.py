@@ -173,7 +173,9 @@ class Outcome:
         out += f" [{self.best.method} {self.best.id} vs {self.default.method} default {self.default.id}]"
         v = self.verdict()
         # the gains are printed above: only the test's numbers when it has them (two seeds or more)
-        return out + (f" → paired over seeds: dev {v.dev.line()} → {v.judgement()}" if v.dev.n > 1 else f" → {v.judgement()}")
+        if v.dev.n > 1:
+            return out + f" → paired over seeds: dev {v.dev.line()} → {v.judgement()}"
+        return out + f" → {v.judgement()}"
 
     def metrics(self) -> dict[str, float]:
         """The numbers as MLflow metric names (the parent run of a sweep)."""
