@@ -517,3 +517,16 @@ def test_asha_records_a_default_trials_scores_but_never_stops_it():
     assert actions["t3"] == TrialScheduler.CONTINUE
     assert asha._num_stopped == 1
 
+
+
+def test_a_trial_line_prints_its_best_vs_default_whole():
+    """The watcher prints each finished trial's line as text: Rich took "[sc-sft c vs lt-sft default a]" for a tag."""
+    from rich.console import Console
+
+    from raysft.sweep.watch import SweepWatch
+
+    console = Console(record=True, width=400)
+    line = "trial c: sc-sft → dev 0.6210 · " + versus_default([Row("a", "lt-sft", 0.6, default=True),
+                                                             Row("c", "sc-sft", 0.621)]).line()
+    SweepWatch(console, 1, 1, live=False).update({}, [{"trial_id": "c", "phase": "done", "line": line}])
+    assert "[sc-sft c vs lt-sft default a] → one seed cannot tell (no CI)" in console.export_text()

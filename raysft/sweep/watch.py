@@ -112,7 +112,8 @@ class SweepWatch:
         for event in events:
             if event.get("phase") in ENDED:
                 if event.get("line"):
-                    self.console.print(event["line"], highlight=False, soft_wrap=True,
+                    # markup=False: the line's "[sc-sft … vs … default …]" is text, which Rich took for a tag
+                    self.console.print(event["line"], highlight=False, soft_wrap=True, markup=False,
                                        style="red" if event["phase"] == "failed" else None)
             elif not self.live_mode:
                 self.console.print(self.phase_line(event), highlight=False, soft_wrap=True)
