@@ -601,7 +601,8 @@ class _Worker:
                             theta1_save_path=loop.theta1_save_path)
         if hooks.load_theta1 is not None:
             dist_info["dense_cache"] = "reused"
-        if hooks.save_theta1 is not None and rank == 0 and loop.theta1_actor and loop.theta1_key and loop.theta1_attempt:
+        in_sweep = loop.theta1_actor and loop.theta1_key and loop.theta1_attempt
+        if hooks.save_theta1 is not None and rank == 0 and in_sweep:
             # Often enough that progress alone would keep the lease (and the stall bound) satisfied.
             tune = self.cfg.tune
             hooks.on_dense_step = DenseProgress(loop.theta1_actor, loop.theta1_key, loop.theta1_attempt,
