@@ -19,6 +19,7 @@ import torch
 from raysft.cli import main
 from raysft.errors import RaysftError
 from tests.conftest import REPO, needs_data
+from tests.test_tune import trial_results
 
 ENV = {
     **os.environ,
@@ -232,7 +233,8 @@ def tune_cmd(*args):
 
 @pytest.fixture(scope="module")
 def sweep(server, tmp_path_factory):
-    """3 trials, 2 at once; the driver is killed after the first trial ends, then the sweep is resumed."""
+    """3 trials, 2 at once; the driver is killed (SIGKILL) after the first trial ends, then the sweep is resumed.
+    Returns (storage, the MLflow runs before the resume, the resumed stdout, every trial's Tune results before it)."""
     storage = tmp_path_factory.mktemp("tune")
     # Every trial scores test here (by default only the trials leading their kind do, which depends on the scores):
     # the tests below check that each child run logs every dev and test metric.
@@ -249,9 +251,22 @@ def sweep(server, tmp_path_factory):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     before = {r.info.run_id: r for r in _runs(server)}
+    results_before = trial_results(storage / "smoke")
     resumed = subprocess.run(tune_cmd(*args, "--resume"), capture_output=True, text=True, env=ENV, cwd=REPO, timeout=900)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    return storage, before, resumed.stdout
+    return storage, before, resumed.stdout, results_before
+
+
+@pytest.mark.slow
+def test_resume_reruns_no_finished_trial_and_runs_exactly_the_requested_count(sweep):
+    storage, _, _, before = sweep
+    done_before = {t for t, r in before.items() if r and r[-1].get("phase") == "final"}
+    assert len(done_before) >= 1  # the driver was killed after a trial had finished
+    after = trial_results(storage / "smoke")
+    assert len(after) == 3  # exactly the requested count
+    for t in done_before:  # finished trials were not rerun: the same single final report
+        assert [r for r in after[t] if r.get("phase") == "final"] == [before[t][-1]]
+    assert all(r[-1]["phase"] == "final" for r in after.values())
 
 
 @pytest.mark.slow
@@ -259,7 +274,7 @@ def test_sweep_one_parent_three_ended_children_with_metrics_and_artifacts(server
     from raysft.tracking.store import TrackingURI
     from raysft.tracking.trial import trial_of_run
 
-    storage, before, stdout = sweep
+    storage, before, stdout, _ = sweep
     c = _client(server)
     runs = _runs(server)
     parents = [r for r in runs if r.data.tags.get("raysft.kind") == "sweep"]
@@ -343,7 +358,7 @@ def test_from_run_rewrites_a_trials_delta_bitwise(server, sweep, tmp_path, capsy
 
 @pytest.mark.slow
 def test_resumed_sweep_adds_runs_under_the_same_parent(server, sweep):
-    _, before, stdout = sweep
+    _, before, stdout, _ = sweep
     after = {r.info.run_id: r for r in _runs(server)}
     parent_before = [r for r in before.values() if r.data.tags.get("raysft.kind") == "sweep"]
     kids_before = [r for r in before.values() if r.data.tags.get("raysft.kind") == "trial"]

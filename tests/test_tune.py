@@ -1,5 +1,6 @@
 """`raysft tune`: a real Ray Tune sweep (Optuna + ASHA, one Ray Train run per trial) on the smoke space, the shared
-dense phase, resume after the driver is killed, and the bad inputs refused before any trial starts."""
+dense phase, and the bad inputs refused before any trial starts (a sweep resumed after its driver is killed: the
+sweep fixture of tests/test_tracking.py)."""
 
 import json
 import os
@@ -163,34 +164,6 @@ def test_dense_phase_computed_once_for_trials_that_share_it(sweep):
     finals = [r[-1] for r in trial_results(storage / "smoke").values()]
     assert sorted(f["dense_cache"] for f in finals) == ["computed", "reused", "reused"]
     assert len(list((storage / "dense").glob("*/theta1.safetensors"))) == 1
-
-
-def test_resume_after_the_driver_is_killed(tmp_path):
-    needs_data()
-    storage = tmp_path / "tune"
-    args = ("--trials", "4", "--storage", str(storage), "--max-concurrent", "1", "--set", "tune.scheduler=none")
-    proc = subprocess.Popen(tune_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV, cwd=REPO)
-    deadline = time.time() + 600
-    finished_lines = 0
-    for line in proc.stdout:  # wait for the first finished trial, then kill the driver
-        if line.startswith("trial "):
-            finished_lines += 1
-            break
-        assert time.time() < deadline
-    time.sleep(3)  # let Tune write its experiment state
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    before = trial_results(storage / "smoke")
-    done_before = {t for t, r in before.items() if r and r[-1].get("phase") == "final"}
-    assert finished_lines == 1 and len(done_before) >= 1
-
-    resumed = subprocess.run(tune_cmd(*args, "--resume"), capture_output=True, text=True, env=ENV, cwd=REPO, timeout=900)
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    after = trial_results(storage / "smoke")
-    assert len(after) == 4  # exactly the requested count
-    for t in done_before:  # finished trials were not rerun: the same single final report
-        assert [r for r in after[t] if r.get("phase") == "final"] == [before[t][-1]]
-    assert all(r[-1]["phase"] == "final" for r in after.values())
 
 
 def test_ctrl_c_stops_the_sweep_and_skips_its_confirm(tmp_path):
