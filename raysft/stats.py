@@ -30,6 +30,7 @@ class PairedTest:
     statistic: float | None  # the t statistic
     confidence: float = CONFIDENCE
     wins: int = 0  # seeds at which A is better
+    test: str = TEST_NAME  # which test gave the interval (the racing scheduler's pooled one names itself)
 
     @property
     def significant(self) -> bool:
@@ -54,7 +55,7 @@ class PairedTest:
         if self.p is None:
             return f"{self.mean:+.3f} at 1 seed ({self.ci()})"
         return (f"{self.mean:+.3f}, {self.ci()}, t={self.statistic:.2f}, p={self.p:.3f} "
-                f"({TEST_NAME}, n={self.n}, better at {self.wins})")
+                f"({self.test}, n={self.n}, better at {self.wins})")
 
 
 def paired_test(gains: list[float], confidence: float = CONFIDENCE) -> PairedTest:
@@ -78,6 +79,81 @@ def paired_test(gains: list[float], confidence: float = CONFIDENCE) -> PairedTes
     res = stats.ttest_1samp(vals, 0.0)
     ci = res.confidence_interval(confidence_level=confidence)
     return PairedTest(n, mean, float(ci.low), float(ci.high), float(res.pvalue), float(res.statistic), confidence, wins)
+
+
+# ------------------------------------------------------------------------------------ pooled noise (racing's test)
+POOLED_TEST_NAME = "paired t-test over seeds, pooled block-ANOVA error"
+
+
+@dataclass(frozen=True)
+class PooledNoise:
+    """The seed-to-seed noise of a sweep's scores: the error variance of an additive configuration × seed model."""
+
+    variance: float | None  # the residual mean square (None when there are no residual degrees of freedom)
+    df: int  # its degrees of freedom: observations − rank of the additive model
+    n: int  # (configuration, seed) scores used
+
+
+def pooled_noise(scores: dict) -> PooledNoise:
+    """The pooled noise of ``scores`` (``{(configuration, seed): score}``): the residual variance of the
+    randomized-block model ``score = configuration effect + seed effect + error``, fitted by least squares over
+    every (configuration, seed) score seen, balanced or not.
+
+    Why: a race compares configurations after 1–3 seeds, where a per-pair t-test has 0–2 degrees of freedom and
+    almost never rules anything out. Under the additive model every configuration shares one error variance (what
+    a seed moves beyond its common effect on all configurations, which pairing cancels), so all the scores together
+    estimate it with many more degrees of freedom: the error term of a randomized-block ANOVA (seeds are the
+    blocks), generalised to missing cells by the least-squares fit. Its degrees of freedom are the observations
+    minus the model's rank (configurations + seeds − connected groups): a configuration seen at one seed only fits
+    its own effect exactly and adds none, so the estimate needs configurations seen at two seeds or more. The
+    assumption it adds over a per-pair test: the noise is the same for every configuration (homoscedastic)."""
+    import numpy as np
+
+    cells = [(c, s, float(v)) for (c, s), v in scores.items()
+             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
+    n = len(cells)
+    if n == 0:
+        return PooledNoise(None, 0, 0)
+    configs = {c: i for i, c in enumerate(dict.fromkeys(c for c, _, _ in cells))}
+    seeds = {s: i for i, s in enumerate(dict.fromkeys(s for _, s, _ in cells))}
+    x = np.zeros((n, len(configs) + len(seeds)))
+    y = np.array([v for _, _, v in cells])
+    for row, (c, s, _) in enumerate(cells):
+        x[row, configs[c]] = 1.0
+        x[row, len(configs) + seeds[s]] = 1.0
+    coef, _, rank, _ = np.linalg.lstsq(x, y, rcond=None)
+    df = n - int(rank)
+    if df < 1:
+        return PooledNoise(None, 0, n)
+    resid = y - x @ coef
+    return PooledNoise(float(resid @ resid) / df, df, n)
+
+
+def pooled_paired_test(gains: list[float], noise: PooledNoise, confidence: float = CONFIDENCE) -> PairedTest:
+    """A − B over the seeds both have (``gains``), tested against the pooled noise instead of the pairs' own
+    spread: each difference's variance is twice the error variance, so the mean gain's standard error is
+    ``sqrt(2 · variance / n)`` and its interval uses Student's t at ``noise.df`` degrees of freedom. No interval
+    without a noise estimate or a pair."""
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence {confidence}: must be between 0 and 1")
+    vals = [float(g) for g in gains if g is not None and math.isfinite(g)]
+    n = len(vals)
+    if n == 0:
+        return PairedTest(0, None, None, None, None, None, confidence, test=POOLED_TEST_NAME)
+    mean = sum(vals) / n
+    wins = sum(g > 0 for g in vals)
+    if noise.variance is None or noise.df < 1:
+        return PairedTest(n, mean, None, None, None, None, confidence, wins, POOLED_TEST_NAME)
+    from scipy import stats  # imported where it is used (a heavy import)
+
+    se = math.sqrt(2 * noise.variance / n)
+    if se == 0:  # no noise at all: any difference is beyond it
+        return PairedTest(n, mean, mean, mean, 0.0 if mean else 1.0,
+                          math.copysign(math.inf, mean) if mean else 0.0, confidence, wins, POOLED_TEST_NAME)
+    t = mean / se
+    half = float(stats.t.ppf(0.5 + confidence / 2, noise.df)) * se
+    p = float(2 * stats.t.sf(abs(t), noise.df))
+    return PairedTest(n, mean, mean - half, mean + half, p, t, confidence, wins, POOLED_TEST_NAME)
 
 
 # ------------------------------------------------------------------------------------------- bootstrap of a dev score
