@@ -133,6 +133,9 @@ class Outcome:
     default: Row | None  # the best default trial with a full evaluation (the baseline the sweep must beat)
     defaults: list[Row] = field(default_factory=list)
     confidence: float = CONFIDENCE
+    # seed → run of the best and of the default (one run each, or a racing sweep's seeds): what the verdict pairs
+    best_runs: dict[int | None, Row] = field(default_factory=dict)
+    default_runs: dict[int | None, Row] = field(default_factory=dict)
 
     @property
     def dev_gain(self) -> float | None:
@@ -152,11 +155,12 @@ class Outcome:
         return None if g is None else g > 0
 
     def verdict(self) -> Verdict:
-        """The best searched trial against the best default, paired by seed (:func:`judge`): at the sweep's one seed
-        it says that one seed cannot tell."""
+        """The best searched configuration against the best default, paired by seed (:func:`judge`): at the
+        sweep's one seed it says that one seed cannot tell; racing, it tests their seeds."""
         best, default = self.best, self.default
-        return judge(best and best.id, {best.seed: best} if best else {},
-                     default and default.id, {default.seed: default} if default else {}, self.confidence)
+        best_runs = self.best_runs or ({best.seed: best} if best else {})
+        default_runs = self.default_runs or ({default.seed: default} if default else {})
+        return judge(best and best.id, best_runs, default and default.id, default_runs, self.confidence)
 
     def line(self) -> str:
         """``best dev 0.621 vs default 0.600 (+0.021) · test 0.580 vs 0.575 (+0.005) [sc-sft c vs lt-sft default a]
@@ -167,7 +171,9 @@ class Outcome:
             return f"best dev {_f(self.best.dev)}: no default trial finished (nothing to compare with)"
         if self.best is None:
             return f"default dev {_f(self.default.dev)} ({self.default.method}): no searched trial finished yet"
-        out = f"best dev {_f(self.best.dev)} vs default {_f(self.default.dev)} ({_g(self.dev_gain)})"
+        seeds = (f" (mean of {len(self.best_runs)} vs {len(self.default_runs)} seeds)"
+                 if max(len(self.best_runs), len(self.default_runs)) > 1 else "")
+        out = f"best dev {_f(self.best.dev)} vs default {_f(self.default.dev)} ({_g(self.dev_gain)}){seeds}"
         if self.test_gain is not None:
             out += f" · test {_f(self.best.test)} vs {_f(self.default.test)} ({_g(self.test_gain)})"
         out += f" [{self.best.method} {self.best.id} vs {self.default.method} default {self.default.id}]"
@@ -201,13 +207,34 @@ def _g(x) -> str:
 
 
 def versus_default(rows: list[Row], confidence: float = CONFIDENCE) -> Outcome:
-    """The best searched trial against the best default trial, both with a full evaluation (a trial stopped early
-    has only an intermediate dev score, on a partly trained model: it is never the best nor the default)."""
-    finals = [r for r in rows if r.final and _num(r.dev) is not None]
-    defaults = sorted((r for r in finals if r.default), key=lambda r: -r.dev)
-    searched = sorted((r for r in finals if not r.default), key=lambda r: -r.dev)
-    return Outcome(best=searched[0] if searched else None, default=defaults[0] if defaults else None, defaults=defaults,
-                   confidence=confidence)
+    """The best searched configuration against the best default, both with full evaluations (a trial stopped early
+    has only an intermediate dev score, on a partly trained model: it is never the best nor the default). A
+    configuration is a trial id; a racing sweep's trial has one row per seed: the best is the one with the most
+    seeds, then the best mean dev (a racing configuration with fewer seeds was stopped, or is still running), and
+    the verdict pairs the two by seed. With one row per trial this is the best dev."""
+    groups: dict[str, dict[int | None, Row]] = {}
+    for r in rows:
+        if r.final and _num(r.dev) is not None:
+            groups.setdefault(r.id, {})[r.seed] = r
+    ranked = sorted(groups.values(), key=lambda runs: (-len(runs), -statistics.fmean(r.dev for r in runs.values())))
+    defaults = [runs for runs in ranked if any(r.default for r in runs.values())]
+    searched = [runs for runs in ranked if not any(r.default for r in runs.values())]
+    best = searched[0] if searched else {}
+    default = defaults[0] if defaults else {}
+    return Outcome(best=_mean_row(best), default=_mean_row(default), defaults=[_mean_row(d) for d in defaults],
+                   confidence=confidence, best_runs=best, default_runs=default)
+
+
+def _mean_row(runs: dict[int | None, Row]) -> Row | None:
+    """A configuration's row: its one run, or (racing) its mean dev and test over its seeds, seed None."""
+    if not runs:
+        return None
+    if len(runs) == 1:
+        return next(iter(runs.values()))
+    first = next(iter(runs.values()))
+    tests = [t for t in (_num(r.test) for r in runs.values()) if t is not None]
+    return dataclasses.replace(first, dev=statistics.fmean(r.dev for r in runs.values()),
+                               test=statistics.fmean(tests) if tests else None, seed=None)
 
 
 # ------------------------------------------------------------------------------------------------------ confirm
@@ -318,9 +345,41 @@ def row_of(t) -> Row | None:
     )
 
 
+def seed_rows(t) -> list[Row]:
+    """A trial's rows: its one row (:func:`row_of`), or a racing trial's one row per seed it finished (each a full
+    evaluation, kept even if the trial failed at a later seed); none when it never reported."""
+    row = row_of(t)
+    if row is None:
+        return []
+    r = _result(t)
+    devs, tests = seed_scores(r, "dev"), seed_scores(r, "test")
+    if not devs:
+        return [row]
+    return [dataclasses.replace(row, dev=devs[s], test=tests.get(s), seed=s, final=r.get("phase") == "final")
+            for s in sorted(devs)]
+
+
 def rows_of(items) -> list[Row]:
-    """The rows of the trials that reported (a trial that never did has none: never zip this with ``items``)."""
-    return [row for row in map(row_of, items) if row is not None]
+    """The rows of the trials that reported, one per (trial, seed) when racing (a trial that never did has none:
+    never zip this with ``items``)."""
+    return [row for t in items for row in seed_rows(t)]
+
+
+# A racing trial's report (raysft.sweep.racing.Race.report) carries each finished seed's scores under these keys.
+SEED_DEV, SEED_TEST = "seed_dev/", "seed_test/"
+
+
+def seed_scores(result: dict, split: str = "dev") -> dict[int, float]:
+    """seed → score of a racing trial's report (empty for any other report)."""
+    key = SEED_DEV if split == "dev" else SEED_TEST
+    out = {}
+    for k, v in (result or {}).items():
+        if k.startswith(key) and _num(v) is not None:
+            try:
+                out[int(k[len(key):])] = float(v)
+            except ValueError:
+                continue
+    return out
 
 
 def outcome_of(items, confidence: float = CONFIDENCE) -> Outcome:

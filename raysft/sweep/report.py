@@ -49,6 +49,8 @@ def trial_lines_callback(confidence: float = CONFIDENCE):
             final = r.get("phase") == "final"
             stopped = "" if final else ", stopped early"
             reused = ", dense reused" if r.get("dense_cache") == "reused" else ""
+            if "seeds_done" in r:  # racing: the dev is the mean over the seeds it ran
+                reused += f", mean of {r['seeds_done']} seed{'s' if r['seeds_done'] != 1 else ''}"
             test = r.get("avg/test")
             test = f" test {test:.4f}" if isinstance(test, (int, float)) else ""
             line = (f"trial {trial.trial_id}: {describe(trial.config['sample'])} → dev {score:.4f}{test} "

@@ -154,6 +154,13 @@ def final_metrics(metrics: dict, extra: dict | None = None) -> list[tuple[str, f
         out.append(("dense_cache_hit", 1.0 if extra["dense_cache"] == "reused" else 0.0, 0))
     if extra.get("time_total_s") is not None:
         out.append(("time/total_s", float(extra["time_total_s"]), 0))
+    if extra.get("seeds_done") and isinstance(extra.get("objective"), (int, float)):
+        # racing (raysft.sweep.racing): metrics.json is the last seed's run; the objective is the mean over the
+        # trial's seeds, and each seed's dev and test scores are logged beside it
+        out = [m for m in out if m[0] != "objective"] + [("objective", float(extra["objective"]), last_step),
+                                                          ("seeds_done", float(extra["seeds_done"]), 0)]
+        out += [(k, float(v), 0) for k, v in extra.items() if k.startswith(("seed_dev/", "seed_test/"))
+                and isinstance(v, (int, float))]
     return [(k, v, s) for k, v, s in out if isinstance(v, float) and math.isfinite(v)]
 
 
