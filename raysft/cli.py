@@ -562,7 +562,7 @@ def tune(
         from raysft.sweep.confirm import confirm_picks, confirm_seeds
 
         picks = confirm_picks(list(grid), confirm)
-        _confirm(cfg.model_dump(mode="json"), picks, confirm_seeds(cfg.seed, seeds), experiment, address=address,
+        _confirm(cfg.model_dump(mode="json"), picks, confirm_seeds(cfg.seed, seeds, cfg.tune.seeds), experiment, address=address,
                  verbose=verbose, tracking_uri=tracking_uri if track else None, track=track)
 
 
@@ -727,8 +727,8 @@ def confirm_cmd(
     picks = confirm_picks(trials, top)
     console.print(f"confirm {exp.name}: sweep {parent.info.run_id[:8]} at {experiment_dir}: "
                   + ", ".join(("default " if (s or {}).get("default") else "") + label for label, s in picks), highlight=False)
-    _confirm(base, picks, confirm_seeds(int(base.get("seed", 0)), seeds), experiment_dir, address=address,
-             verbose=verbose, tracking_uri=tracking_uri, track=True)
+    fresh = confirm_seeds(int(base.get("seed", 0)), seeds, int((base.get("tune") or {}).get("seeds", 1)))
+    _confirm(base, picks, fresh, experiment_dir, address=address, verbose=verbose, tracking_uri=tracking_uri, track=True)
 
 
 @app.command()

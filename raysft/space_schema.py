@@ -162,6 +162,12 @@ class TuneConfig(BaseModel):
     dense_wait_s: float = Field(21600.0, gt=0)
     # The confidence of every verdict (the paired test over seeds, the bootstrap interval of a dev score).
     confidence: float = Field(0.95, gt=0, lt=1)
+    # Racing: each trial evaluates its configuration at up to this many seeds (the config's `seed`, then + 1000,
+    # + 2000, …), one seed after the other, and the searcher learns from the seed-averaged objective. With early
+    # stopping on (tune.scheduler: asha) the racing scheduler replaces ASHA: it stops a searched configuration once
+    # the seeds it shares with the default (or the leader) rule it out (raysft.sweep.racing); with `none` every
+    # configuration runs every seed. 1: one seed per trial, ASHA as before.
+    seeds: int = Field(1, ge=1)
 
 
 def parse_space(method: str, block: dict | None) -> dict[str, Any]:

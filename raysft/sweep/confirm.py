@@ -9,17 +9,19 @@ from raysft.config import Config
 from raysft.errors import RaysftError
 from raysft.outcome import Row, confirm_summary, confirm_verdict, errored, row_of
 from raysft.stats import CONFIDENCE
+from raysft.sweep.racing import SEED_STEP
 from raysft.sweep.report import trial_lines_callback
 from raysft.sweep.trial import run_trial
 from raysft.sweep.watch import watch_sweep
 
 
-def confirm_seeds(base_seed: int, n: int) -> list[int]:
-    """n seeds, none equal to the sweep's own (``base_seed``) nor to the neighbours the recipe derives from a seed
-    (seed + 1 orders the sparse phase's data)."""
+def confirm_seeds(base_seed: int, n: int, racing: int = 1) -> list[int]:
+    """n seeds, none equal to a seed the sweep ran (``base_seed``, and with ``racing`` seeds per trial its racing
+    seeds, :func:`raysft.sweep.racing.racing_seeds`) nor to the neighbours the recipe derives from a seed (seed + 1
+    orders the sparse phase's data): fresh seeds test the configurations on noise the sweep did not choose them on."""
     if n < 1:
         raise RaysftError(f"--seeds {n}: confirm needs at least 1 seed")
-    return [base_seed + 1000 * (i + 1) for i in range(n)]
+    return [base_seed + SEED_STEP * (max(1, racing) + i) for i in range(n)]
 
 
 def confirm_picks(items, top: int) -> list[tuple[str, dict]]:

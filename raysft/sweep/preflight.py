@@ -35,7 +35,7 @@ from raysft.space_schema import (
     ShapeBudget,
 )
 from raysft.sweep.space import describe, sample
-from raysft.sweep.study import make_study
+from raysft.sweep.study import make_study, uses_asha, uses_racing
 
 # --------------------------------------------------------------------------------------------------- counting
 _UNBOUNDED = math.inf
@@ -232,8 +232,9 @@ def dry_run_lines(cfg: Config, trials: int, max_concurrent: int | None = None, s
     facts = check_model_and_spaces(cfg, strict=False)
     t = cfg.tune
     sampler = "TPE (constant_liar" + (", multi-objective: dev ↑, K ↓)" if t.multi_objective else ")")
-    scheduler = (f"ASHA (grace {t.grace_period}, reduction {t.reduction_factor})"
-                 if t.scheduler == "asha" and not t.multi_objective else "none")
+    scheduler = (f"ASHA (grace {t.grace_period}, reduction {t.reduction_factor})" if uses_asha(cfg)
+                 else f"racing (up to {t.seeds} seeds per configuration, stops at {t.confidence:.0%})" if uses_racing(cfg)
+                 else "none" + (f", {t.seeds} seeds per configuration" if t.seeds > 1 else ""))
     out = [f"{cfg.name}: dry run, nothing started · {trials} trials of {', '.join(t.methods)} on {cfg.model} · "
            f"sampler {sampler}, seed {t.seed} · scheduler {scheduler}"]
     if "skipped" in facts:

@@ -84,5 +84,13 @@ def define_by_run(trial, methods: list[str], spaces: dict) -> dict:
 
 
 def uses_asha(cfg: Config) -> bool:
-    """Whether the sweep stops trials early with ASHA (on each report's dev objective)."""
-    return cfg.tune.scheduler == "asha" and not cfg.tune.multi_objective
+    """Whether the sweep stops trials early with ASHA (on each report's dev objective). Not when racing: a racing
+    trial reports once per seed, and the racing scheduler stops it on the seeds' test instead."""
+    return cfg.tune.scheduler == "asha" and not cfg.tune.multi_objective and cfg.tune.seeds == 1
+
+
+def uses_racing(cfg: Config) -> bool:
+    """Whether the sweep stops trials with the racing scheduler (:class:`raysft.sweep.scheduler.RacingScheduler`):
+    several seeds per trial and early stopping on. A multi-objective sweep keeps every configuration (one worse on
+    dev may be better on K), so its trials run every seed."""
+    return cfg.tune.scheduler == "asha" and not cfg.tune.multi_objective and cfg.tune.seeds > 1

@@ -24,7 +24,7 @@ from raysft.storage import join as storage_join
 from raysft.sweep.dev_record import get_record
 from raysft.sweep.preflight import check_model_and_spaces, check_not_exhausted
 from raysft.sweep.report import trial_lines_callback
-from raysft.sweep.study import OBJECTIVE, make_searcher, uses_asha
+from raysft.sweep.study import OBJECTIVE, make_searcher, uses_asha, uses_racing
 from raysft.sweep.trial import run_trial
 from raysft.sweep.watch import watch_sweep
 
@@ -58,7 +58,7 @@ def run_sweep(
 
     from raysft.sweep.dense_cache import get_cache
     from raysft.sweep.interrupt import InterruptStopper, graceful_interrupt, interrupted
-    from raysft.sweep.scheduler import DefaultsFinishASHA
+    from raysft.sweep.scheduler import DefaultsFinishASHA, RacingScheduler
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     trials = trials if trials is not None else cfg.tune.trials
@@ -122,7 +122,10 @@ def run_sweep(
                 f"{trials} trials: {n_defaults} at the defaults ({', '.join(cfg.tune.methods[:n_defaults]) or 'none'})"
                 + (", then multi-objective TPE" if cfg.tune.multi_objective else f", {max(0, n_startup - n_defaults)} random, then TPE")
                 + (f"; ASHA stops weak searched trials after {cfg.tune.grace_period} report(s)"
-                   if uses_asha(cfg) else ""),
+                   if uses_asha(cfg) else "")
+                + (f"; racing: each configuration at up to {cfg.tune.seeds} seeds, the default at all of them"
+                   + (", a searched one stopped once ruled out (paired by seed, pooled noise, "
+                      f"{cfg.tune.confidence:.0%})" if uses_racing(cfg) else "") if cfg.tune.seeds > 1 else ""),
                 highlight=False,
             )
         scheduler = None
@@ -131,6 +134,8 @@ def run_sweep(
                 metric=OBJECTIVE, mode="max", grace_period=cfg.tune.grace_period,
                 reduction_factor=cfg.tune.reduction_factor, max_t=10_000,
             )
+        elif uses_racing(cfg):  # seeds inside the search: a searched trial stops once its seeds rule it out
+            scheduler = RacingScheduler(cfg.tune.confidence)
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
