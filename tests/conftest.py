@@ -54,3 +54,17 @@ def random_batches(n: int, seed: int = 0, vocab: int = 40, length: int = 12, bat
 @pytest.fixture
 def data_dir():
     return needs_data()
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray (2 CPUs) for one test module's actors, shut down at the module's end unless it was already up."""
+    ray = pytest.importorskip("ray")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    if started:
+        ray.shutdown()

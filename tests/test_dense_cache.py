@@ -18,16 +18,6 @@ from raysft.distributed.train_workers import DenseProgress, publish_theta1  # no
 from raysft.sweep.dense_cache import DenseCache, Lease, acquire  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    if started:
-        ray.shutdown()
-
-
 @pytest.fixture
 def cache(local_ray, tmp_path):
     name = f"cache-{time.monotonic_ns()}"

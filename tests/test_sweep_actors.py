@@ -23,16 +23,6 @@ from raysft.sweep import dev_record  # noqa: E402
 from raysft.sweep.dense_cache import find_cache  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    if started:
-        ray.shutdown()
-
-
 @ray.remote(num_cpus=0)
 def _trial(trial_id: str) -> dict:
     """What a trial driver looks up by name, and the dense phase it claims."""
