@@ -352,11 +352,18 @@ def seed_rows(t) -> list[Row]:
     if row is None:
         return []
     r = _result(t)
-    devs, tests = seed_scores(r, "dev"), seed_scores(r, "test")
+    return per_seed(row, r, final=r.get("phase") == "final")  # a finished seed's scores stand if a later seed failed
+
+
+def per_seed(row: Row, scores: dict, final: bool | None = None) -> list[Row]:
+    """``row`` as one row per seed when ``scores`` (a racing trial's report, or its run's metrics) carries per-seed
+    scores (``final``: theirs, when given; else the row's); else ``row`` alone. The one place a trial's seeds
+    become rows (Tune results and MLflow runs alike)."""
+    devs, tests = seed_scores(scores, "dev"), seed_scores(scores, "test")
     if not devs:
         return [row]
-    return [dataclasses.replace(row, dev=devs[s], test=tests.get(s), seed=s, final=r.get("phase") == "final")
-            for s in sorted(devs)]
+    final = row.final if final is None else final
+    return [dataclasses.replace(row, dev=devs[s], test=tests.get(s), seed=s, final=final) for s in sorted(devs)]
 
 
 def rows_of(items) -> list[Row]:

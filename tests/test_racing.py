@@ -227,3 +227,21 @@ def test_a_racing_sweep_runs_the_default_at_every_seed_and_prints_its_verdict_wi
     out = out.replace("\n", " ")  # the console wraps long lines at spaces
     assert re.search(r"paired over seeds: dev .*95% CI \[[+-]\d\.\d{3}, [+-]\d\.\d{3}\]", out), out[-3000:]
     print(f"racing sweep: {time.perf_counter() - started:.0f}s")
+
+
+def test_compare_reads_a_racing_sweeps_runs_per_seed():
+    """`raysft compare` builds best vs default from MLflow runs: a racing trial's run logged each seed's scores
+    (seed_dev/<seed>), so the verdict pairs them by seed as the sweep did, instead of one seed-averaged row."""
+    from raysft.results.ranking import RunRow, outcome_of_runs
+
+    def run(trial, default, devs):
+        metrics = {"objective": sum(devs.values()) / len(devs), **{f"seed_dev/{s}": v for s, v in devs.items()},
+                   **{f"seed_test/{s}": v - 0.01 for s, v in devs.items()}}
+        return RunRow(run_id=f"{trial}-run", name=trial, kind="trial", trial_id=trial, status="FINISHED",
+                      params={"method": "sc-sft", "seed": "0"}, metrics=metrics, score=metrics["objective"],
+                      tags={"raysft.default": "true"} if default else {})
+
+    rows = [run("d", True, {0: 0.60, 1000: 0.62, 2000: 0.61}), run("a", False, {0: 0.65, 1000: 0.672, 2000: 0.659})]
+    verdict = outcome_of_runs(rows).verdict()
+    assert verdict.best == "a" and verdict.default == "d" and verdict.seeds == (0, 1000, 2000)
+    assert verdict.dev.n == 3 and verdict.dev.mean == pytest.approx(0.0503, abs=1e-4) and verdict.significant

@@ -128,7 +128,7 @@ def rank(tracking_uri: str | None, experiment: str, metric: str | None = None, t
 def outcome_of_runs(rows: list[RunRow], confidence: float | None = None):
     """Best searched trial vs default (:func:`raysft.outcome.versus_default`) over an experiment's runs, paired by the
     seed each run logged."""
-    from raysft.outcome import Row, versus_default
+    from raysft.outcome import Row, per_seed, versus_default
     from raysft.stats import CONFIDENCE
 
     def seed(r: RunRow) -> int | None:
@@ -137,11 +137,14 @@ def outcome_of_runs(rows: list[RunRow], confidence: float | None = None):
         except (KeyError, ValueError):
             return None
 
+    # A racing trial's run logged each seed's scores (seed_dev/<seed>): one row per seed, as the sweep judged it.
     return versus_default([
-        Row(id=r.trial_id or r.run_id[:8], method=r.method, dev=r.metrics.get(record.DEFAULT_METRIC),
-            test=r.metrics.get("avg/test"), default=r.tags.get("raysft.default") == "true",
-            final=r.status == "FINISHED" and r.kind == "trial", seed=seed(r))
+        seeded
         for r in rows
+        for seeded in per_seed(Row(
+            id=r.trial_id or r.run_id[:8], method=r.method, dev=r.metrics.get(record.DEFAULT_METRIC),
+            test=r.metrics.get("avg/test"), default=r.tags.get("raysft.default") == "true",
+            final=r.status == "FINISHED" and r.kind == "trial", seed=seed(r)), r.metrics)
     ], CONFIDENCE if confidence is None else confidence)
 
 
