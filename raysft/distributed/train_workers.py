@@ -58,12 +58,14 @@ from raysft.train.phases import Hooks, Resume, SparseRun, Trained, delta_from_up
 from raysft.train.spill import HEAP_SLACK, keep_heap_top
 from raysft.train.recipe import (
     Run,
+    average,
     eval_loaders,
     evaluate,
     evaluation_metrics,
     merge_results,
     peak_memory_bytes,
     prepare,
+    primary_scores,
     run_metrics,
     task_job,
     training_base,
@@ -555,8 +557,10 @@ class _Worker:
         passes: dict[str, float] = {"data": time.perf_counter() - t}  # the eval sets read and tokenised (cached)
         results = evaluate(sub, delta, theta0, timed_loaders(loaders, passes))
         if first != splits:
-            dev = evaluation_metrics(run, merge_results([r for r, _ in comm.gather((results, None))], run.eval_langs))
-            leading = self.test_leads(dev["avg"].get("dev"))
+            # only the targets' dev average decides (not the whole metrics record, with its bootstrap intervals)
+            merged = merge_results([r for r, _ in comm.gather((results, None))], run.eval_langs)
+            dev = primary_scores(merged).get("dev")
+            leading = self.test_leads(None if dev is None else average(dev, run.target_langs, run.task.metric))
             dist_info["test_scored"] = leading
             if leading:
                 t_test = time.perf_counter()

@@ -323,10 +323,7 @@ def evaluation_metrics(run: Run, results: dict) -> dict:
     scores where a language has an SFT (θ0 + lang + task is the product) and task-only elsewhere; both are kept in
     full under ``task_only`` and ``composed``, with their targets' averages, and languages without an SFT are named."""
     metric = run.task.metric
-    primary = {
-        split: {lang: results["composed"][split].get(lang, m) for lang, m in by_lang.items()}
-        for split, by_lang in results["task_only"].items()
-    }
+    primary = primary_scores(results)
     out = {
         "dev": primary.get("dev", {}),
         "test": primary.get("test", {}),
@@ -342,6 +339,14 @@ def evaluation_metrics(run: Run, results: dict) -> dict:
         "lang_sft_warnings": list(run.lang_sft_warnings),
     }
     return out
+
+
+def primary_scores(results: dict) -> dict[str, dict[str, dict]]:
+    """{split: {lang: metrics}}: the composed score where a language has an SFT, task-only elsewhere."""
+    return {
+        split: {lang: results["composed"][split].get(lang, m) for lang, m in by_lang.items()}
+        for split, by_lang in results["task_only"].items()
+    }
 
 
 def composition_summary(results: dict, targets: list[str], metric: str) -> dict:
