@@ -159,6 +159,13 @@ class AppliedDelta:
         self._saved = []
         self.reverted = True
 
+    @staticmethod
+    def stack(handles: list[AppliedDelta]) -> AppliedDelta:
+        """One handle for several applies made in this order: its ``revert()`` undoes them all, the last first."""
+        if any(h.reverted for h in handles):
+            raise RuntimeError("a delta application in the stack was already reverted; stack only applied deltas")
+        return AppliedDelta([entry for h in handles for entry in h._saved])
+
     def __enter__(self) -> AppliedDelta:
         return self
 
@@ -302,6 +309,13 @@ class SparseDelta:
                     f"{source}: abs tensor {name!r} has shape {_shape(t.shape)} but the head has {_shape(shape)} "
                     "(a different number of labels?); apply it without its head (with_abs=False) or to a matching model"
                 )
+
+    def check(self, space, source="delta", *, check_abs: bool = True) -> None:
+        """Refuse, with one line naming the first tensor that differs, a delta made for another base model (by its
+        fingerprint) or one whose names, indices or shapes do not fit the space (its abs tensors too, unless
+        ``check_abs`` is False: a language SFT's MLM head fits no classification model). Nothing is modified."""
+        _check_base(self, space, source)
+        (self if check_abs else SparseDelta(self.diffs, None, self.meta))._check_against(space, str(source))
 
     def apply(self, space, *, with_abs: bool = True) -> AppliedDelta:
         """Add the delta to the space's parameters in place (abs tensors copied); returns the revert handle."""
@@ -528,9 +542,15 @@ class SparseDelta:
             diffs[name] = (idx, val)
         delta = cls(diffs, abs_, file_meta)
         if space is not None:
-            _check_base(delta, space, path)
-            (delta if check_abs else SparseDelta(delta.diffs, None, delta.meta))._check_against(space, str(path))
+            delta.check(space, path, check_abs=check_abs)
         return delta
+
+
+def delta_format(path) -> str | None:
+    """The raysft delta format a safetensors file declares, from its header alone; None for a readable safetensors
+    file that is not a raysft delta (a model's weights). A damaged or truncated file raises RaysftError."""
+    fmt = (_read_safetensors_header(Path(path)).get("__metadata__") or {}).get("format")
+    return fmt if fmt in FORMATS else None
 
 
 def read_metadata(path) -> dict[str, str]:
@@ -702,13 +722,9 @@ def _column_major_to_row_major(flat: Tensor, size: tuple[int, ...]) -> Tensor:
     return out
 
 
-def import_composable_sft(path, space) -> SparseDelta:
-    """Convert composable-sft's ``pytorch_diff.bin`` (a torch.save dict, column-major flat indices) to a SparseDelta.
-
-    Diff names are full model names; maskable ones become base-relative. Abs tensors of this model's head are kept;
-    abs tensors naming no parameter here (e.g. an MLM head) are dropped and counted in ``meta["dropped_abs"]``.
-    Loaded with ``weights_only=True`` and an allow-list of numpy integer scalars: anything else is refused.
-    """
+def read_composable_sft(path) -> dict:
+    """composable-sft's ``pytorch_diff.bin`` as read (``{"diffs": {…}, "abs": {…}}``), before any model is known.
+    Loaded with ``weights_only=True`` and an allow-list of numpy integer scalars: anything else is refused."""
     path = Path(path)
     if not path.is_file():
         raise RaysftError(f"composable-sft file {path} does not exist; pass the path of its pytorch_diff.bin")
@@ -719,6 +735,21 @@ def import_composable_sft(path, space) -> SparseDelta:
             f"{path} is not a composable-sft diff file (no 'diffs' dict at the top); pass its pytorch_diff.bin"
         )
     abs_in = obj.get("abs", obj.get("head")) or {}
+    if not isinstance(abs_in, dict):
+        raise RaysftError(f"{path}: its 'abs' entry is not a dict of tensors; the file is damaged: re-export it")
+    return {"diffs": diffs_in, "abs": abs_in}
+
+
+def import_composable_sft(path, space, contents: dict | None = None) -> SparseDelta:
+    """Convert composable-sft's ``pytorch_diff.bin`` (a torch.save dict, column-major flat indices) to a SparseDelta.
+
+    Diff names are full model names; maskable ones become base-relative. Abs tensors of this model's head are kept;
+    abs tensors naming no parameter here (e.g. an MLM head) are dropped and counted in ``meta["dropped_abs"]``.
+    ``contents``: the file as :func:`read_composable_sft` read it already (else it is read from ``path``).
+    """
+    path = Path(path)
+    obj = contents if contents is not None else read_composable_sft(path)
+    diffs_in, abs_in = obj["diffs"], obj["abs"]
     maskable = {p.name for p in space.maskable}
     head = set(space.head)
     frozen = set(space.frozen)
