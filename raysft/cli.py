@@ -734,7 +734,7 @@ def confirm_cmd(
 @app.command()
 def export(
     experiment: Annotated[str, typer.Argument(help="an MLflow experiment (a space's name)")],
-    out: Annotated[Path, typer.Option(help="the folder to write (task delta, README.md model card, metrics, plots)")],
+    out: Annotated[Path, typer.Option(help="the folder to write, laid out as a Hugging Face model repo (task delta, README.md model card, config, metrics, plots)")],
     run_id: Annotated[str | None, typer.Option(help="the run to export (see raysft compare)")] = None,
     best: Annotated[bool, typer.Option(help="export the configuration that beats the default beyond the seeds' noise (the latest sweep's verdict: raysft confirm's, else the sweep's own), else the default")] = False,
     allow_unconfirmed: Annotated[bool, typer.Option(help="with --best: export the best finished run by --metric even though no verdict says it beats the default")] = False,
@@ -744,7 +744,8 @@ def export(
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow store (default $MLFLOW_TRACKING_URI, else sqlite:///runs/mlflow.db)")] = None,
 ) -> None:
     """Export one trial: its task delta, a model card (README.md) stating the verdict that chose it, and the language
-    SFTs it was evaluated with."""
+    SFTs it was evaluated with, as a folder that `huggingface-cli upload` publishes as a hub model repo and
+    raysft.load_sft reads back."""
     from raysft.export.run import export_run
 
     if confirmed:  # the flag of the old --best, which ranked on one seed: what it asked for is now --best itself

