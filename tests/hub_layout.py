@@ -1,7 +1,7 @@
 """Test helper: the tasks' hub dataset repos, laid out as on the Hugging Face hub (README configs, parquet files,
 columns, ClassLabels; see raysft/tasks/hub.py), written into a Hugging Face cache as snapshots, plus the same rows
 as a local data folder (the layout of shared/data). So the hub code path runs offline and can be compared row by
-row with the local one."""
+row with the local one. SFT model repos too (:func:`write_model_snapshot`)."""
 
 from __future__ import annotations
 
@@ -32,6 +32,21 @@ def write_snapshot(cache: Path, repo_id: str, revision: str, files: dict[str, ob
             content.to_parquet(str(path))
         else:
             path.write_text(str(content))
+    return snap
+
+
+def write_model_snapshot(cache: Path, repo_id: str, folder: Path) -> Path:
+    """A model repo's snapshot in a Hugging Face hub cache, as ``huggingface-cli upload <repo_id> <folder>`` then a
+    download leave it: ``models--<owner>--<name>/refs/main`` holding a commit hash and ``snapshots/<hash>/`` the
+    folder's files (subfolders included)."""
+    import shutil
+
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    commit = hashlib.sha1(f"{repo_id}@main".encode()).hexdigest()
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+    snap = repo / "snapshots" / commit
+    shutil.copytree(folder, snap, dirs_exist_ok=True)
     return snap
 
 
