@@ -211,7 +211,7 @@ def test_a_racing_sweep_runs_the_default_at_every_seed_and_prints_its_verdict_wi
     needs_data()
     started = time.perf_counter()
     proc = subprocess.run(
-        tune_cmd("--trials", "3", "--storage", str(tmp_path), "--set", "tune.seeds=2", "--no-track"),
+        tune_cmd("--trials", "2", "--storage", str(tmp_path), "--set", "tune.seeds=2", "--no-track"),
         capture_output=True, text=True, env=ENV, cwd=REPO, timeout=1500,
     )
     out = proc.stdout
