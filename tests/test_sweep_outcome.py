@@ -1,10 +1,9 @@
 """Sweeps that beat their default: the presets' spaces, the default trials enqueued first (and labelled), TPE's
-start-up sized to the sweep, best vs default (one pure function), and the confirm step's seeds."""
+start-up sized to the sweep, best vs default (one pure function), and the confirm step's seeds (a real sweep with its
+confirm: tests/test_tune.py)."""
 
 import json
 import math
-import subprocess
-import sys
 
 import optuna
 import pytest
@@ -26,7 +25,6 @@ from raysft.sweep.space import (
     sample,
 )
 from raysft.sweep.study import default_lookup, make_searcher, startup_trials
-from tests.conftest import REPO, needs_data
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 HIDDEN = {"sa": 768, "nli": 768, "sa-cpu": 384, "nli-cpu": 384, "smoke": 32}
@@ -407,79 +405,6 @@ def test_confirm_picks_take_each_sample_from_its_own_trial():
         trial("c", s["c"], {"trial_id": "c", "objective": 0.65, "phase": "final"}),
     ]
     assert confirm_picks(trials, 2) == [("d", trials[0].config["sample"]), ("c", s["c"]), ("a", s["a"])]
-
-
-# ------------------------------------------------------------------------------------------------------ Ray
-@pytest.mark.slow
-def test_sweep_runs_the_default_first_and_confirm_logs_distinct_seeds(tmp_path):
-    """A real smoke sweep (2 trials) with --confirm 1 --seeds 2: the first trial Tune starts is the default, labelled
-    in the table, the MLflow child run and the parent's best-vs-default; the confirm runs use new, distinct seeds,
-    and their mean ± sd lands on the parent run."""
-    needs_data()
-    from mlflow import MlflowClient
-
-    from tests.test_tune import ENV, trial_results
-
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    storage = tmp_path / "tune"
-    proc = subprocess.run(
-        [sys.executable, "-m", "raysft.cli", "tune", "smoke", "--trials", "2", "--storage", str(storage),
-         "--tracking-uri", uri, "--set", "tune.scheduler=none", "--confirm", "1", "--seeds", "2"],
-        capture_output=True, text=True, env=ENV, cwd=REPO, timeout=1200,
-    )
-    out = " ".join(proc.stdout.split())
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "1 at the defaults (sc-sft)" in out and "sc-sft (default)" in out and "vs default" in out
-    trials = sorted((storage / "smoke").glob("run_trial_*"), key=lambda p: int(p.name.split("_")[3]))
-    first = json.loads((trials[0] / "params.json").read_text())["sample"]
-    assert first["default"] is True and first["settings"] == {} and first["overrides"] == {}
-    assert "default" not in json.loads((trials[1] / "params.json").read_text())["sample"]
-
-    c = MlflowClient(uri)
-    runs = c.search_runs([c.get_experiment_by_name("smoke").experiment_id])
-    parent = next(r for r in runs if r.data.tags.get("raysft.kind") == "sweep")
-    trial_runs = [r for r in runs if r.data.tags.get("raysft.kind") == "trial"]
-    defaults = [r for r in trial_runs if r.data.tags.get("raysft.default") == "true"]
-    assert len(trial_runs) == 2 and len(defaults) == 1
-    assert parent.data.tags["raysft.default_trial"] == defaults[0].data.tags["trial_id"]
-    assert parent.data.metrics["default/dev"] == defaults[0].data.metrics["objective"]
-    assert "best_vs_default/dev" in parent.data.metrics and "vs default" in parent.data.tags["raysft.best_vs_default"]
-
-    confirm = [r for r in runs if r.data.tags.get("raysft.kind") == "confirm"]
-    assert len(confirm) == 4  # (default + the best searched trial) x 2 seeds
-    by_config: dict[str, list[int]] = {}
-    for r in confirm:
-        seed = int(r.data.tags["raysft.confirm_seed"])
-        assert int(r.data.params["seed"]) == seed and r.data.tags["mlflow.parentRunId"] == parent.info.run_id
-        by_config.setdefault(r.data.tags["raysft.confirm_config"], []).append(seed)
-    assert set(by_config) == {t.data.tags["trial_id"] for t in trial_runs}
-    assert all(sorted(s) == [1000, 2000] for s in by_config.values())  # distinct, and not the sweep's seed 0
-    assert parent.data.tags["raysft.confirm_seeds"] == "1000,2000" and "confirm/default/dev_mean" in parent.data.metrics
-    confirm_reports = trial_results(next((storage).glob("smoke-confirm-*"))).values()
-    finals = [r[-1] for r in confirm_reports]
-    assert len(finals) == 4 and all(f["phase"] == "final" for f in finals)
-    # no searcher or scheduler ranks a confirm run: only its final evaluation scores dev (no per-epoch dev passes)
-    # (a checkpoint's objective is NaN: not measured)
-    assert all(math.isnan(r["objective"]) for reports in confirm_reports for r in reports[:-1])
-    assert any(len(reports) > 1 for reports in confirm_reports)  # it did report (checkpoints) before the end
-    assert "confirm: mean ± sd" in out and "paired t-test over seeds, n=2" in out
-    confirm_out = out[out.index("confirm: 2 configurations"):]
-    assert ": sparse (" in confirm_out and ": eval (" in confirm_out  # the confirm runs' phases are shown as they run
-
-    # `raysft confirm` again with a third seed: the 4 pairs that finished are kept, only the 2 missing ones run
-    proc = subprocess.run(
-        [sys.executable, "-m", "raysft.cli", "confirm", "smoke", "--top", "1", "--seeds", "3", "--tracking-uri", uri],
-        capture_output=True, text=True, env=ENV, cwd=REPO, timeout=1200,
-    )
-    again = " ".join(proc.stdout.split())
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "4 of 6 runs already finished under this sweep (kept); 2 to run" in again, again[-2000:]
-    confirm = [r for r in c.search_runs([parent.info.experiment_id]) if r.data.tags.get("raysft.kind") == "confirm"]
-    seeds = sorted(int(r.data.tags["raysft.confirm_seed"]) for r in confirm)
-    assert seeds == [1000, 1000, 2000, 2000, 3000, 3000]  # no pair ran twice
-    summary = c.get_run(parent.info.run_id)
-    assert summary.data.tags["raysft.confirm_seeds"] == "1000,2000,3000"
-    assert again.count("1000,2000,3000") == 2  # each configuration's mean ± sd is over all three seeds
 
 
 @pytest.mark.parametrize("args,message", [

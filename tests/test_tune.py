@@ -3,6 +3,7 @@ dense phase, and the bad inputs refused before any trial starts (a sweep resumed
 sweep fixture of tests/test_tracking.py)."""
 
 import json
+import math
 import os
 import re
 import signal
@@ -65,19 +66,24 @@ def jav_lang_sft(folder: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
+    """A smoke sweep of 3 trials composing a language SFT, then (--confirm 1 --seeds 1) the default and the best
+    searched trial rerun at a new seed. Returns (storage, the sweep's stdout up to its confirm, the whole stdout,
+    the MLflow URI)."""
     needs_data()
     storage = tmp_path_factory.mktemp("tune")
     langs = jav_lang_sft(tmp_path_factory.mktemp("langs"))
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db"
     proc = subprocess.run(
-        tune_cmd("--trials", "3", "--storage", str(storage), "--set", "tune.scheduler=none", "--set", f"lang_sfts={langs}"),
+        tune_cmd("--trials", "3", "--storage", str(storage), "--set", "tune.scheduler=none", "--set", f"lang_sfts={langs}",
+                 "--tracking-uri", uri, "--confirm", "1", "--seeds", "1"),
         capture_output=True, text=True, env=ENV, cwd=REPO, timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return storage, proc.stdout
+    return storage, proc.stdout[:proc.stdout.index("confirm: 2 configurations")], proc.stdout, uri
 
 
 def test_sweep_finishes_with_per_language_dev_scores(sweep):
-    storage, stdout = sweep
+    storage, stdout, _, _ = sweep
     results = trial_results(storage / "smoke")
     assert len(results) == 3
     for reports in results.values():
@@ -99,9 +105,9 @@ def test_sweep_finishes_with_per_language_dev_scores(sweep):
 def test_trials_score_task_only_and_composed_in_their_workers(sweep):
     """Each trial's metrics.json (from its Train workers) has jav composed with its language SFT, sun task-only and
     named as missing, and the objective on the composed score."""
-    storage, _ = sweep
+    storage, _, _, _ = sweep
     finals = [json.loads(p.read_text()) for p in storage.rglob("metrics.json")]
-    assert len(finals) >= 3
+    assert len(finals) >= 5  # 3 trials, 2 confirm runs
     for m in finals:
         assert set(m["composed"]["dev"]) == {"jav"} and set(m["task_only"]["dev"]) == {"jav", "sun", "eng"}
         assert m["lang_sft_missing"] == ["sun"] and m["lang_sfts"] == ["jav"]
@@ -111,9 +117,9 @@ def test_trials_score_task_only_and_composed_in_their_workers(sweep):
 def test_trials_time_their_parts(sweep):
     """Each trial's metrics.json splits its time (the time/* metrics): set-up, θ1 computed or read, the optimizer
     steps inside each phase, checkpoints, the evaluation's data and passes; they fit inside their phases."""
-    storage, _ = sweep
+    storage, _, _, _ = sweep
     finals = [json.loads(p.read_text()) for p in storage.rglob("metrics.json") if p.parent.name == "final"]
-    assert len(finals) == 3
+    assert len(finals) == 5  # 3 trials, 2 confirm runs: the same workers
     for m in finals:
         t = m["timings"]
         for key in ("start_s", "load_s", "data_s", "base_s", "sparse_steps_s", "checkpoint_s", "eval_data_s",
@@ -136,7 +142,7 @@ def test_only_trials_that_led_their_kind_score_the_test_sets(sweep):
     """tune.test_every_trial false (the default): a trial scores test only when its dev led its kind (the defaults,
     or the searched trials) among the finished trials. So the best default and the best searched trial (what best vs
     default reports) have test scores; a trial without one lost on dev to a trial of its kind."""
-    storage, stdout = sweep
+    storage, _, _, _ = sweep
     trials = []
     for folder, reports in trial_results(storage / "smoke").items():
         sample = json.loads((storage / "smoke" / folder / "params.json").read_text())["sample"]
@@ -151,7 +157,8 @@ def test_only_trials_that_led_their_kind_score_the_test_sets(sweep):
                 assert any(d > dev and t is not None for _, d, t in mine)
             else:
                 assert 0.0 <= test <= 1.0
-    metrics = [json.loads(p.read_text()) for p in storage.rglob("final/metrics.json")]
+    ids = [reports[-1]["trial_id"] for reports in trial_results(storage / "smoke").values()]
+    metrics = [json.loads((storage / f"train-{i}" / "final" / "metrics.json").read_text()) for i in ids]
     for m in metrics:  # the workers say which they did; a trial that skipped test spent no time on it
         assert m["distributed"]["test_scored"] == bool(m["test"])
         if not m["test"]:
@@ -159,11 +166,77 @@ def test_only_trials_that_led_their_kind_score_the_test_sets(sweep):
 
 
 def test_dense_phase_computed_once_for_trials_that_share_it(sweep):
-    storage, stdout = sweep
+    storage, stdout, _, _ = sweep
     assert "dense phases computed 1, reused 2" in stdout
     finals = [r[-1] for r in trial_results(storage / "smoke").values()]
     assert sorted(f["dense_cache"] for f in finals) == ["computed", "reused", "reused"]
-    assert len(list((storage / "dense").glob("*/theta1.safetensors"))) == 1
+    # one θ1 per seed: the sweep's, and the one its two confirm runs at seed 1000 share
+    assert len(list((storage / "dense").glob("*/theta1.safetensors"))) == 2
+
+
+@pytest.mark.slow
+def test_sweep_runs_the_default_first_and_confirm_logs_distinct_seeds(sweep):
+    """The sweep (3 trials, --confirm 1 --seeds 1): the first trial Tune starts is the default, labelled in the
+    table, the MLflow child run and the parent's best-vs-default; the confirm runs use a new seed, and their mean
+    lands on the parent run. Then `raysft confirm --seeds 2` keeps those runs, runs the second seed only and tests
+    the pair."""
+    from mlflow import MlflowClient
+
+    storage, _, stdout, uri = sweep
+    out = " ".join(stdout.split())
+    assert "1 at the defaults (sc-sft)" in out and "sc-sft (default)" in out and "vs default" in out
+    trials = sorted((storage / "smoke").glob("run_trial_*"), key=lambda p: int(p.name.split("_")[3]))
+    first = json.loads((trials[0] / "params.json").read_text())["sample"]
+    assert first["default"] is True and first["settings"] == {} and first["overrides"] == {}
+    assert "default" not in json.loads((trials[1] / "params.json").read_text())["sample"]
+
+    c = MlflowClient(uri)
+    runs = c.search_runs([c.get_experiment_by_name("smoke").experiment_id])
+    parent = next(r for r in runs if r.data.tags.get("raysft.kind") == "sweep")
+    trial_runs = [r for r in runs if r.data.tags.get("raysft.kind") == "trial"]
+    defaults = [r for r in trial_runs if r.data.tags.get("raysft.default") == "true"]
+    assert len(trial_runs) == 3 and len(defaults) == 1
+    assert parent.data.tags["raysft.default_trial"] == defaults[0].data.tags["trial_id"]
+    assert parent.data.metrics["default/dev"] == defaults[0].data.metrics["objective"]
+    assert "best_vs_default/dev" in parent.data.metrics and "vs default" in parent.data.tags["raysft.best_vs_default"]
+
+    confirm = [r for r in runs if r.data.tags.get("raysft.kind") == "confirm"]
+    assert len(confirm) == 2  # (default + the best searched trial) x 1 seed
+    by_config: dict[str, list[int]] = {}
+    for r in confirm:
+        seed = int(r.data.tags["raysft.confirm_seed"])
+        assert int(r.data.params["seed"]) == seed and r.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        by_config.setdefault(r.data.tags["raysft.confirm_config"], []).append(seed)
+    assert len(by_config) == 2 and defaults[0].data.tags["trial_id"] in by_config
+    assert set(by_config) <= {t.data.tags["trial_id"] for t in trial_runs}
+    assert all(s == [1000] for s in by_config.values())  # new: not the sweep's seed 0
+    assert parent.data.tags["raysft.confirm_seeds"] == "1000" and "confirm/default/dev_mean" in parent.data.metrics
+    confirm_reports = trial_results(next((storage).glob("smoke-confirm-*"))).values()
+    finals = [r[-1] for r in confirm_reports]
+    assert len(finals) == 2 and all(f["phase"] == "final" for f in finals)
+    # no searcher or scheduler ranks a confirm run: only its final evaluation scores dev (no per-epoch dev passes)
+    # (a checkpoint's objective is NaN: not measured)
+    assert all(math.isnan(r["objective"]) for reports in confirm_reports for r in reports[:-1])
+    assert any(len(reports) > 1 for reports in confirm_reports)  # it did report (checkpoints) before the end
+    assert "confirm: mean ± sd" in out and "one seed cannot tell" in out
+    confirm_out = out[out.index("confirm: 2 configurations"):]
+    assert ": sparse (" in confirm_out and ": eval (" in confirm_out  # the confirm runs' phases are shown as they run
+
+    # `raysft confirm` again with a second seed: the 2 runs that finished are kept, only the 2 missing ones run
+    proc = subprocess.run(
+        [sys.executable, "-m", "raysft.cli", "confirm", "smoke", "--top", "1", "--seeds", "2", "--tracking-uri", uri],
+        capture_output=True, text=True, env=ENV, cwd=REPO, timeout=1200,
+    )
+    again = " ".join(proc.stdout.split())
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "2 of 4 runs already finished under this sweep (kept); 2 to run" in again, again[-2000:]
+    confirm = [r for r in c.search_runs([parent.info.experiment_id]) if r.data.tags.get("raysft.kind") == "confirm"]
+    seeds = sorted(int(r.data.tags["raysft.confirm_seed"]) for r in confirm)
+    assert seeds == [1000, 1000, 2000, 2000]  # no pair ran twice
+    summary = c.get_run(parent.info.run_id)
+    assert summary.data.tags["raysft.confirm_seeds"] == "1000,2000"
+    assert again.count("1000,2000") == 2  # each configuration's mean ± sd is over both seeds
+    assert "paired t-test over seeds, n=2" in " ".join(again.split())
 
 
 def test_ctrl_c_stops_the_sweep_and_skips_its_confirm(tmp_path):
@@ -253,21 +326,21 @@ def test_multi_objective_sweep_finishes_and_reports_its_pareto_front(tmp_path):
     needs_data()
     storage = tmp_path / "tune"
     space = "{sft.density: {dist: float, low: 0.01, high: 0.3, log: true}, sparse.lr: {dist: float, low: 1.0e-4, high: 1.0e-2, log: true}}"
-    args = ("--trials", "3", "--max-concurrent", "2", "--storage", str(storage), "--no-track",
+    args = ("--trials", "2", "--max-concurrent", "2", "--storage", str(storage), "--no-track",
             "--set", "tune.multi_objective=true", "--set", f"methods.sc-sft.space={space}", "--set", "tune.report_every=10")
     proc = subprocess.run(tune_cmd(*args), capture_output=True, text=True, env=ENV, cwd=REPO, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = trial_results(storage / "smoke")
-    assert len(results) == 3
+    assert len(results) == 2  # the default, then one searched K
     for reports in results.values():
         assert reports[-1]["phase"] == "final" and len(reports) >= 2  # intermediate reports, then the final one
         assert all("k" in r and "objective" in r for r in reports)
     points = {(round(r[-1]["objective"], 4), r[-1]["k"]) for r in results.values()}
-    assert len({k for _, k in points}) == 3  # K was searched
+    assert len({k for _, k in points}) == 2  # K was searched
     lines = proc.stdout[proc.stdout.index("Pareto front"):].splitlines()
     n_front = int(lines[0].split("), ")[1].split(" of ")[0])
     front = lines[1 : 1 + n_front]
-    assert 1 <= n_front <= 3 and all("→ dev" in line and "at K=" in line for line in front)
+    assert 1 <= n_front <= 2 and all("→ dev" in line and "at K=" in line for line in front)
     # Every trial on the front is undominated.
     for line in front:
         score, k = float(line.split("→ dev ")[1].split()[0]), int(line.split("K=")[1].replace(",", ""))
