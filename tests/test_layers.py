@@ -17,6 +17,9 @@ RANKS = {
     "models": 2, "tasks": 2,
     "store": 3, "config": 3, "outcome": 3,
     "train": 4,
+    # the Python API for users (raysft.load_sft, compose): over sft, models and tasks; the package's __init__
+    # re-exports it; export's `raysft apply` composes through it
+    "api": 4, "__init__": 4,
     # the edges: Ray Train, Ray Tune, MLflow, cluster checks, results read back, export, the CLI
     "distributed": 5, "sweep": 5, "tracking": 5, "cluster": 5, "results": 5, "export": 5, "cli": 5,
 }
