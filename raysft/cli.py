@@ -886,13 +886,18 @@ def data_fetch(
     set_: Annotated[list[str] | None, typer.Option("--set", help="override a config key of the space")] = None,
 ) -> None:
     """Download the hub datasets a space reads into the Hugging Face cache ($HF_HOME/hub), so that runs with
-    data.source hub (or auto without a local data folder) need no network: run it on every node, or share HF_HOME."""
+    data.source hub (or auto without a local data folder) need no network: run it on every node, or share HF_HOME.
+    Then read one row of every split a run of the space reads (its train split, each evaluation language's
+    eval.splits): a split that cannot be read is one line naming the repo and the split."""
+    import dataclasses
+
     from raysft.config import load_config
-    from raysft.tasks import get_task
-    from raysft.tasks.hub import cached_snapshot, snapshot, snapshot_size
+    from raysft.tasks import TaskData, get_task
+    from raysft.tasks.hub import cached_snapshot, check_split, offline, snapshot, snapshot_size
 
     cfg = load_config(space, set_ or [])
-    repos = get_task(cfg.task).hub_repos()
+    task = get_task(cfg.task)
+    repos = task.hub_repos()
     for repo in repos:
         cached = cached_snapshot(repo)
         if cached is None:
@@ -900,6 +905,24 @@ def data_fetch(
         path = cached or snapshot(repo)
         n, size = snapshot_size(path)
         console.print(f"{'cached ' if cached else 'fetched'} {repo}: {n} files, {size / 1e6:.1f} MB in {path}", highlight=False)
+    reads = task.hub_reads(dataclasses.replace(TaskData.coerce(cfg.data), source="hub", seed=cfg.seed), cfg.eval.splits)
+    fetched_again: set = set()
+    for hs in reads:
+        try:
+            check_split(hs)
+        except RaysftError as e:
+            # A cached snapshot may miss a file or hold one cut short: download the repo again once (the hub
+            # allowing), else the split's line stands.
+            if offline() or hs.repo in fetched_again:
+                raise
+            console.print(f"{hs} cannot be read: fetching {hs.repo} again …", highlight=False)
+            try:
+                snapshot(hs.repo, force=True)
+            except RaysftError:
+                raise e from None
+            fetched_again.add(hs.repo)
+            check_split(hs)
+    console.print(f"read one row of each of the {len(reads)} splits a run reads", highlight=False)
     console.print(f"{cfg.name}: {len(repos)} hub dataset(s) ready; runs read them with data.source hub (or auto)", highlight=False)
 
 

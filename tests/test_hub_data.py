@@ -123,10 +123,11 @@ def test_data_fetch_reports_cached_snapshots_and_fails_cleanly_offline(hub_env, 
         main(["data", "fetch", "smoke"])
     err = capsys.readouterr().err.strip()
     assert exc.value.code == 2 and len(err.splitlines()) == 1 and "indonlp/NusaX-senti" in err
-    write_nusax(cache, local, langs=("eng",), sizes={"train": 3, "dev": 2, "test": 2})
+    write_nusax(cache, local, langs=("eng", "jav", "sun"), sizes={"train": 3, "dev": 2, "test": 2})
     main(["data", "fetch", "smoke"])
     out = capsys.readouterr().out
-    assert "cached  indonlp/NusaX-senti@refs/convert/parquet: 3 files" in out
+    assert "cached  indonlp/NusaX-senti@refs/convert/parquet: 9 files" in out
+    assert "read one row of each of the 7 splits a run reads" in out  # eng train; jav, sun, eng dev and test
 
 
 def test_doctor_data_check_sees_this_nodes_hub_cache(hub_env):
@@ -140,3 +141,100 @@ def test_doctor_data_check_sees_this_nodes_hub_cache(hub_env):
     write_nusax(cache, local, langs=("eng", "jav", "sun"), sizes={"train": 3, "dev": 2, "test": 2})
     ok, detail = _data_reachable(cfg)
     assert ok and "hub: indonlp/NusaX-senti@refs/convert/parquet" in detail and "jav, sun" in detail
+
+
+def test_xnli_en_reads_with_the_card_the_hub_serves(hub_env):
+    """The hub's XNLI card declares train, test and validation for every config (all_languages first, en among the
+    15 languages); raysft fetches en's validation and test only, so the card names files the snapshot lacks. Read
+    through the whole card, datasets failed here (every nli run evaluates English); the run reads its split's files."""
+    import yaml
+
+    cache, local = hub_env
+    made = write_nli(cache, local)
+    snap = hub.snapshot(hub.XNLI, download=False)
+    meta = yaml.safe_load((snap / "README.md").read_text().split("---")[1])
+    configs = {c["config_name"]: {d["split"]: d["path"] for d in c["data_files"]} for c in meta["configs"]}
+    assert meta["configs"][0]["config_name"] == "all_languages" and len(configs) == 16
+    assert configs["en"] == {"train": "en/train-*", "test": "en/test-*", "validation": "en/validation-*"}
+    assert not list(snap.glob("en/train-*")) and not (snap / "de").exists()  # kept out by the allow_patterns
+    nli = get_task("nli")
+    for split in ("dev", "test"):
+        assert rows(nli.load_eval("eng", split, TaskData(source="hub"))) == made["xnli"][split]
+        assert rows(nli.load_eval("gn", split, TaskData(source="hub"))) == made["eval"][("gn", split)]
+
+
+NLI_FETCH = ["data", "fetch", "nli-cpu", "--set", "data.target_langs=[aym,gn]"]
+
+
+def test_data_fetch_and_doctor_read_one_row_of_every_split_a_run_reads(hub_env, capsys, monkeypatch):
+    from raysft.cluster.doctor import _data_reachable
+    from raysft.config import load_config
+
+    cache, local = hub_env
+    write_nli(cache, local)
+    main(NLI_FETCH)
+    out = capsys.readouterr().out
+    assert "read one row of each of the 7 splits a run reads" in out  # MultiNLI train; aym, gn, eng dev and test
+    cfg = load_config("nli-cpu", ["data.source=hub", "data.target_langs=[aym,gn]"]).model_dump(mode="json")
+    ok, detail = _data_reachable(cfg)
+    assert ok and "one row read of each of its 7 splits" in detail and "aym, gn" in detail, detail
+
+    # A split's file missing from the snapshot (a download cut short): one line naming the repo, the split, the fix.
+    gone = hub.snapshot(hub.AMERICAS_NLI, download=False) / "gn" / "test-00000-of-00001.parquet"
+    content = gone.read_bytes()
+    gone.unlink()
+    with pytest.raises(SystemExit) as exc:
+        main(NLI_FETCH)
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and len(err.splitlines()) == 1, err
+    assert "hub dataset nala-cub/americas_nli config gn split test" in err and "raysft data fetch" in err, err
+    ok, detail = _data_reachable(cfg)
+    assert not ok and "nala-cub/americas_nli config gn split test" in detail and "\n" not in detail, detail
+
+    # Where the hub is reachable (faked: the forced download puts the file back), data fetch downloads the repo
+    # again once and reads the split; a hub that cannot be reached leaves the split's own line.
+    real_snapshot = hub.snapshot
+
+    def hub_answers(repo, *, download=True, force=False):
+        if force:
+            gone.write_bytes(content)
+        return real_snapshot(repo, download=download)
+
+    def hub_away(repo, *, download=True, force=False):
+        if force:
+            raise RaysftError(f"cannot get hub dataset {repo} (ConnectionError): ...")
+        return real_snapshot(repo, download=download)
+
+    monkeypatch.setattr(hub, "offline", lambda: False)
+    monkeypatch.setattr(hub, "snapshot", hub_away)
+    with pytest.raises(SystemExit) as exc:
+        main(NLI_FETCH)
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and "config gn split test" in err and len(err.splitlines()) == 1, err
+    monkeypatch.setattr(hub, "snapshot", hub_answers)
+    main(NLI_FETCH)
+    out = capsys.readouterr().out
+    assert "split test cannot be read: fetching nala-cub/americas_nli again" in out and "7 splits" in out, out
+
+
+def test_a_truncated_parquet_is_one_line_naming_its_split(hub_env, capsys):
+    cache, local = hub_env
+    write_nli(cache, local)
+    cut = hub.snapshot(hub.XNLI, download=False) / "en" / "validation-00000-of-00001.parquet"
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])  # as a crash mid-download leaves it
+    with pytest.raises(SystemExit) as exc:
+        main(NLI_FETCH)
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and len(err.splitlines()) == 1, err
+    assert "hub dataset facebook/xnli config en split validation" in err and "raysft data fetch" in err, err
+    with pytest.raises(RaysftError, match="facebook/xnli config en split validation"):  # and so does a run
+        get_task("nli").load_eval("eng", "dev", TaskData(source="hub"))
+
+
+def test_a_split_the_card_does_not_declare_is_one_line(hub_env):
+    cache, local = hub_env
+    write_nli(cache, local)
+    with pytest.raises(RaysftError, match="declares no split train for config aym"):
+        hub.load_split(hub.HubSplit(hub.AMERICAS_NLI, "train", config="aym"))
+    with pytest.raises(RaysftError, match="declares no config xx .*all_languages, aym"):
+        hub.check_split(hub.HubSplit(hub.AMERICAS_NLI, "dev", config="xx"))

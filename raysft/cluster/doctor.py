@@ -144,7 +144,8 @@ def _data_reachable(cfg_json: dict) -> tuple[bool, str]:
 
         cfg = Config.model_validate(cfg_json)
         task, td = get_task(cfg.task), task_data(cfg)
-        where = task.check_data(td, download=False)  # the local folder, or the hub snapshots in this node's cache
+        # The local folder, or the hub snapshots in this node's cache with one row read of every split a run reads.
+        where = task.check_data(td, download=False, splits=cfg.eval.splits)
         langs = task.target_langs(td)
         return True, f"{where}: {cfg.task} → {', '.join(langs)}"
     except RaysftError as e:  # already one line with its fix: keep all of it
@@ -271,7 +272,7 @@ def gpu_check(cfg, nodes: list[dict], autoscaled: list[dict]) -> Check:
     have = f"{alive:g} GPUs on live nodes" + (f", up to {most:g} per node the autoscaler may start" if scaled else "")
     lines = [f"{k}: {v:g}" for k, v in asks.items()]
     if not any(asks.values()):
-        note = (f"; note: the space asks for no GPU, so the cluster's GPUs stay idle (set tune.gpus_per_worker: 1 and "
+        note = ("; note: the space asks for no GPU, so the cluster's GPUs stay idle (set tune.gpus_per_worker: 1 and "
                 "lang.gpus_per_job: 1, as the nli and sa presets do)") if alive or scaled else ""
         return Check("gpus", True, f"the space asks for no GPU ({have}){note}", lines)
     short = {k: v for k, v in asks.items() if v > most}

@@ -21,7 +21,7 @@ import torch
 
 from raysft.errors import RaysftError
 from raysft.tasks.cache import cache_dir
-from raysft.tasks.hub import repos_for, snapshot
+from raysft.tasks.hub import HubSplit, check_split, repos_for, snapshot
 
 SPLITS = ("dev", "test")
 SOURCES = ("auto", "local", "hub")
@@ -354,12 +354,34 @@ class Task(ABC):
             return self.hub_eval_languages(cfg.source_lang)
         return self.eval_languages(cfg.root(), cfg.source_lang)
 
-    def check_data(self, cfg: Any = None, download: bool = True) -> str:
+    def hub_split(self, lang: str, split: str) -> HubSplit | None:
+        """Where the task's hub datasets serve ``split`` ("train" of the source language, "dev"/"test") of ``lang``;
+        None for a task that reads no labeled split from the hub."""
+        return None
+
+    def hub_reads(self, cfg: Any = None, splits: Sequence[str] = SPLITS) -> list[HubSplit]:
+        """Every hub split a run reads: the source language's train, then each evaluation language's ``splits``
+        (the run's targets and the source language, which train/recipe.py always evaluates)."""
+        cfg = TaskData.coerce(cfg)
+        source = cfg.source_lang or self.source_lang
+        targets = self.target_langs(cfg)
+        langs = targets + ([source] if source and source not in targets else [])
+        reads = [self.hub_split(source, "train")] + [self.hub_split(lang, s) for lang in langs for s in splits]
+        return [r for r in reads if r is not None]
+
+    def check_data(self, cfg: Any = None, download: bool = True, splits: Sequence[str] | None = None) -> str:
         """Make sure the run's data can be read (the hub snapshots cached, downloaded when ``download``); a line
-        saying where it comes from. Raises a RaysftError naming the fix."""
+        saying where it comes from. With ``splits`` (the run's eval.splits), one row of every hub split the run reads
+        is read too (:meth:`hub_reads`, raysft.tasks.hub.check_split). Raises a RaysftError naming the fix."""
         cfg = TaskData.coerce(cfg)
         if cfg.use_hub():
-            return "hub: " + ", ".join(f"{r} ({snapshot(r, download=download)})" for r in self.hub_repos())
+            where = "hub: " + ", ".join(f"{r} ({snapshot(r, download=download)})" for r in self.hub_repos())
+            if splits is not None:
+                reads = self.hub_reads(cfg, splits)
+                for hs in reads:
+                    check_split(hs)
+                where += f"; one row read of each of its {len(reads)} splits"
+            return where
         return str(cfg.root())
 
     def target_langs(self, cfg: Any = None) -> list[str]:

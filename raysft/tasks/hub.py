@@ -1,10 +1,17 @@
 """The tasks' data on the Hugging Face Hub: which dataset repos, revisions, configs, splits and columns.
 
-Each repo is taken as files (``huggingface_hub.snapshot_download`` into the Hugging Face cache, ``$HF_HOME/hub``) and
-read by ``datasets`` from that snapshot, with the repo's own ``README.md`` configs. So a snapshot fetched once
-(``raysft data fetch <space>``) is all a node without network needs, and the tests run this same code against
-snapshots laid out like the real repos (``tests/test_hub_data.py``). The cache is tried first; the hub is asked only
-when the snapshot is missing (``HF_HUB_OFFLINE=1`` forbids that).
+Each repo is taken as files (``huggingface_hub.snapshot_download`` into the Hugging Face cache, ``$HF_HOME/hub``):
+only the files a run reads (the repo's ``allow_patterns``), so XNLI's 15 languages and its train split stay on the
+hub. A split is read as the repo's own ``README.md`` card declares it: the card's ``configs`` name each config's
+data files per split and its ``dataset_info`` their features; raysft resolves the one split it needs in the snapshot
+and hands exactly those parquet files to ``datasets``' parquet builder (:func:`load_split`). Handing ``datasets``
+the whole snapshot instead makes it resolve every config and split the card declares, and it fails on those not
+downloaded ("Couldn't infer the same data file format for all splits" for XNLI ``en``, whose card declares a train
+split; "No (supported) data files found" where the card's first config, ``all_languages``, was not fetched). So a
+snapshot fetched once (``raysft data fetch <space>``, which then reads one row of every split a run reads:
+:func:`check_split`) is all a node without network needs, and the tests run this same code against snapshots laid
+out like the real repos with their real cards (``tests/hub_layout.py``, ``tests/test_hub_data.py``). The cache is
+tried first; the hub is asked only when the snapshot is missing (``HF_HUB_OFFLINE=1`` forbids that).
 
 Where the layouts were read (the dataset cards' YAML and the repos' file trees):
 
@@ -12,12 +19,14 @@ Where the layouts were read (the dataset cards' YAML and the repos' file trees):
   00000-of-00001.parquet``; columns promptID, pairID, premise, premise_binary_parse, premise_parse, hypothesis,
   hypothesis_binary_parse, hypothesis_parse, genre, label (ClassLabel entailment/neutral/contradiction).
   https://huggingface.co/datasets/nyu-mll/multi_nli/tree/main/data
-- ``nala-cub/americas_nli`` (main; the old id ``americas_nli`` redirects here): configs aym, bzd, cni, gn, hch, nah,
-  oto, quy, shp, tar and all_languages, files ``<config>/{validation,test}-00000-of-00001.parquet``; columns premise, hypothesis, label (ClassLabel entailment/neutral/
+- ``nala-cub/americas_nli`` (main; the old id ``americas_nli`` redirects here): configs all_languages (not fetched),
+  aym, bzd, cni, gn, hch, nah, oto, quy, shp, tar, files ``<config>/{validation,test}-00000-of-00001.parquet``; columns premise, hypothesis, label (ClassLabel entailment/neutral/
   contradiction); all_languages adds ``language``. https://huggingface.co/datasets/nala-cub/americas_nli
   (commit aa38975 "Convert dataset to Parquet (#3)")
-- ``facebook/xnli`` (main; formerly ``xnli``): config ``en``, ``en/{train,validation,test}-*.parquet``; columns
-  premise, hypothesis, label (same ClassLabel). The local ``xnli_en`` files are its English validation/test rows.
+- ``facebook/xnli`` (main; formerly ``xnli``): configs all_languages and the 15 languages (ar … zh), each declaring
+  train, test and validation (``<config>/{train,test,validation}-*``); raysft fetches ``en/{validation,test}-*``
+  only (a run never reads XNLI train, ~50 MB of parquet); columns premise, hypothesis, label (same ClassLabel). The
+  local ``xnli_en`` files are its English validation/test rows.
   https://huggingface.co/datasets/facebook/xnli/tree/main/en (commit "Convert dataset to Parquet (#10)")
 - ``indonlp/NusaX-senti``: main holds only a loading script (``NusaX-senti.py``), which ``datasets`` >= 4 no longer
   runs; the hub's parquet export (revision ``refs/convert/parquet``) has one folder per language,
@@ -38,8 +47,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import datasets
+import yaml
 
 from raysft.errors import RaysftError
 from raysft.tasks.cache import cache_dir
@@ -78,6 +89,13 @@ TASK_REPOS: dict[str, tuple[HubRepo, ...]] = {
 }
 
 
+def offline() -> bool:
+    """Whether huggingface_hub may not reach the hub (HF_HUB_OFFLINE)."""
+    from huggingface_hub import constants  # imported where it is used (a heavy import)
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
 def hub_cache_dir() -> Path:
     """The Hugging Face hub cache (``$HF_HUB_CACHE``, default ``$HF_HOME/hub``), read at call time."""
     from huggingface_hub import constants  # huggingface_hub: imported where it is used (a heavy import)
@@ -104,10 +122,11 @@ def cached_snapshot(repo: HubRepo) -> Path | None:
     return Path(path)
 
 
-def snapshot(repo: HubRepo, *, download: bool = True) -> Path:
-    """The local snapshot of ``repo``: from the cache, else downloaded (when ``download``). A repo that cannot be had
-    is one line naming `raysft data fetch`."""
-    path = cached_snapshot(repo)
+def snapshot(repo: HubRepo, *, download: bool = True, force: bool = False) -> Path:
+    """The local snapshot of ``repo``: from the cache, else downloaded (when ``download``); ``force``: downloaded
+    again whatever the cache holds (a file missing or cut short). A repo that cannot be had is one line naming
+    `raysft data fetch`."""
+    path = None if force else cached_snapshot(repo)
     if path is not None:
         return path
     fix = ("run `raysft data fetch <space>` where the hub is reachable (with the same HF_HOME), "
@@ -119,26 +138,153 @@ def snapshot(repo: HubRepo, *, download: bool = True) -> Path:
     try:
         return Path(snapshot_download(
             repo.repo_id, repo_type="dataset", revision=repo.revision, allow_patterns=list(repo.patterns),
-            cache_dir=str(hub_cache_dir()),
+            cache_dir=str(hub_cache_dir()), force_download=force,
         ))
     except Exception as e:  # offline, unknown repo or revision, gated, hub down
         raise RaysftError(f"cannot get hub dataset {repo} ({repo.what}; {_first_line(e)}): {fix}") from None
 
 
-def load(repo: HubRepo, split: str, *, name: str | None = None, data_dir: str | None = None) -> datasets.Dataset:
-    """One split of a hub dataset (a config ``name`` from its README, or a ``data_dir`` of the repo), read by
-    ``datasets`` from the snapshot into raysft's datasets cache."""
-    path = snapshot(repo)
-    where = f"{repo}" + (f" config {name}" if name else "") + (f" {data_dir}/" if data_dir else "")
-    if data_dir is not None and not (path / data_dir).is_dir():
-        raise RaysftError(f"hub dataset {where}: no folder {data_dir}/ in the snapshot {path}: run `raysft data fetch <space>` again")
+FETCH_AGAIN = "run `raysft data fetch <space>` again where the hub is reachable (a download was cut short?)"
+
+
+@dataclass(frozen=True)
+class HubSplit:
+    """One split a run reads: a ``config`` the repo's card declares, or (a repo without card configs, as NusaX-senti's
+    parquet export) a folder ``data_dir`` holding ``<split>/*.parquet`` or ``*-<split>.parquet``. ``split`` is
+    raysft's name (train, dev, test); ``columns`` are those the run needs."""
+
+    repo: HubRepo
+    split: str
+    config: str | None = None
+    data_dir: str | None = None
+    columns: tuple[str, ...] = ()
+
+    @property
+    def hub_split(self) -> str:
+        return SPLIT_NAMES.get(self.split, self.split)
+
+    def __str__(self) -> str:
+        where = f" config {self.config}" if self.config else (f" {self.data_dir}/" if self.data_dir else "")
+        return f"hub dataset {self.repo}{where} split {self.hub_split}"
+
+
+def card(path: Path) -> dict[str, Any]:
+    """The YAML metadata of a snapshot's dataset card (``README.md``), {} when it has none."""
+    readme = path / "README.md"
+    if not readme.is_file():
+        return {}
+    text = readme.read_text(encoding="utf-8")
+    if not text.startswith("---"):
+        return {}
+    end = text.find("\n---", 3)
     try:
-        return datasets.load_dataset(
-            str(path), name=name, data_dir=data_dir, split=SPLIT_NAMES.get(split, split), cache_dir=str(cache_dir()),
-        )
-    except Exception as e:  # unknown config or split, missing files
-        raise RaysftError(f"cannot read {SPLIT_NAMES.get(split, split)} of hub dataset {where} ({_first_line(e)}): "
-                          "run `raysft data fetch <space>` again") from None
+        meta = yaml.safe_load(text[3:end if end >= 0 else None])
+    except yaml.YAMLError as e:
+        raise RaysftError(f"the dataset card {readme} is not valid YAML ({_first_line(e)}): {FETCH_AGAIN}") from None
+    return meta if isinstance(meta, dict) else {}
+
+
+def _card_data_files(entry: dict) -> dict[str, list[str]]:
+    """A card config's data_files as split -> patterns (a pattern alone, a list of patterns, a mapping, or a list of
+    {split, path}: the forms the hub accepts; a bare pattern is the train split)."""
+    spec = entry.get("data_files")
+    if spec is None:
+        return {}
+    if isinstance(spec, str):
+        return {"train": [spec]}
+    if isinstance(spec, dict):
+        return {k: [v] if isinstance(v, str) else list(v) for k, v in spec.items()}
+    out: dict[str, list[str]] = {}
+    for item in spec:
+        if isinstance(item, str):
+            out.setdefault("train", []).append(item)
+        else:
+            paths = item.get("path", [])
+            out.setdefault(item.get("split", "train"), []).extend([paths] if isinstance(paths, str) else paths)
+    return out
+
+
+def _card_features(meta: dict, config: str | None) -> datasets.Features | None:
+    """The features the card's dataset_info gives a config (None when it gives none)."""
+    infos = meta.get("dataset_info")
+    infos = [infos] if isinstance(infos, dict) else (infos or [])
+    for info in infos:
+        if isinstance(info, dict) and info.get("config_name", "default") == (config or "default") and info.get("features"):
+            return datasets.Features._from_yaml_list(info["features"])
+    return None
+
+
+def split_files(hs: HubSplit, path: Path) -> tuple[list[Path], datasets.Features | None]:
+    """The parquet files of one split in a snapshot, as the repo's card declares them, and the card's features for
+    them. A config or split the card lacks, or a split without files, is one line naming the fix."""
+    meta = card(path)
+    features = None
+    if hs.config is not None:
+        configs = {c.get("config_name", "default"): c for c in meta.get("configs") or [] if isinstance(c, dict)}
+        if hs.config not in configs:
+            have = ", ".join(configs) or "none"
+            raise RaysftError(f"{hs}: the snapshot's dataset card declares no config {hs.config} (it has {have}): "
+                              f"the hub dataset changed its layout, or {FETCH_AGAIN}")
+        patterns = _card_data_files(configs[hs.config])
+        if hs.hub_split not in patterns:
+            raise RaysftError(f"{hs}: the dataset card declares no split {hs.hub_split} for config {hs.config} (it has "
+                              f"{', '.join(patterns) or 'none'}): the hub dataset changed its layout; use local data "
+                              "(data.source: local)")
+        globs = patterns[hs.hub_split]
+        features = _card_features(meta, hs.config)
+    else:
+        base = hs.data_dir or "."
+        globs = [f"{base}/{hs.hub_split}/*.parquet", f"{base}/*-{hs.hub_split}.parquet",
+                 f"{base}/{hs.hub_split}-*.parquet", f"{base}/*-{hs.hub_split}-*.parquet"]
+    files = sorted({f for g in globs for f in path.glob(g.lstrip("/")) if f.is_file()})
+    if not files:
+        raise RaysftError(f"{hs}: no file matches {', '.join(globs)} in the snapshot {path}: {FETCH_AGAIN}")
+    return files, features
+
+
+def load_split(hs: HubSplit) -> datasets.Dataset:
+    """One split of a hub dataset: its files (:func:`split_files`) read by ``datasets``' parquet builder, with the
+    card's features, into raysft's datasets cache."""
+    path = snapshot(hs.repo)
+    files, features = split_files(hs, path)
+    try:
+        return datasets.load_dataset("parquet", data_files={hs.hub_split: [str(f) for f in files]}, split=hs.hub_split,
+                                     features=features, cache_dir=str(cache_dir()))
+    except Exception as e:  # a truncated or corrupt file, columns the card does not describe
+        raise RaysftError(f"cannot read {hs} ({_first_line(e)}): {FETCH_AGAIN}") from None
+
+
+def check_split(hs: HubSplit) -> Path:
+    """Read one row of a split as a run reads it (the card's files and features, the run's columns), from this
+    machine's cache only; every file's footer is read too, so a truncated one is found. Returns the first file; a
+    split that cannot be read is one line naming the repo, the split and the fix."""
+    import pyarrow.parquet as pq  # imported where it is used
+
+    path = snapshot(hs.repo, download=False)
+    files, features = split_files(hs, path)
+    try:
+        for f in files:
+            names = pq.ParquetFile(f).schema_arrow.names  # the footer: a truncated or corrupt file fails here
+            missing = [c for c in hs.columns if c not in names]
+            if missing:
+                raise RaysftError(f"{hs}: {f.name} has no column(s) {', '.join(missing)} (it has {', '.join(names)}): "
+                                  "the hub dataset changed its layout; use local data (data.source: local)")
+        rows = datasets.load_dataset("parquet", data_files={hs.hub_split: [str(f) for f in files]}, split=hs.hub_split,
+                                     features=features, streaming=True)
+        row = next(iter(rows), None)
+    except RaysftError:
+        raise
+    except Exception as e:
+        raise RaysftError(f"cannot read {hs} ({_first_line(e)}): {FETCH_AGAIN}") from None
+    if row is None:
+        raise RaysftError(f"{hs}: no rows in {', '.join(f.name for f in files)}: {FETCH_AGAIN}")
+    return files[0]
+
+
+def load(repo: HubRepo, split: str, *, name: str | None = None, data_dir: str | None = None) -> datasets.Dataset:
+    """One split of a hub dataset: a config ``name`` its card declares (default: the card's ``default``), or a folder
+    ``data_dir`` of the repo (:func:`load_split`)."""
+    return load_split(HubSplit(repo, split, config=name or (None if data_dir else "default"), data_dir=data_dir))
 
 
 def labeled(ds: datasets.Dataset, columns: dict[str, str], labels: list[str], what: str) -> datasets.Dataset:

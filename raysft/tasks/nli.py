@@ -42,12 +42,19 @@ class NliTask(Task):
     def hub_targets(self) -> list[str]:
         return list(hub.AMERICAS_LANGS)
 
+    def hub_split(self, lang: str, split: str) -> hub.HubSplit:
+        """Where the hub serves a split: MultiNLI's train, XNLI en's or an AmericasNLI language's dev/test."""
+        if split == "train":
+            return hub.HubSplit(hub.MNLI, "train", config="default", columns=(*PAIR, "label"))
+        repo = hub.XNLI if lang == SOURCE_LANG else hub.AMERICAS_NLI
+        return hub.HubSplit(repo, split, config="en" if lang == SOURCE_LANG else lang, columns=(*PAIR, "label"))
+
     def load_train(self, cfg: Any = None) -> datasets.Dataset:
         cfg = TaskData.coerce(cfg)
         if (cfg.source_lang or SOURCE_LANG) != SOURCE_LANG:
             raise RaysftError(f"nli trains on English only, got source language {cfg.source_lang!r}: set source_lang to eng")
         if cfg.use_hub():
-            ds = hub.labeled(hub.load(hub.MNLI, "train"), PAIR, LABELS, "MultiNLI (hub)")
+            ds = hub.labeled(hub.load_split(self.hub_split(SOURCE_LANG, "train")), PAIR, LABELS, "MultiNLI (hub)")
         else:
             root = cfg.root() / "nli_en" / "mnli_subset"
             parts = MNLI_PARTS if cfg.use_all_source else MNLI_PARTS[:1]
@@ -62,8 +69,8 @@ class NliTask(Task):
         self.check_split(split)
         self.check_lang(lang, cfg)
         if cfg.use_hub():
-            repo, what = (hub.XNLI, f"XNLI-en {split}") if lang == SOURCE_LANG else (hub.AMERICAS_NLI, f"AmericasNLI {lang} {split}")
-            ds = hub.load(repo, split, name="en" if lang == SOURCE_LANG else lang)
+            what = f"XNLI-en {split}" if lang == SOURCE_LANG else f"AmericasNLI {lang} {split}"
+            ds = hub.load_split(self.hub_split(lang, split))
             return take_first(hub.labeled(ds, PAIR, LABELS, f"{what} (hub)"), cfg.max_eval_examples)
         root = cfg.root()
         if lang == SOURCE_LANG:

@@ -48,6 +48,11 @@ class SaTask(Task):
     def hub_eval_languages(self, source_lang: str | None = None) -> list[str]:
         return list(LOCAL_LANGS) + list(SOURCE_LANGS)
 
+    @staticmethod
+    def hub_split(lang: str, split: str) -> hub.HubSplit:
+        """Where the hub serves a split: NusaX-senti's parquet export, folder <lang>."""
+        return hub.HubSplit(hub.NUSAX_SENTI, split, data_dir=lang, columns=("text", "label"))
+
     def load_train(self, cfg: Any = None) -> datasets.Dataset:
         cfg = TaskData.coerce(cfg)
         lang = cfg.source_lang or SOURCE_LANG
@@ -67,6 +72,6 @@ class SaTask(Task):
     def _load(cfg: TaskData, lang: str, split: str) -> datasets.Dataset:
         what = f"NusaX-Senti {lang} {split}"
         if cfg.use_hub():
-            return hub.labeled(hub.load(hub.NUSAX_SENTI, split, data_dir=lang), {"text": "text"}, LABELS, f"{what} (hub)")
+            return hub.labeled(hub.load_split(SaTask.hub_split(lang, split)), {"text": "text"}, LABELS, f"{what} (hub)")
         path = require_file(cfg.root() / "nusax_senti" / lang / SPLIT_FILES[split], what)
         return to_label_ids(load_csv(path), {"text": "text"}, LABELS, what)
