@@ -406,6 +406,9 @@ def lang(
     if existing and not force:
         raise RaysftError(f"{existing[0]} exists{f' (and {len(existing) - 1} more)' if len(existing) > 1 else ''}: "
                           "pass --force to replace, or remove it")
+    from raysft.distributed.lang_jobs import connect_for_languages, train_languages
+
+    connect_for_languages(cfg, address, verbose)  # jobs no node can hold (a GPU asked for, none there): refused now
     uri = None
     if track:
         from raysft.tracking.store import connect, resolve_uri
@@ -437,8 +440,6 @@ def lang(
                 log_lang_run(uri, f"{cfg.name}-lang", cfg, metrics, paths[code])
             except Exception as e:  # the SFT is in the store: a tracking failure does not undo it
                 err_console.print(f"[yellow]tracking:[/] {code} not logged ({str(e).splitlines()[0][:120]})", highlight=False)
-
-    from raysft.distributed.lang_jobs import train_languages
 
     def progress(line: str) -> None:
         console.print(line, highlight=False)

@@ -50,16 +50,21 @@ def test_cuda_refused_without_a_gpu_names_the_fix():
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA: --device cuda is valid here")
-def test_cli_train_device_cuda_without_a_gpu_exits_2(tmp_path, capsys):
+def test_cli_device_cuda_without_a_gpu_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    """raysft train (tracking on, as by default), eval and apply with --device cuda on a machine without CUDA."""
     from raysft.cli import main
 
-    out = tmp_path / "out"
-    with pytest.raises(SystemExit) as e:
-        main(["train", "smoke", "--device", "cuda", "--no-track", "--quiet", "--out", str(out)])
-    assert e.value.code == 2
-    err = capsys.readouterr().err
-    assert "--device cuda" in err and "use --device cpu" in err
-    assert not out.exists()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the default store, runs/mlflow.db here: not created
+    for argv in (["train", "smoke", "--device", "cuda", "--quiet", "--out", "out"],
+                 ["eval", "smoke", "--task-sft", "sft.safetensors", "--lang-sfts", "store", "--device", "cuda"],
+                 ["apply", "--base", "tiny:xlmr", "--sft", "sft.safetensors", "--out", "out", "--device", "cuda"]):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        err = capsys.readouterr().err.strip()
+        assert e.value.code == 2, argv
+        assert len(err.splitlines()) == 1 and "--device cuda" in err and "use --device cpu" in err, (argv, err)
+        assert list(tmp_path.iterdir()) == [], argv  # no out folder, no runs/, no tracking store
 
 
 def test_cli_lang_device_cuda_needs_a_gpu_per_job(capsys):
@@ -70,6 +75,40 @@ def test_cli_lang_device_cuda_needs_a_gpu_per_job(capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "--set lang.gpus_per_job=1" in err and len(err.strip().splitlines()) == 1
+
+
+def test_lang_jobs_asking_for_a_gpu_no_node_has_are_one_line_before_anything_starts(data_dir, tmp_path, capsys,
+                                                                                      monkeypatch):
+    """A space giving each language job a GPU (the nli and sa presets; here smoke with lang.gpus_per_job=1), with or
+    without --device cuda, where no node has a GPU: one line naming the fix, exit 2, before any tracking store or
+    job (Ray would keep the job waiting for ever). Ray's node list is this machine's, faked: no Ray starts."""
+    import ray
+
+    from raysft.cli import main
+    from raysft.cluster import resources
+    from raysft.distributed import lang_jobs
+
+    monkeypatch.setenv("RAYSFT_DATA_DIR", str(data_dir))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setattr(lang_jobs, "connect", lambda address, verbose: None)
+    monkeypatch.setattr(ray, "nodes", lambda: [{**_node(2), "Alive": True}])
+    monkeypatch.setattr(resources, "autoscaling_node_types", lambda: [])
+    for extra in ([], ["--device", "cuda"]):
+        with pytest.raises(SystemExit) as e:
+            main(["lang", "smoke", "--langs", "jav", "--set", "lang.gpus_per_job=1", *extra])
+        err = capsys.readouterr().err.strip()
+        assert e.value.code == 2 and len(err.splitlines()) == 1, err
+        assert "no node can hold a language job with 1 CPU and 1 GPU" in err and "lang.gpus_per_job=0" in err, err
+        assert list(tmp_path.iterdir()) == []
+    from raysft.config import load_config
+
+    for space in ("nli", "sa"):  # the presets: language jobs and sweep workers on GPUs
+        with pytest.raises(RaysftError, match="no node can hold a language job .*--set lang.gpus_per_job=0"):
+            resources.check_lang_resources(load_config(space), [_node(8)])
+        with pytest.raises(RaysftError, match="no node can hold a worker with .* 1 GPU .*tune.gpus_per_worker"):
+            resources.check_resources(load_config(space), [_node(8)])
+        resources.check_lang_resources(load_config(space), [_node(8), _node(4, gpu=1)])
 
 
 # ------------------------------------------------------------------------------- helpers follow their inputs

@@ -67,17 +67,28 @@ def cluster_capacity(cluster: dict[str, float]) -> dict[str, float]:
     return {k: max(cluster.get(k, 0), most.get(k, 0)) for k in set(cluster) | set(most)}
 
 
-def check_resources(cfg: Config, nodes: list[dict]) -> None:
-    """Refuse a trial whose workers no node (alive, or one the autoscaler may start) can hold, before any trial
-    starts."""
-    worker = {"CPU": cfg.tune.cpus_per_worker, "GPU": cfg.tune.gpus_per_worker}
+def _check_fits(need: dict[str, float], nodes: list[dict], what: str, fix: str) -> None:
+    """Refuse ``what`` (a worker, a job) needing ``need`` that no node (alive, or one the autoscaler may start) can
+    hold: one line naming the nodes and ``fix``."""
     for node in nodes:
         res = node.get("Resources", {})
-        if all(res.get(r, 0) >= n for r, n in worker.items() if n > 0):
+        if all(res.get(r, 0) >= n for r, n in need.items() if n > 0):
             return
     have = ", ".join(f"{n.get('NodeManagerAddress')}: {n.get('Resources', {}).get('CPU', 0):g} CPU "
                      f"{n.get('Resources', {}).get('GPU', 0):g} GPU" for n in nodes)
-    raise RaysftError(
-        f"no node can hold a worker with {worker['CPU']:g} CPU and {worker['GPU']:g} GPU (nodes: {have}): "
-        "lower tune.cpus_per_worker / tune.gpus_per_worker or add nodes"
-    )
+    raise RaysftError(f"no node can hold {what} with {need['CPU']:g} CPU and {need['GPU']:g} GPU (nodes: {have}): {fix}")
+
+
+def check_resources(cfg: Config, nodes: list[dict]) -> None:
+    """Refuse a trial whose workers no node (alive, or one the autoscaler may start) can hold, before any trial
+    starts."""
+    _check_fits({"CPU": cfg.tune.cpus_per_worker, "GPU": cfg.tune.gpus_per_worker}, nodes, "a worker",
+                "lower tune.cpus_per_worker / tune.gpus_per_worker or add nodes")
+
+
+def check_lang_resources(cfg: Config, nodes: list[dict]) -> None:
+    """Refuse language jobs no node can hold (a space giving each job a GPU, e.g. the nli and sa presets, on a
+    machine without one), before any job is submitted: Ray would otherwise keep the job waiting for ever."""
+    _check_fits({"CPU": cfg.lang.cpus_per_job, "GPU": cfg.lang.gpus_per_job}, nodes, "a language job",
+                "lower lang.cpus_per_job / lang.gpus_per_job (e.g. --set lang.gpus_per_job=0 --device cpu on a machine "
+                "without a GPU) or add nodes")

@@ -61,6 +61,16 @@ def write_bytes_atomically(path: Path, data: bytes) -> None:
         raise
 
 
+def connect_for_languages(cfg: Config, address: str | None = None, verbose: bool = False) -> None:
+    """Connect to Ray (a no-op once connected) and refuse, in one line, language jobs that no node can hold."""
+    import ray
+
+    from raysft.cluster.resources import autoscaling_node_types, check_lang_resources
+
+    connect(address, verbose)
+    check_lang_resources(cfg, [n for n in ray.nodes() if n.get("Alive")] + autoscaling_node_types())
+
+
 def train_languages(
     cfg: Config,
     langs: list[str],
@@ -78,7 +88,7 @@ def train_languages(
     ``on_progress`` gets a line (each running language's phase, step and loss) at least every 30 s."""
     import ray
 
-    connect(address, verbose)
+    connect_for_languages(cfg, address, verbose)
     job = ray.remote(train_one_language).options(
         num_cpus=cfg.lang.cpus_per_job, num_gpus=cfg.lang.gpus_per_job, max_retries=1, retry_exceptions=False,
     )

@@ -24,6 +24,7 @@ def apply_sfts(base: str, sfts: list[str | Path], out: Path, force: bool = False
 
     if not sfts:
         raise RaysftError("give at least one --sft FILE (the task SFT)")
+    where = resolve_device(device)  # a device this machine cannot give is refused before anything loads
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise RaysftError(f"output folder {out} exists and is not empty: choose another --out or pass --force")
     loaded = [load_sft(s) for s in sfts]  # format checks before the model loads
@@ -36,7 +37,7 @@ def apply_sfts(base: str, sfts: list[str | Path], out: Path, force: bool = False
         )
     num_labels = task_sfts[0].num_labels or 2
     labels = task_sfts[0].labels
-    model = load_for_classification(base, num_labels).to(resolve_device(device))
+    model = load_for_classification(base, num_labels).to(where)
     compose(model, *loaded)  # kept applied: these are the weights to save; refuses an SFT of another base, by name
     if labels:
         model.config.id2label = dict(enumerate(labels))
