@@ -47,10 +47,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import datasets
-import yaml
 
 from raysft.errors import RaysftError
 from raysft.tasks.cache import cache_dir
@@ -168,50 +166,18 @@ class HubSplit:
         return f"hub dataset {self.repo}{where} split {self.hub_split}"
 
 
-def card(path: Path) -> dict[str, Any]:
-    """The YAML metadata of a snapshot's dataset card (``README.md``), {} when it has none."""
+def card(path: Path):
+    """The metadata of a snapshot's dataset card (``README.md``) as ``huggingface_hub`` reads it (DatasetCardData;
+    empty when the snapshot has no card)."""
+    from huggingface_hub import DatasetCard, DatasetCardData  # imported where it is used (a heavy import)
+
     readme = path / "README.md"
     if not readme.is_file():
-        return {}
-    text = readme.read_text(encoding="utf-8")
-    if not text.startswith("---"):
-        return {}
-    end = text.find("\n---", 3)
+        return DatasetCardData()
     try:
-        meta = yaml.safe_load(text[3:end if end >= 0 else None])
-    except yaml.YAMLError as e:
-        raise RaysftError(f"the dataset card {readme} is not valid YAML ({_first_line(e)}): {FETCH_AGAIN}") from None
-    return meta if isinstance(meta, dict) else {}
-
-
-def _card_data_files(entry: dict) -> dict[str, list[str]]:
-    """A card config's data_files as split -> patterns (a pattern alone, a list of patterns, a mapping, or a list of
-    {split, path}: the forms the hub accepts; a bare pattern is the train split)."""
-    spec = entry.get("data_files")
-    if spec is None:
-        return {}
-    if isinstance(spec, str):
-        return {"train": [spec]}
-    if isinstance(spec, dict):
-        return {k: [v] if isinstance(v, str) else list(v) for k, v in spec.items()}
-    out: dict[str, list[str]] = {}
-    for item in spec:
-        if isinstance(item, str):
-            out.setdefault("train", []).append(item)
-        else:
-            paths = item.get("path", [])
-            out.setdefault(item.get("split", "train"), []).extend([paths] if isinstance(paths, str) else paths)
-    return out
-
-
-def _card_features(meta: dict, config: str | None) -> datasets.Features | None:
-    """The features the card's dataset_info gives a config (None when it gives none)."""
-    infos = meta.get("dataset_info")
-    infos = [infos] if isinstance(infos, dict) else (infos or [])
-    for info in infos:
-        if isinstance(info, dict) and info.get("config_name", "default") == (config or "default") and info.get("features"):
-            return datasets.Features._from_yaml_list(info["features"])
-    return None
+        return DatasetCard.load(readme).data
+    except Exception as e:  # YAML that does not parse
+        raise RaysftError(f"the dataset card {readme} cannot be read ({_first_line(e)}): {FETCH_AGAIN}") from None
 
 
 def split_files(hs: HubSplit, path: Path) -> tuple[list[Path], datasets.Features | None]:
@@ -220,18 +186,29 @@ def split_files(hs: HubSplit, path: Path) -> tuple[list[Path], datasets.Features
     meta = card(path)
     features = None
     if hs.config is not None:
-        configs = {c.get("config_name", "default"): c for c in meta.get("configs") or [] if isinstance(c, dict)}
+        # the card's configs and their data files, read as datasets reads them (every form the hub accepts)
+        from datasets.data_files import sanitize_patterns
+        from datasets.info import DatasetInfosDict
+        from datasets.utils.metadata import MetadataConfigs
+
+        try:
+            configs = MetadataConfigs.from_dataset_card_data(meta)
+        except ValueError as e:  # a configs field of a form datasets does not accept
+            raise RaysftError(f"{hs}: the snapshot's dataset card has configs datasets cannot read "
+                              f"({_first_line(e)}): {FETCH_AGAIN}") from None
         if hs.config not in configs:
             have = ", ".join(configs) or "none"
             raise RaysftError(f"{hs}: the snapshot's dataset card declares no config {hs.config} (it has {have}): "
                               f"the hub dataset changed its layout, or {FETCH_AGAIN}")
-        patterns = _card_data_files(configs[hs.config])
+        spec = configs[hs.config].get("data_files")
+        patterns = sanitize_patterns(spec) if spec is not None else {}
         if hs.hub_split not in patterns:
             raise RaysftError(f"{hs}: the dataset card declares no split {hs.hub_split} for config {hs.config} (it has "
                               f"{', '.join(patterns) or 'none'}): the hub dataset changed its layout; use local data "
                               "(data.source: local)")
-        globs = patterns[hs.hub_split]
-        features = _card_features(meta, hs.config)
+        globs = list(patterns[hs.hub_split])
+        info = DatasetInfosDict.from_dataset_card_data(meta).get(hs.config)
+        features = info.features if info is not None else None
     else:
         base = hs.data_dir or "."
         globs = [f"{base}/{hs.hub_split}/*.parquet", f"{base}/*-{hs.hub_split}.parquet",
