@@ -5,6 +5,7 @@ smoke sweep killed and resumed (one parent, 3 child runs, all ended, with per-la
 import dataclasses
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -232,6 +233,10 @@ def _artifacts(c, run_id):
     return out
 
 
+# a non-terminal phase line of `raysft tune` for a trial's workers at work: "[  20s] 1a2b3c4d sc-sft: loading · …"
+TRAINING_PHASE = re.compile(r"^\[\s*[^\]]+\] \S+ \S+: (loading|mask|dense|select|sparse)\b")
+
+
 def tune_cmd(*args):
     return [sys.executable, "-m", "raysft.cli", "tune", "smoke", *args]
 
@@ -240,7 +245,7 @@ def tune_cmd(*args):
 def sweep(mlflow_server, tmp_path_factory):
     """3 trials, 2 at once, through the faults the tracking side must survive, one after the other:
     1. the driver is killed (SIGKILL) after the first trial ends;
-    2. ``--resume``: after its first trial line the tracking server goes away for the rest of this invocation,
+    2. ``--resume``: once a trial's workers load its data, the tracking server goes away for the rest of this invocation,
        which goes on, finishes the trials and says to resume to log what it could not;
     3. the server is back: ``--resume`` again logs what was missed (no trial left to run).
     Returns (storage, the MLflow runs before 2, 2's stdout, every trial's Tune results before 2, 3's stdout)."""
@@ -268,8 +273,11 @@ def sweep(mlflow_server, tmp_path_factory):
     lines = []
     for line in proc.stdout:
         lines.append(line)
-        if line.startswith("trial ") and mlflow_server.proc is not None:
-            mlflow_server.stop()  # gone for the rest of this invocation
+        # Gone for the rest of this invocation, from the first trial's workers loading its data: its MLflow run is
+        # open (Tune opened it at the trial's start) and its results are still ahead. (Stopping at a "trial" line
+        # was too late: two trials that end together are both logged before their lines are read.)
+        if TRAINING_PHASE.search(line) and mlflow_server.proc is not None:
+            mlflow_server.stop()
     assert proc.wait(timeout=600) == 0, "".join(lines)[-3000:]
     mlflow_server.start()
     late = subprocess.run(tune_cmd(*args, "--resume"), capture_output=True, text=True, env=ENV, cwd=REPO, timeout=600)
