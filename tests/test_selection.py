@@ -187,6 +187,34 @@ def test_rand_sft_is_seeded_uniform_and_exact():
     assert abs(a.mask[words].numel() / 500 - share) < 0.1
 
 
+def test_rand_sft_bernoulli_keeps_each_entry_with_probability_k_over_n():
+    """The report's §3.5 draw: M_ij ~ Bernoulli(K/N), so the count is random around K; with a budget vector each group
+    has its own p_g = K_g/N_g. Seeded like the exact draw."""
+    space = ParamSpace(tiny_classifier())
+    theta0, k = space.snapshot(), 2000
+    draw = lambda seed, **kw: make_method("rand-sft", {"sampling": "bernoulli", **kw}).select(  # noqa: E731
+        SelectionContext(space, k, theta0, seed=seed))
+    a, b, c = draw(3), draw(3), draw(4)
+    sd = (k * (1 - k / space.n)) ** 0.5
+    for sel in (a, c):
+        drawn = sum(v.numel() for v in sel.mask.values())
+        assert sel.k == drawn and abs(drawn - k) < 5 * sd  # what the delta will hold, near K
+        assert all(v.unique().numel() == v.numel() for v in sel.mask.values())
+    assert a.k != c.k or any(not torch.equal(a.mask[n], c.mask.get(n, a.mask[n][:0])) for n in a.mask)
+    assert set(a.mask) == set(b.mask) and all(torch.equal(a.mask[n], b.mask[n]) for n in a.mask)
+    # per group: layer.0 gets 90 % of K, the embeddings 10 %, layer.1 nothing
+    budget = {"embeddings": 0.1, "layer.0": 0.9}
+    sel = draw(5, budget=budget)
+    sizes, per_group = space.group_sizes(), {}
+    for name, idx in sel.mask.items():
+        per_group[space.info(name).group] = per_group.get(space.info(name).group, 0) + idx.numel()
+    assert "layer.1" not in per_group
+    for group, share in budget.items():
+        expected, p = share * k, share * k / sizes[group]
+        assert abs(per_group[group] - expected) < 5 * (expected * (1 - p)) ** 0.5 + 1, (group, per_group)
+    assert sel.info["sampling"] == "bernoulli" and sel.info["k_asked"] == k
+
+
 def test_bitfit_selects_every_maskable_bias():
     space = ParamSpace(tiny_classifier())
     sel = make_method("bitfit").select(SelectionContext(space, 0, space.snapshot()))
