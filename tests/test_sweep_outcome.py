@@ -53,8 +53,11 @@ def test_every_preset_searches_what_its_methods_need(name):
             space = cfg.method_space(m)
             assert space["sparse.lr"].low < cfg.sparse.lr < space["sparse.lr"].high  # centred where runs learn
         assert "budget" in rs
-        report = rs["variant"].choices["report-k141557"]
-        assert report["sft.k"] == 141557 and report["sft.freeze_embeddings"] is True and report["sparse.lr"] == 2e-3
+        # the report's two Rand-SFT variants (Table 3), apart: embeddings frozen at its K; 100x fewer at lr 2e-3
+        small, frozen = (rs["variant"].choices[v] for v in ("report-k141557", "report-frozen-embeddings"))
+        assert small["sft.k"] == 141557 and small["sparse.lr"] == 2e-3 and "sft.freeze_embeddings" not in small
+        assert frozen["sft.freeze_embeddings"] is True and "sft.k" not in frozen
+        assert frozen.get("sparse.lr", cfg.sparse.lr) == (2e-5 if name in ("nli", "sa") else cfg.sparse.lr)
     if name in ("nli", "sa"):
         assert cfg.tune.gpus_per_worker == 1 and cfg.tune.max_concurrent is None  # concurrency from the cluster
         assert cfg.sparse.lr == 2e-5 and cfg.sft.k == 14155776 and cfg.sparse.epochs == 5  # the papers' defaults
@@ -163,7 +166,7 @@ def test_candidates_set_several_keys_and_gate_later_ones():
     s = sample(optuna.trial.FixedTrial(fixed), ["rand-sft"], spaces)
     assert s["overrides"]["sft.k"] == 141557 and s["overrides"]["sparse.lr"] == 2e-3  # not sampled: gated by `when`
     c = trial_config(cfg.model_dump(mode="json"), s)
-    assert (c.sft.k, c.sft.density, c.sft.freeze_embeddings, c.sparse.lr, c.sparse.epochs) == (141557, None, True, 2e-3, 5)
+    assert (c.sft.k, c.sft.density, c.sft.freeze_embeddings, c.sparse.lr, c.sparse.epochs) == (141557, None, False, 2e-3, 5)
     assert c.method_settings("rand-sft").budget == cfg.method_space("rand-sft")["budget"].fixed["sa-best"]
     searched = sample(optuna.trial.FixedTrial({**fixed, "rand-sft.variant": "searched", "rand-sft.sparse.lr": 3e-3,
                                                "rand-sft.budget/family": "shape", "rand-sft.budget.shape/embeddings_share": 0.05,
