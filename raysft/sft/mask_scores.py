@@ -1,5 +1,5 @@
 """Soft masks: learn a score S per entry while the weights W stay frozen (Ada-SFT's mask phase), and train W with
-fixed gates M kept in the forward pass (Ada-SFT's second step, as the CMU report defines it).
+fixed gates M kept in the forward pass (Ada-SFT's second step, as the SC-SFT report defines it, §3.4).
 
 The forward pass uses W ⊙ sigmoid(S) (or W ⊙ M) in place of W (``torch.func.functional_call``, so the model is not
 modified); the head trains densely alongside, as in every phase.

@@ -1,5 +1,5 @@
-"""Ada-SFT as the CMU report defines it (§3.4, as quoted in raysft's issue 14): a soft mask M = sigmoid(S) over the
-weight matrices W of the linear layers only.
+"""Ada-SFT as the SC-SFT report defines it (§3.4; text in ../shared/papers/): a soft mask M = sigmoid(S) over
+weight matrices W (the report: "a parameter matrix W ∈ R^{n×m}"; raysft takes the linear layers' only, no source).
 
 - Step 1 (the mask phase, ``first_phase = "mask"``): W fixed, S learned through the forward pass W ⊙ M.
 - Step 2 (the gated phase, ``gated_phase = True``): M fixed, W trained (densely: every linear weight), with M kept in
@@ -11,9 +11,8 @@ weight matrices W of the linear layers only.
 - It is not parameter efficient (the report says so): step 1 trains one score per linear-weight entry, step 2 every
   linear weight; K is that count (reported as ``k``, the delta's entries), the head trains densely in both steps.
 
-Defaults: the report gives no S initialisation or score learning rate that raysft could find (the report itself was
-not available to this project); score_init 3.0 (M starts at 0.95) and score_lr 0.05 are carried over from raysft's
-``ada-sft-topk``. Step 2 uses the ``sparse:`` phase's epochs, lr and batch.
+Defaults: §3.4 gives no S initialisation and no score learning rate (no source); score_init 3.0 (M starts at 0.95)
+and score_lr 0.05 are carried over from raysft's ``ada-sft-topk``. Step 2 uses the ``sparse:`` phase's epochs, lr and batch.
 """
 
 from __future__ import annotations
