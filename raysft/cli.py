@@ -684,6 +684,32 @@ def compare(
                   "(a prefix will do)", highlight=False)
 
 
+@app.command()
+def report(
+    experiment: Annotated[str, typer.Argument(help="an MLflow experiment (a space's name: nli, sa-cpu, …)")],
+    split: Annotated[str, typer.Option(help="the split scored: test or dev")] = "test",
+    paper: Annotated[str, typer.Option(help="the SC-SFT report's table beside ours: auto (the one the experiment reproduces: same task, XLM-R base), none, table1, table2, table3 or table4")] = "auto",
+    latex: Annotated[bool, typer.Option("--latex", help="a LaTeX table (booktabs) instead of Markdown")] = False,
+    out: Annotated[Path | None, typer.Option(help="also write the table to this file")] = None,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow store (default $MLFLOW_TRACKING_URI, else sqlite:///runs/mlflow.db)")] = None,
+) -> None:
+    """The method x language table the SFT papers print: each method's best configuration over its seeds (confirm's
+    new seeds, else a racing trial's, else one seed), per target language and averaged, with intervals where seeds
+    exist, and the paper's numbers beside ours; Markdown, or LaTeX with --latex."""
+    from raysft.results.report import method_report
+
+    text = method_report(tracking_uri, experiment, split, paper)
+    text = text.latex() if latex else text.markdown()
+    if out is not None:  # written whole or not at all
+        out.parent.mkdir(parents=True, exist_ok=True)
+        partial = out.with_name(out.name + ".partial")
+        partial.write_text(text)
+        partial.replace(out)
+    console.print(text, highlight=False, soft_wrap=True, markup=False, end="")
+    if out is not None:
+        console.print(f"wrote {out}", highlight=False)
+
+
 @app.command("confirm")
 def confirm_cmd(
     experiment: Annotated[str, typer.Argument(help="an MLflow experiment with a finished sweep (a space's name)")],

@@ -374,6 +374,7 @@ def rows_of(items) -> list[Row]:
 
 # A racing trial's report (raysft.sweep.racing.Race.report) carries each finished seed's scores under these keys.
 SEED_DEV, SEED_TEST = "seed_dev/", "seed_test/"
+SEED_LANG = "seed_lang/"  # a racing trial's score per seed and language: seed_lang/<split>/<lang>/<seed>
 
 
 def seed_scores(result: dict, split: str = "dev") -> dict[int, float]:

@@ -160,6 +160,14 @@ def test_race_reports_the_seed_average_and_every_seed_and_resumes_at_its_next_se
     assert (r["seed_dev/0"], r["seed_dev/1000"], r["seed_test/0"]) == (0.5, 0.6, 0.4) and "seed_test/1000" not in r
     assert r["checkpoint_path"] == "/ckpt/s1000" and r["dense_cache"] == "reused"
     assert seed_scores(r) == {0: 0.5, 1000: 0.6} and seed_scores(r, "test") == {0: 0.4}
+    # each seed's per-language scores (the task metric), for `raysft report`'s per-language intervals
+    race.record(2000, {**metrics_json(0.7, 0.5), "metric": "acc", "test": {"aym": {"acc": 0.45, "f1": 0.3}},
+                       "dev": {"aym": {"acc": 0.7, "f1": 0.6}, "bzd": {"acc": float("nan")}}})
+    last = race.report(2000)
+    assert (last["seed_lang/test/aym/2000"], last["seed_lang/dev/aym/2000"]) == (0.45, 0.7)
+    assert "seed_lang/dev/bzd/2000" not in last and not any(k.startswith("seed_lang/") and k.endswith("/0") for k in last)
+    assert seed_scores(last, "test") == {0: 0.4, 2000: 0.5}  # the per-language keys are not seeds' averages
+    race.done.pop(2000)
     # a retried or resumed trial reads its checkpoint: it continues at its next seed, with its seeds' scores
     again = Race.from_json(race.to_json(), racing_seeds(0, 3))
     assert again.todo() == [2000] and again.report(1000) == r

@@ -74,12 +74,13 @@ class Ranking:
         return {k for k in keys if len({r.params.get(k) for r in self.rows}) > 1}
 
 
-def trial_rows(c, experiment_id: str) -> list[RunRow]:
-    """The experiment's trial and train runs as rows (``score`` not set yet)."""
+def trial_rows(c, experiment_id: str, kinds: tuple[str, ...] = ("trial", "train")) -> list[RunRow]:
+    """The experiment's trial and train runs (and confirm runs when ``kinds`` names them) as rows (``score`` not set
+    yet)."""
     from raysft.tracking.store import trial_runs
 
     out = []
-    for r in trial_runs(c, experiment_id):
+    for r in trial_runs(c, experiment_id, kinds):
         tags = r.data.tags
         out.append(RunRow(
             run_id=r.info.run_id, name=r.info.run_name or "", kind=tags.get("raysft.kind", ""),
@@ -89,14 +90,14 @@ def trial_rows(c, experiment_id: str) -> list[RunRow]:
     return out
 
 
-def experiment_runs(tracking_uri: str | None, experiment: str):
+def experiment_runs(tracking_uri: str | None, experiment: str, kinds: tuple[str, ...] = ("trial", "train")):
     """(store URI, client, experiment, its trial and train runs as rows); an experiment without runs is refused."""
     from raysft.tracking.store import connect, get_experiment, resolve_uri
 
     uri = resolve_uri(tracking_uri)
     c = connect(uri, create=False)
     exp = get_experiment(c, uri, experiment)
-    rows = trial_rows(c, exp.experiment_id)
+    rows = trial_rows(c, exp.experiment_id, kinds)
     if not rows:
         raise RaysftError(f"experiment '{exp.name}' has no trial runs yet: run raysft tune {exp.name} (or raysft train) first")
     return uri, c, exp, rows

@@ -6,9 +6,9 @@
   one after the other, each a full Ray Train fit whose dense phase is claimed in the dense-phase cache at that seed
   (the key includes the seed), so every configuration at one seed shares that seed's θ1.
 - Reports: after each seed the trial reports once: ``objective`` (the mean dev over its seeds so far, what the
-  searcher learns from), the per-seed dev and test scores (``seed_dev/<seed>``, ``seed_test/<seed>``), ``seed`` and
-  ``seeds_done``, phase "final" (each seed's is a full evaluation); its checkpoint holds the same record, so a retried
-  or resumed trial continues at its next seed.
+  searcher learns from), the per-seed dev and test scores (``seed_dev/<seed>``, ``seed_test/<seed>``; each
+  language's at ``seed_lang/<split>/<lang>/<seed>``), ``seed`` and ``seeds_done``, phase "final" (each seed's is a
+  full evaluation); its checkpoint holds the same record, so a retried or resumed trial continues at its next seed.
 - Decisions: a default is never stopped (it runs at every seed, so every comparison can be paired by seed); a
   searched configuration is stopped when it is worse than a default, or than the leading searched configuration,
   beyond the seeds' noise: paired over the seeds both have, against the pooled noise of every score seen so far
@@ -21,7 +21,7 @@ import json
 import math
 from dataclasses import dataclass, field
 
-from raysft.outcome import SEED_DEV, SEED_TEST
+from raysft.outcome import SEED_DEV, SEED_LANG, SEED_TEST
 from raysft.stats import CONFIDENCE, PairedTest, pooled_noise, pooled_paired_test
 
 SEED_STEP = 1000  # between racing seeds: far from the neighbours the recipe derives from a seed (seed + 1)
@@ -51,9 +51,14 @@ class Race:
     def record(self, seed: int, metrics: dict, checkpoint_path: str | None = None) -> None:
         """One seed's fit finished: ``metrics`` is its run's metrics.json (rank 0's return of ``fit_trial``)."""
         avg = metrics.get("avg") or {}
+        name = metrics.get("metric")
+        # each language's score at this seed (the task metric): `raysft report` puts intervals on every language
+        langs = {split: {lang: _num(vals.get(name)) for lang, vals in (metrics.get(split) or {}).items()}
+                 for split in ("dev", "test")}
         self.done[seed] = {"dev": _num(avg.get("dev")), "test": _num(avg.get("test")), "k": metrics.get("k"),
                            "delta_bytes": metrics.get("delta_bytes"), "checkpoint_path": checkpoint_path,
-                           "dense_cache": (metrics.get("distributed") or {}).get("dense_cache", "none")}
+                           "dense_cache": (metrics.get("distributed") or {}).get("dense_cache", "none"),
+                           "langs": langs}
 
     def mean(self, split: str) -> float | None:
         vals = [v for v in (self.done[s][split] for s in self.seeds if s in self.done) if v is not None]
@@ -76,6 +81,8 @@ class Race:
                 for key, split in ((SEED_DEV, "dev"), (SEED_TEST, "test")):
                     if self.done[s][split] is not None:
                         out[f"{key}{s}"] = self.done[s][split]
+                for split, by_lang in (self.done[s].get("langs") or {}).items():
+                    out.update({f"{SEED_LANG}{split}/{lang}/{s}": v for lang, v in by_lang.items() if v is not None})
         return out
 
     def to_json(self) -> str:

@@ -5,7 +5,10 @@ Names: params ``method``, ``k``, ``seed``, ``dense.lr``, ``sparse.lr``, …, eve
 targets' average dev score in the task's metric: what a sweep maximises), ``avg/dev``, ``avg/test``,
 ``<acc|f1>/<dev|test>/<task_only|composed>/<lang>`` (θ0 + task, θ0 + task + that language's SFT; the plain
 ``<metric>/<split>/<lang>`` is the composed score where the language has an SFT), ``composition/<split>/<task_only|
-composed|gain>`` (averaged over the targets that have a language SFT), ``loss/<phase>`` by step, ``trained_entries``, ``delta_bytes``, ``peak_memory_bytes`` (the largest worker process), ``time/<phase>_s``, ``time/total_s`` (the run's wall time), ``dense_cache_hit``; artifacts
+composed|gain>`` (averaged over the targets that have a language SFT), ``loss/<phase>`` by step,
+``trained_entries``, ``delta_bytes``, ``peak_memory_bytes`` (the largest worker process), ``time/<phase>_s``,
+``time/total_s`` (the run's wall time), ``dense_cache_hit``; a racing trial's ``seed_dev/<seed>``,
+``seed_test/<seed>`` and ``seed_lang/<split>/<lang>/<seed>`` (each seed's scores); artifacts
 ``task_sft.safetensors``, ``metrics.json``, ``config.yaml`` and ``config.json`` (the run's full resolved config: a
 sweep trial's after its sampled values; ``config.json`` is what ``raysft train --from-run`` reads back),
 ``plots/layers.png``, ``plots/languages.png``.
@@ -159,7 +162,7 @@ def final_metrics(metrics: dict, extra: dict | None = None) -> list[tuple[str, f
         # trial's seeds, and each seed's dev and test scores are logged beside it
         out = [m for m in out if m[0] != "objective"] + [("objective", float(extra["objective"]), last_step),
                                                           ("seeds_done", float(extra["seeds_done"]), 0)]
-        out += [(k, float(v), 0) for k, v in extra.items() if k.startswith(("seed_dev/", "seed_test/"))
+        out += [(k, float(v), 0) for k, v in extra.items() if k.startswith(("seed_dev/", "seed_test/", "seed_lang/"))
                 and isinstance(v, (int, float))]
     return [(k, v, s) for k, v, s in out if isinstance(v, float) and math.isfinite(v)]
 

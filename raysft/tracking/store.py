@@ -177,9 +177,10 @@ def all_runs(c, experiment_id: str, filter_string: str = "") -> list:
             return out
 
 
-def trial_runs(c, experiment_id: str) -> list:
-    """The runs that hold a composed evaluation: a sweep's trials and `raysft train` runs (not sweep parents)."""
-    return [r for r in all_runs(c, experiment_id) if r.data.tags.get("raysft.kind") in TRIAL_KINDS]
+def trial_runs(c, experiment_id: str, kinds: tuple[str, ...] = TRIAL_KINDS) -> list:
+    """The runs that hold a composed evaluation: a sweep's trials and `raysft train` runs (not sweep parents; confirm
+    runs too when ``kinds`` names them)."""
+    return [r for r in all_runs(c, experiment_id) if r.data.tags.get("raysft.kind") in kinds]
 
 
 def get_run(c, uri: TrackingURI, run_id: str, experiment=None):
