@@ -359,8 +359,11 @@ def test_an_exported_folder_from_the_hub_predicts_as_the_folder_raysft_apply_wri
 
 
 def test_eval_reads_a_task_sft_from_the_hub(tiny, exported, hub, tmp_path, capsys):
-    """`raysft eval --task-sft hub:<owner>/<repo>`: the exported folder, from the cache, composed with the store's
-    language SFT on the smoke space's data."""
+    """`raysft eval --task-sft hub:<owner>/<repo>`: the exported folder, and a task SFT published the way composable-sft
+    publishes them (cambridgeltl/xlmr-task-sft-…: pytorch_diff.bin, the classifier head among its abs tensors), each
+    from the cache, composed with the store's language SFT on the smoke space's data."""
+    from tests.test_delta import write_composable_sft
+
     needs_data()
     write_model_snapshot(hub, TASK_REPO, exported)
     main(["eval", "smoke", "--task-sft", f"hub:{TASK_REPO}", "--lang-sfts", str(tiny.lang.parent), "--device", "cpu",
@@ -368,6 +371,27 @@ def test_eval_reads_a_task_sft_from_the_hub(tiny, exported, hub, tmp_path, capsy
     metrics = json.loads((tmp_path / "eval.json").read_text())
     assert metrics["task_sft"] == f"hub:{TASK_REPO}" and set(metrics["composed"]["dev"]) == {"jav"}
     assert set(metrics["task_only"]["dev"]) >= {"jav", "sun"}
+
+    space = ParamSpace(classifier(tiny.base))
+    bias = f"{space.prefix}.encoder.layer.0.output.dense.bias"
+    published = tmp_path / "published"
+    published.mkdir()
+    g = torch.Generator().manual_seed(0)
+    head = {name: torch.randn(space.param(name).shape, generator=g) for name in space.head}
+    write_composable_sft(published / "pytorch_diff.bin", {bias: torch.ones(space.param(bias.split(".", 1)[1]).shape)},
+                         head)
+    write_model_snapshot(hub, "cambridgeltl/xlmr-task-sft-nusax_senti", published)
+    main(["eval", "smoke", "--task-sft", "hub:cambridgeltl/xlmr-task-sft-nusax_senti", "--lang-sfts",
+          str(tiny.lang.parent), "--device", "cpu", "--set", "data.max_eval_examples=8", "--set", "eval.splits=[dev]",
+          "--out", str(tmp_path / "published.json")])
+    metrics = json.loads((tmp_path / "published.json").read_text())
+    assert set(metrics["composed"]["dev"]) == {"jav"} and set(metrics["task_only"]["dev"]) >= {"jav", "sun"}
+    # what eval composed: the published diff and its head, read through the one SFT lookup
+    from raysft.models.sft_source import load_delta, sft_file
+
+    delta = load_delta(sft_file("hub:cambridgeltl/xlmr-task-sft-nusax_senti"), space)
+    assert delta.meta["kind"] == "task" and set(delta.abs) == set(head)
+    assert all(torch.equal(delta.abs[n], head[n]) for n in head) and delta.nnz() == space.param(bias.split(".", 1)[1]).numel()
 
 
 def test_readme_snippet_runs_as_written_on_the_tiny_model(tiny, exported, hub, tmp_path, capsys):
