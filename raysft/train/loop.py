@@ -108,6 +108,12 @@ def set_dense_trainable(space: ParamSpace, model: nn.Module, rows: RowSubsetEmbe
     return [p for p in body if id(p) in in_model] + [rows.table]
 
 
+def l1_per_entry(cfg: PhaseConfig, space: ParamSpace) -> float:
+    """The L1 coefficient per trained entry: ``cfg.l1`` is composable-sft's (its trainer adds
+    l1 · Σ|θ − θ0| / N to the loss, N the model's parameter count), so the same number means the same penalty."""
+    return cfg.l1 / space.n_params if cfg.l1 else 0.0
+
+
 def head_params(space: ParamSpace) -> list[nn.Parameter]:
     return [space.param(n) for n in space.head]
 
@@ -199,10 +205,19 @@ def train_dense(
     )
     schedule = linear_schedule(optimizer, steps, cfg.warmup_ratio)
     trainable = [p for p in model.parameters() if p.requires_grad]
+    # L1 toward θ0 (cfg.l1, composable-sft's full_l1_reg): the subgradient of l1 · Σ|θ − θ0| / N over the SFT's
+    # entries (the maskable parameters; not the head), added after the gradient sync (every rank holds the same
+    # weights, so the same term). The phase starts at θ0: its starting values are the reference.
+    per_entry = l1_per_entry(cfg, space)
+    anchors = [(p, p.detach().clone()) for p in body] if per_entry else []
 
     def update():
         if grad_sync is not None:
             grad_sync([p.grad for p in trainable if p.grad is not None])
+        for p, p0 in anchors:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            p.grad.add_(torch.sign(p.detach() - p0), alpha=per_entry)
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
@@ -361,7 +376,8 @@ def _train_sparse(model, space, mask, loader, steps, cfg, *, reporter, grad_sync
     """:func:`train_sparse` inside its row-gradient context."""
     set_trainable(space, maskable=False)
     model.train()
-    updater = SparseUpdater(space, mask, lr=cfg.lr, weight_decay=cfg.weight_decay, l1=cfg.l1, rows=row_grads)
+    updater = SparseUpdater(space, mask, lr=cfg.lr, weight_decay=cfg.weight_decay, l1=l1_per_entry(cfg, space),
+                            rows=row_grads)
     heads = head_params(space)
     head_opt = torch.optim.AdamW(heads, lr=cfg.head_lr or cfg.lr, weight_decay=cfg.weight_decay) if heads else None
     schedules = [linear_schedule(updater.optimizer, steps, cfg.warmup_ratio)]
