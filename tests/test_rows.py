@@ -152,3 +152,18 @@ def test_evaluation_during_the_sparse_phase_reads_every_row():
             assert torch.equal(emb(torch.tensor([[9, 150]])), emb.weight[[9, 150]].unsqueeze(0))
         with pytest.raises(RuntimeError, match=r"token ids \[9\]"):  # training: a stray id fails loudly
             emb(torch.tensor([[5, 9]]))
+
+
+def test_data_rows_reads_a_datasets_column_as_arrow_with_its_selection():
+    """A tokenized Dataset's token ids reduced in Arrow (no Python list per row): the same sorted ids as a set of
+    the selected rows' ids, the padding id added, the rows a selection leaves out left out."""
+    import datasets
+
+    g = torch.Generator().manual_seed(0)
+    rows = [torch.randint(2, 5000, (int(n),), generator=g).tolist() for n in torch.randint(1, 40, (300,), generator=g)]
+    ds = datasets.Dataset.from_dict({"input_ids": rows}).shuffle(seed=1).select(range(0, 300, 3))
+    want = sorted({1, *(i for r in ds["input_ids"] for i in r)})
+    got = data_rows([ds], extra=[1, None])
+    assert got.dtype == torch.long and got.tolist() == want
+    assert len(want) < len({i for r in rows for i in r}) + 1  # the selection matters
+    assert data_rows([[[7, 3], [3]]]).tolist() == [3, 7]  # plain id lists too
