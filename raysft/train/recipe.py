@@ -239,10 +239,18 @@ def eval_loaders(run: Run) -> dict[tuple[str, str], DataLoader]:
         for split in run.cfg.eval.splits:
             ds = run.task.tokenize(run.task.load_eval(lang, split, run.data), run.tokenizer, run.cfg.data.max_seq_len)
             # Sorted by length, batches pad little: evaluation is most of a CPU run's forward passes.
-            lengths = [len(x) for x in ds["input_ids"]]
-            ds = ds.select(sorted(range(len(ds)), key=lengths.__getitem__))
+            ds = ds.select(length_order(ds))
             out[(lang, split)] = loader(ds, run.tokenizer, run.cfg.eval.batch_size, shuffle=False, seed=0)
     return out
+
+
+def length_order(ds) -> list[int]:
+    """A tokenized Dataset's row positions, shortest first (ties in order), its lengths read as Arrow."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    lengths = pc.list_value_length(ds.with_format("arrow")["input_ids"]).to_numpy(zero_copy_only=False)
+    return np.argsort(lengths, kind="stable").tolist()
 
 
 def evaluate(
